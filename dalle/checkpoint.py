@@ -1,0 +1,96 @@
+"""Model checkpoints as directories: `config.json` (the ConfigDict that builds the model) + orbax `params/`.
+
+This is the format converters write (`dalle convert ...`) and that `dalle generate`, `dalle encode` and
+`finetune_from`/`encoder_init` read. Training checkpoints (params + optimizer + data position) live in a trainer
+workdir (dalle/train/checkpointing.py); `load_model` accepts either kind of directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from ml_collections import ConfigDict
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be used; the message names the path and what is wrong."""
+
+
+def save_model(directory: str, params: Any, config: ConfigDict, extra: dict | None = None) -> str:
+    """Writes params (any pytree of arrays) and the config that builds them. Returns the directory."""
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    params_dir = os.path.join(directory, PARAMS_DIR)
+    if os.path.exists(params_dir):
+        import shutil
+
+        shutil.rmtree(params_dir)
+    host_params = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(params_dir, host_params)
+    meta = {"config": json.loads(config.to_json_best_effort()), **(extra or {})}
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+    return directory
+
+
+def read_config(directory: str) -> ConfigDict:
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{directory!r} is not a dalle checkpoint: {CONFIG_FILE} is missing")
+    with open(path) as f:
+        meta = json.load(f)
+    if "config" not in meta:
+        raise CheckpointError(f"{path}: no 'config' entry")
+    return ConfigDict(_tuplify(meta["config"]))
+
+
+def read_extra(directory: str) -> dict:
+    with open(os.path.join(directory, CONFIG_FILE)) as f:
+        meta = json.load(f)
+    meta.pop("config", None)
+    return meta
+
+
+def _tuplify(x: Any) -> Any:
+    """JSON turns tuples into lists; configs use tuples."""
+    if isinstance(x, dict):
+        return {k: _tuplify(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuplify(v) for v in x)
+    return x
+
+
+def load_params(directory: str, target: Any | None = None, shardings: Any | None = None) -> Any:
+    """Restores params; with `target` (arrays or ShapeDtypeStructs) the structure and shapes are checked, and with
+    `shardings` each array is restored straight onto its devices (no full host copy)."""
+    params_dir = os.path.join(os.path.abspath(directory), PARAMS_DIR)
+    if not os.path.isdir(params_dir):
+        raise CheckpointError(f"{directory!r} has no {PARAMS_DIR}/ directory")
+    with ocp.StandardCheckpointer() as ckptr:
+        if target is None:
+            return ckptr.restore(params_dir)
+        if shardings is not None:
+            target = jax.tree_util.tree_map(
+                lambda t, s: jax.ShapeDtypeStruct(np.shape(t), t.dtype, sharding=s), target, shardings
+            )
+        else:
+            target = jax.tree_util.tree_map(lambda t: jax.ShapeDtypeStruct(np.shape(t), t.dtype), target)
+        return ckptr.restore(params_dir, target)
+
+
+def load_model(directory: str) -> tuple[ConfigDict, Any]:
+    """(config, params) from an exported model directory or a trainer workdir (its latest checkpoint)."""
+    if os.path.isfile(os.path.join(directory, CONFIG_FILE)):
+        return read_config(directory), load_params(directory)
+    from dalle.train import checkpointing  # a trainer workdir
+
+    return checkpointing.load_latest_model(directory)

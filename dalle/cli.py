@@ -1,0 +1,78 @@
+"""The `dalle` command: a thin dispatcher; each subcommand lives in the module that owns the work.
+
+Subcommands are imported lazily so `dalle --help` stays fast and a broken optional dependency only affects the
+subcommand that needs it. Each target is `main(argv: list[str]) -> int`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+# name -> (module:function, one-line help). Nested commands (`dalle convert vqgan`) use "name sub".
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("dalle.cli:config_main", "load, validate and print a config (with variant and overrides)"),
+    "data": ("dalle.data.build:main", "build a tfds dataset (captioned shapes, image folders, webdataset, ...)"),
+    "tokenizer": ("dalle.data.tokenizer:main", "train a sentencepiece tokenizer on a dataset's captions"),
+    "encode": ("dalle.data.encode:main", "pre-encode a dataset's images to VQGAN tokens"),
+    "train": ("dalle.train.main:main", "train a model from a config (DALL·E model, VQGAN or CLIP)"),
+    "generate": ("dalle.generate:main", "generate images for prompts"),
+    "eval": ("dalle.eval.main:main", "run the evaluation job (accuracy, CLIP score, FID)"),
+    "serve": ("dalle.serve:main", "serve the web demo on 127.0.0.1"),
+    "convert": ("dalle.convert:main", "convert published weights (vqgan, dalle-mini, clip, inception)"),
+    "demo": ("dalle.demo:main", "run the whole pipeline on the captioned-shapes data"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: dalle <command> [args]", "", "commands:"]
+    for name, (_, text) in COMMANDS.items():
+        lines.append(f"  {name:10s} {text}")
+    lines.append("")
+    lines.append("`dalle <command> --help` for a command's options.")
+    return "\n".join(lines)
+
+
+def config_main(argv: Sequence[str]) -> int:
+    import argparse
+
+    from dalle import config as config_lib
+
+    overrides, rest = config_lib.split_config_args(argv)
+    parser = argparse.ArgumentParser(prog="dalle config", description="Load, validate and print a config.")
+    parser.add_argument("--config", required=True, help="path/to/config.py[:variant]")
+    args = parser.parse_args(rest)
+    try:
+        config = config_lib.load_config(args.config, overrides)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(config_lib.to_yaml_like(config))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"dalle: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, _ = COMMANDS[name]
+    module_name, func_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith(module_name.rsplit(".", 1)[0]) and e.name == module_name:
+            print(f"dalle {name}: not available in this version ({module_name} is missing)", file=sys.stderr)
+            return 2
+        raise
+    result = getattr(module, func_name)(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

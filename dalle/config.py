@@ -1,0 +1,344 @@
+"""Config files, variants, command-line overrides and validation (big_vision style).
+
+A config is a Python file with `get_config(arg=None) -> ml_collections.ConfigDict`. It is selected as
+`path/to/x.py` or `path/to/x.py:variant` and tweaked with dotted overrides such as `--config.model.d_model=512`.
+
+Every top-level section (`model`, `train`, `mesh`, ...) is checked against a *schema*: a ConfigDict of defaults
+registered by the module that owns the section. Validation fills missing keys from the schema, rejects unknown
+keys and wrong types, and runs the section's consistency checks, all before any work starts. Errors name the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib
+import importlib.util
+import os
+from typing import Any, Callable, Iterable, Sequence
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+# Modules that register schemas; imported lazily by `validate` (they must stay light: no jax/tf imports).
+SCHEMA_MODULES = (
+    "dalle.train.schema",
+    "dalle.modeling.schema",
+    "dalle.modeling.vqgan_schema",
+    "dalle.data.schema",
+    "dalle.eval.schema",
+)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending key."""
+
+
+Check = Callable[[ConfigDict, ConfigDict], Iterable[str]]  # (section, whole config) -> error messages
+
+
+@dataclasses.dataclass
+class _Schema:
+    defaults: Callable[[], ConfigDict]
+    check: Check | None
+
+
+# section -> kind (None when the section has no `kind`) -> schema
+_SCHEMAS: dict[str, dict[str | None, _Schema]] = {}
+_GLOBAL_CHECKS: list[Check] = []
+
+
+def register_schema(section: str, defaults: Callable[[], ConfigDict], check: Check | None = None,
+                    kind: str | None = None) -> None:
+    """Declares the keys, default values and consistency checks of one config section (or one `kind` of it)."""
+    _SCHEMAS.setdefault(section, {})[kind] = _Schema(defaults, check)
+
+
+def register_global_check(check: Check) -> None:
+    """A check that looks across sections (e.g. the model's vocabulary against the data's tokenizer)."""
+    _GLOBAL_CHECKS.append(check)
+
+
+def _load_schemas() -> None:
+    for name in SCHEMA_MODULES:
+        importlib.import_module(name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------
+def _import_file(path: str):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    name = "dalle_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} has no get_config(arg=None) function")
+    return module
+
+
+def load_config(spec: str, overrides: Sequence[str] = (), validate_config: bool = True) -> ConfigDict:
+    """`spec` is `file.py` or `file.py:variant`; `overrides` are `--config.a.b=value` or `a.b=value` strings."""
+    path, _, arg = spec.partition(":")
+    module = _import_file(path)
+    try:
+        config = module.get_config(arg or None)
+    except ConfigError:
+        raise
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"{path}: get_config({arg!r}) failed: {e}") from e
+    if not isinstance(config, ConfigDict):
+        raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict, got {type(config).__name__}")
+    config = ConfigDict(config.to_dict())  # detach field references: overrides must not surprise
+    apply_overrides(config, overrides)
+    if validate_config:
+        config = validate(config)
+    return config
+
+
+def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates `--config.x.y=v` overrides from the rest of a command line."""
+    overrides, rest = [], []
+    it = iter(argv)
+    for a in it:
+        if a.startswith("--config."):
+            if "=" not in a:
+                try:
+                    a = f"{a}={next(it)}"
+                except StopIteration:
+                    raise ConfigError(f"override {a!r} has no value") from None
+            overrides.append(a)
+        else:
+            rest.append(a)
+    return overrides, rest
+
+
+def parse_value(text: str, current: Any, key: str) -> Any:
+    """Parses an override string into the type of the value it replaces."""
+    if isinstance(current, bool):
+        low = text.lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--config.{key}={text!r}: expected a bool (true/false)")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"--config.{key}={text!r}: expected an int") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"--config.{key}={text!r}: expected a float") from None
+    if isinstance(current, str):
+        return text
+    if isinstance(current, (tuple, list)):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = tuple(v.strip() for v in text.split(",") if v.strip())
+        if not isinstance(value, (tuple, list)):
+            value = (value,)
+        return tuple(value)
+    # None or another type: best effort literal, else string.
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _known_keys_msg(node: ConfigDict, key: str) -> str:
+    keys = sorted(node.keys())
+    close = difflib.get_close_matches(key, keys, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"known keys: {', '.join(keys)}{hint}"
+
+
+def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> None:
+    """Applies dotted overrides in place; an unknown key or a value of the wrong type raises ConfigError."""
+    for item in overrides:
+        body = item[2:] if item.startswith("--") else item
+        if body.startswith("config."):
+            body = body[len("config."):]
+        if "=" not in body:
+            raise ConfigError(f"override {item!r} is not of the form --config.key=value")
+        key, text = body.split("=", 1)
+        parts = key.split(".")
+        node = config
+        for depth, part in enumerate(parts[:-1]):
+            if part not in node or not isinstance(node[part], ConfigDict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--config.{key}: unknown section {where!r} ({_known_keys_msg(node, part)})")
+            node = node[part]
+        leaf = parts[-1]
+        if leaf not in node:
+            # New keys are allowed only where the schema has them (validated later); the config may omit defaults.
+            node[leaf] = parse_value(text, _schema_default(config, parts), key)
+            continue
+        if isinstance(node[leaf], ConfigDict):
+            raise ConfigError(f"--config.{key}: {key!r} is a section, not a value")
+        value = parse_value(text, node[leaf], key)
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ConfigError(f"--config.{key}={text!r}: {e}") from None
+
+
+def _schema_default(config: ConfigDict, parts: Sequence[str]) -> Any:
+    """Default value of a dotted key according to the schema (None when unknown: validate will complain)."""
+    _load_schemas()
+    section = parts[0]
+    if section not in _SCHEMAS:
+        return None
+    node = _schema_for(section, config.get(section))
+    if node is None:
+        return None
+    node = node.defaults()
+    for p in parts[1:]:
+        if not isinstance(node, ConfigDict) or p not in node:
+            return None
+        node = node[p]
+    return node
+
+
+def _schema_for(section: str, value: Any) -> _Schema | None:
+    kinds = _SCHEMAS.get(section, {})
+    if None in kinds:
+        return kinds[None]
+    kind = value.get("kind") if isinstance(value, ConfigDict) else None
+    return kinds.get(kind)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------------------
+def _type_ok(default: Any, value: Any) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(default))
+
+
+def _merge(defaults: ConfigDict, given: ConfigDict, prefix: str, errors: list[str], open_keys: bool) -> ConfigDict:
+    out = ConfigDict(defaults.to_dict())
+    for key in given.keys():
+        value = given[key]
+        name = f"{prefix}.{key}"
+        if key not in defaults:
+            if open_keys:
+                out[key] = value
+                continue
+            errors.append(f"unknown key {name!r} ({_known_keys_msg(defaults, key)})")
+            continue
+        default = defaults[key]
+        if isinstance(default, ConfigDict):
+            if not isinstance(value, ConfigDict):
+                errors.append(f"{name!r} must be a section (ConfigDict), got {type(value).__name__}")
+                continue
+            # An empty default section is an open mapping (e.g. per-dataset options).
+            out[key] = _merge(default, value, name, errors, open_keys=len(default) == 0)
+            continue
+        if isinstance(value, ConfigDict):
+            errors.append(f"{name!r} must be a value of type {type(default).__name__}, got a section")
+            continue
+        if not _type_ok(default, value):
+            errors.append(f"{name!r} = {value!r} has type {type(value).__name__}, expected {type(default).__name__}")
+            continue
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        if isinstance(value, list):
+            value = tuple(value)
+        with out.ignore_type():
+            out[key] = value
+    return out
+
+
+def validate(config: ConfigDict) -> ConfigDict:
+    """Returns the config completed with schema defaults; raises ConfigError listing every problem found."""
+    _load_schemas()
+    errors: list[str] = []
+    out = ConfigDict()
+    root = _SCHEMAS.get("", {}).get(None)
+    root_defaults = root.defaults() if root else ConfigDict()
+    for key in config.keys():
+        value = config[key]
+        if key in _SCHEMAS:
+            schema = _schema_for(key, value)
+            if schema is None:
+                kind = value.get("kind") if isinstance(value, ConfigDict) else None
+                known = sorted(k for k in _SCHEMAS[key] if k)
+                errors.append(f"{key}.kind = {kind!r} is not one of {known}")
+                continue
+            if not isinstance(value, ConfigDict):
+                errors.append(f"{key!r} must be a section (ConfigDict), got {type(value).__name__}")
+                continue
+            out[key] = _merge(schema.defaults(), value, key, errors, open_keys=False)
+        elif key in root_defaults:
+            default = root_defaults[key]
+            if not _type_ok(default, value):
+                errors.append(f"{key!r} = {value!r} has type {type(value).__name__}, expected {type(default).__name__}")
+            out[key] = value
+        else:
+            known = ConfigDict({**{k: 0 for k in _SCHEMAS if k}, **root_defaults.to_dict()})
+            errors.append(f"unknown key {key!r} ({_known_keys_msg(known, key)})")
+    # Sections with a schema that every config gets (e.g. mesh) are filled in when absent.
+    for section, kinds in _SCHEMAS.items():
+        if section and section not in out and None in kinds and section in _ALWAYS_PRESENT:
+            out[section] = kinds[None].defaults()
+    for key in root_defaults.keys():
+        if key not in out:
+            out[key] = root_defaults[key]
+    if not errors:
+        for section in out.keys():
+            if section in _SCHEMAS and isinstance(out[section], ConfigDict):
+                schema = _schema_for(section, out[section])
+                if schema and schema.check:
+                    errors.extend(schema.check(out[section], out))
+        for check in _GLOBAL_CHECKS:
+            errors.extend(check(out, out))
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    return out
+
+
+_ALWAYS_PRESENT = {"mesh"}
+
+
+def to_yaml_like(config: ConfigDict) -> str:
+    """Stable human-readable dump written next to checkpoints, and compared on resume."""
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def diff(a: ConfigDict, b: ConfigDict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs (for the resume-compatibility message)."""
+    out = []
+    keys = sorted(set(a.keys()) | set(b.keys()))
+    for k in keys:
+        name = f"{prefix}{k}"
+        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+        if isinstance(va, ConfigDict) and isinstance(vb, ConfigDict):
+            out.extend(diff(va, vb, name + "."))
+        elif _normalize(va) != _normalize(vb):
+            out.append(f"{name}: {va!r} != {vb!r}")
+    return out
+
+
+def _normalize(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_normalize(x) for x in v)
+    if isinstance(v, tuple):
+        return tuple(_normalize(x) for x in v)
+    return v

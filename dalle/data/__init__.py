@@ -1,0 +1,1 @@
+"""dalle.data package."""

@@ -1,0 +1,1 @@
+"""dalle.train package."""

@@ -1,0 +1,122 @@
+"""Schemas of the `mesh` and `train` config sections, and the root keys (see dalle/config.py)."""
+
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+from dalle import config as config_lib
+
+
+def root_defaults() -> ConfigDict:
+    c = ConfigDict()
+    c.name = ""  # experiment name, shown in logs
+    c.seed = 0
+    return c
+
+
+def mesh_defaults() -> ConfigDict:
+    c = ConfigDict()
+    c.axes = ("data", "fsdp", "model")
+    c.shape = (-1, 1, 1)  # -1 = all remaining devices
+    # (logical axis, mesh axis | tuple | None) pairs that take precedence over dalle.sharding.DEFAULT_LOGICAL_RULES.
+    c.logical_rules = ()
+    # > 0: build for this many devices instead of the visible ones (ahead-of-time compile for a bigger topology).
+    c.target_devices = 0
+    return c
+
+
+def check_mesh(mesh: ConfigDict, _: ConfigDict):
+    axes, shape = tuple(mesh.axes), tuple(mesh.shape)
+    if len(axes) != len(shape):
+        yield f"mesh.axes {axes} and mesh.shape {shape} have different lengths"
+        return
+    if len(set(axes)) != len(axes):
+        yield f"mesh.axes {axes} repeats a name"
+    if sum(1 for s in shape if s == -1) > 1:
+        yield f"mesh.shape {shape} has more than one -1"
+    for a, s in zip(axes, shape):
+        if not isinstance(s, int) or s == 0 or s < -1:
+            yield f"mesh.shape[{a}] = {s!r} must be a positive int or -1"
+            return
+    for rule in mesh.logical_rules:
+        if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+            yield f"mesh.logical_rules entry {rule!r} must be a (logical_axis, mesh_axes) pair"
+            continue
+        targets = () if rule[1] is None else (rule[1],) if isinstance(rule[1], str) else tuple(rule[1])
+        for t in targets:
+            if t not in axes:
+                yield f"mesh.logical_rules: {rule[0]!r} -> {t!r}, but mesh.axes is {axes}"
+    import jax  # only now: validation of the rest stays cheap
+
+    n = mesh.target_devices or jax.device_count()
+    fixed = 1
+    for s in shape:
+        if s != -1:
+            fixed *= s
+    if fixed > n or (-1 not in shape and fixed != n) or n % fixed:
+        yield (f"mesh.shape {shape} needs {fixed}{'x' if -1 in shape else ''} devices but there are {n} "
+               f"(mesh.target_devices={mesh.target_devices})")
+
+
+def train_defaults() -> ConfigDict:
+    c = ConfigDict()
+    c.batch_size = 8  # global batch, split over processes and the mesh batch axes
+    c.grad_accum_steps = 1  # microbatches per step, scanned inside the jitted step
+    c.num_steps = 1000
+    c.max_minutes = 0.0  # > 0: stop (and checkpoint) after this much wall time
+    c.optimizer = ConfigDict()
+    c.optimizer.name = "adamw"  # adamw | adam | adafactor | lion | sgd
+    c.optimizer.lr = 1e-3
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.decay_norms_and_biases = False
+    c.schedule = ConfigDict()
+    c.schedule.name = "cosine"  # cosine | linear | constant | rsqrt
+    c.schedule.warmup_steps = 100
+    c.schedule.end_fraction = 0.0
+    c.grad_clip_norm = 1.0  # 0 disables
+    c.freeze_encoder = False
+    c.embeddings_only = False
+    c.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
+    c.remat = False
+    c.log_every = 50
+    c.eval_every = 500
+    c.eval_batches = 4
+    c.sample_every = 0
+    c.sample_prompts = ()
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    c.max_nonfinite_in_a_row = 10
+    c.peak_flops = 0.0  # per device, FLOP/s; 0 = do not report MFU
+    c.progress_bar = True
+    return c
+
+
+_OPTIMIZERS = ("adamw", "adam", "adafactor", "lion", "sgd")
+_SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
+
+
+def check_train(t: ConfigDict, _: ConfigDict):
+    if t.batch_size <= 0:
+        yield f"train.batch_size = {t.batch_size} must be positive"
+    if t.grad_accum_steps <= 0:
+        yield f"train.grad_accum_steps = {t.grad_accum_steps} must be positive"
+    elif t.batch_size % t.grad_accum_steps:
+        yield f"train.batch_size = {t.batch_size} is not divisible by train.grad_accum_steps = {t.grad_accum_steps}"
+    if t.optimizer.name not in _OPTIMIZERS:
+        yield f"train.optimizer.name = {t.optimizer.name!r} is not one of {_OPTIMIZERS}"
+    if t.schedule.name not in _SCHEDULES:
+        yield f"train.schedule.name = {t.schedule.name!r} is not one of {_SCHEDULES}"
+    if t.optimizer.lr <= 0:
+        yield f"train.optimizer.lr = {t.optimizer.lr} must be positive"
+    if t.compute_dtype not in ("float32", "bfloat16", "float16"):
+        yield f"train.compute_dtype = {t.compute_dtype!r} must be float32, bfloat16 or float16"
+    if t.freeze_encoder and t.embeddings_only:
+        yield "train.freeze_encoder and train.embeddings_only are mutually exclusive"
+
+
+config_lib.register_schema("", root_defaults)
+config_lib.register_schema("mesh", mesh_defaults, check_mesh)
+config_lib.register_schema("train", train_defaults, check_train)

@@ -1,0 +1,1 @@
+"""Training tasks: one per model family (see dalle/train/task.py)."""
