@@ -1,0 +1,119 @@
+"""Config files, variants, overrides and validation errors that name the key."""
+
+import textwrap
+
+import pytest
+
+from dalle import config as config_lib
+from dalle.config import ConfigError
+
+EXAMPLE = "configs/example_mesh.py"
+
+
+def test_load_fills_defaults_and_variant():
+    c = config_lib.load_config(EXAMPLE)
+    assert c.mesh.shape == (-1, 1, 1) and c.train.batch_size == 8
+    assert c.train.optimizer.b1 == 0.9  # filled from the schema
+    assert c.train.schedule.name == "cosine"
+    v = config_lib.load_config(EXAMPLE + ":model_parallel")
+    assert v.mesh.shape == (-1, 1, 2)
+
+
+def test_unknown_variant_names_it():
+    with pytest.raises(ConfigError, match="unknown variant 'nope'"):
+        config_lib.load_config(EXAMPLE + ":nope")
+
+
+def test_overrides_typed():
+    c = config_lib.load_config(EXAMPLE, ["--config.train.batch_size=16", "--config.train.optimizer.lr=3e-4",
+                                         "--config.mesh.shape=(2,2,2)", "--config.train.remat=true",
+                                         "--config.train.optimizer.weight_decay=0"])
+    assert c.train.batch_size == 16 and isinstance(c.train.batch_size, int)
+    assert c.train.optimizer.lr == pytest.approx(3e-4)
+    assert c.mesh.shape == (2, 2, 2)
+    assert c.train.remat is True
+    assert c.train.optimizer.weight_decay == 0.0 and isinstance(c.train.optimizer.weight_decay, float)
+
+
+def test_override_of_schema_key_absent_from_file():
+    c = config_lib.load_config(EXAMPLE, ["--config.train.grad_clip_norm=0.5"])
+    assert c.train.grad_clip_norm == 0.5
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("--config.train.batchsize=3", "'train.batchsize'.*did you mean batch_size"),
+        ("--config.train.batch_size=abc", r"train.batch_size='abc': expected an int"),
+        ("--config.train.remat=maybe", "train.remat='maybe': expected a bool"),
+        ("--config.nosuch.x=1", "unknown section 'nosuch'"),
+        ("--config.train.optimizer.name=sgdx", "train.optimizer.name = 'sgdx'"),
+        ("--config.train.grad_accum_steps=3", "train.batch_size = 8 is not divisible by train.grad_accum_steps = 3"),
+        ("--config.mesh.shape=(4,4,4)", r"mesh.shape \(4, 4, 4\) needs 64 devices but there are 8"),
+        ("--config.mesh.shape=(-1,-1,1)", "more than one -1"),
+        ("--config.train", "not of the form"),
+    ],
+)
+def test_validation_errors_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        config_lib.load_config(EXAMPLE, [override])
+
+
+def _write(tmp_path, body):
+    p = tmp_path / "c.py"
+    p.write_text(textwrap.dedent(body))
+    return str(p)
+
+
+def test_unknown_and_mistyped_keys_in_file_are_all_reported(tmp_path):
+    path = _write(tmp_path, """
+        from ml_collections import ConfigDict
+        def get_config(arg=None):
+            c = ConfigDict()
+            c.train = ConfigDict({"batch_size": "eight", "bogus": 1})
+            c.mesh = ConfigDict({"axes": ("data",), "shape": (-1,), "logical_rules": (("batch", "dta"),)})
+            c.extra = 3
+            return c
+    """)
+    with pytest.raises(ConfigError) as e:
+        config_lib.load_config(path)
+    msg = str(e.value)
+    assert "'train.batch_size' = 'eight' has type str, expected int" in msg
+    assert "unknown key 'train.bogus'" in msg
+    assert "unknown key 'extra'" in msg
+
+
+def test_mesh_rule_to_missing_axis(tmp_path):
+    path = _write(tmp_path, """
+        from ml_collections import ConfigDict
+        def get_config(arg=None):
+            c = ConfigDict()
+            c.mesh = ConfigDict({"axes": ("data",), "shape": (-1,), "logical_rules": (("batch", "dta"),)})
+            return c
+    """)
+    with pytest.raises(ConfigError, match="'batch' -> 'dta', but mesh.axes is"):
+        config_lib.load_config(path)
+
+
+def test_missing_file_and_missing_get_config(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config_lib.load_config(str(tmp_path / "nope.py"))
+    with pytest.raises(ConfigError, match="no get_config"):
+        config_lib.load_config(_write(tmp_path, "x = 1\n"))
+
+
+def test_split_config_args_and_diff():
+    ov, rest = config_lib.split_config_args(["--config", "a.py", "--config.train.batch_size", "4", "--workdir=x"])
+    assert ov == ["--config.train.batch_size=4"] and rest == ["--config", "a.py", "--workdir=x"]
+    a = config_lib.load_config(EXAMPLE)
+    b = config_lib.load_config(EXAMPLE, ["--config.train.batch_size=16"])
+    assert config_lib.diff(a, b) == ["train.batch_size: 8 != 16"]
+
+
+def test_cli_config_command(capsys):
+    from dalle import cli
+
+    assert cli.main(["config", "--config", EXAMPLE, "--config.train.num_steps=7"]) == 0
+    assert '"num_steps": 7' in capsys.readouterr().out
+    assert cli.main(["config", "--config", EXAMPLE, "--config.train.num_stepz=7"]) == 2
+    assert "num_stepz" in capsys.readouterr().err

@@ -1,0 +1,86 @@
+"""The sharding core on 8 fake CPU devices: rules, meshes, and sharded training equal to 1-device training."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dalle import sharding
+from tests import toy_sharded
+
+
+def test_eight_fake_devices():
+    assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
+
+
+def test_mesh_fill_and_errors():
+    mesh = sharding.make_mesh(("data", "fsdp", "model"), (-1, 2, 2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "model": 2}
+    assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+    with pytest.raises(sharding.ShardingError, match="needs 16 devices"):
+        sharding.make_mesh(("data", "model"), (4, 4))
+    with pytest.raises(sharding.ShardingError, match="more than one -1"):
+        sharding.make_mesh(("data", "model"), (-1, -1))
+    with pytest.raises(sharding.ShardingError, match="do not divide"):
+        sharding.make_mesh(("data", "model"), (-1, 3))
+
+
+def test_logical_to_spec_rules():
+    mesh = sharding.make_mesh(("data", "fsdp", "model"), (2, 2, 2))
+    rules = sharding.DEFAULT_LOGICAL_RULES
+    assert sharding.logical_to_spec(("batch", "length", "embed"), rules, mesh) == P(("data", "fsdp"))
+    assert sharding.logical_to_spec(("embed", "mlp"), rules, mesh) == P("fsdp", "model")
+    # Not divisible by the model axis (2): replicated instead of failing.
+    assert sharding.logical_to_spec(("embed", "mlp"), rules, mesh, shape=(4, 3)) == P("fsdp")
+    # A mesh axis is used once per array.
+    assert sharding.logical_to_spec(("mlp", "heads"), rules, mesh) == P("model")
+    with pytest.raises(sharding.ShardingError, match="'nonsense'"):
+        sharding.logical_to_spec(("nonsense",), rules, mesh)
+
+
+def test_param_rules_layer_stack_and_unmatched():
+    params = {"stack/~/attn/query": {"w": np.zeros((3, 4, 8))}, "head": {"w": np.zeros((4, 16))}}
+    rules = ((r"attn/query/w", ("embed", "heads")), (r"head/w", ("embed", "vocab")))
+    axes = sharding.param_logical_axes(params, rules)
+    assert axes["stack/~/attn/query"]["w"] == ("layers", "embed", "heads")
+    assert axes["head"]["w"] == ("embed", "vocab")
+    with pytest.raises(sharding.ShardingError, match=r"head/w"):
+        sharding.param_logical_axes(params, rules[:1])
+    with pytest.raises(sharding.ShardingError, match="names 2 axes"):
+        sharding.param_logical_axes({"head": {"w": np.zeros((2, 2, 2, 2, 2))}}, rules)
+
+
+def test_constrain_is_noop_without_mesh():
+    x = np.ones((4, 4), np.float32)
+    assert sharding.constrain(x, ("batch", "embed")) is x
+
+
+@pytest.mark.parametrize("axes,shape", [(("data", "model"), (4, 2)), (("data", "fsdp", "model"), (2, 2, 2))])
+def test_sharded_training_equals_single_device(axes, shape):
+    one = sharding.make_mesh(("data",), (1,), devices=jax.devices()[:1])
+    ref, _, _ = toy_sharded.train(one)
+    mesh = sharding.make_mesh(axes, shape)
+    got, shardings, live = toy_sharded.train(mesh)
+    for path, a in sharding.to_mapping(ref).items():
+        np.testing.assert_allclose(sharding.to_mapping(got)[path], a, atol=1e-5, rtol=1e-5, err_msg=path)
+    # Each param sits where the rules say.
+    expected = sharding.param_specs(ref, toy_sharded.PARAM_RULES, sharding.DEFAULT_LOGICAL_RULES, mesh)
+    for (path, arr), spec in zip(sharding.to_mapping(live).items(), sharding.to_mapping(expected).values()):
+        assert isinstance(arr.sharding, NamedSharding)
+        assert arr.sharding.spec == spec, path
+    # The layer-stacked query kernel: leading `layers` axis unsharded, embed on fsdp (when present), heads on model.
+    q = [a for p, a in sharding.to_mapping(live).items() if p.endswith("attn/query/w")][0]
+    assert q.shape[0] == toy_sharded.LAYERS
+    assert q.sharding.spec == P(None, "fsdp" if "fsdp" in axes else None, "model")
+
+
+def test_opt_state_shardings_follow_params():
+    import optax
+
+    mesh = sharding.make_mesh(("data", "model"), (4, 2))
+    params = {"head": {"w": np.zeros((4, 16), np.float32)}}
+    sh = sharding.param_shardings(params, ((r"head/w", ("embed", "vocab")),), sharding.DEFAULT_LOGICAL_RULES, mesh)
+    state = jax.eval_shape(optax.adam(1e-3).init, params)
+    osh = sharding.derived_state_shardings(state, params, sh, mesh)
+    assert osh[0].mu["head"]["w"].spec == P(None, "model")
+    assert osh[0].count.spec == P()
