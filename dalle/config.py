@@ -11,14 +11,15 @@ keys and wrong types, and runs the section's consistency checks, all before any 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import difflib
 import importlib
 import importlib.util
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import ml_collections
+
+from dalle import config_registry
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -36,29 +37,13 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the offending key."""
 
 
-Check = Callable[[ConfigDict, ConfigDict], Iterable[str]]  # (section, whole config) -> error messages
-
-
-@dataclasses.dataclass
-class _Schema:
-    defaults: Callable[[], ConfigDict]
-    check: Check | None
-
-
-# section -> kind (None when the section has no `kind`) -> schema
-_SCHEMAS: dict[str, dict[str | None, _Schema]] = {}
-_GLOBAL_CHECKS: list[Check] = []
-
-
-def register_schema(section: str, defaults: Callable[[], ConfigDict], check: Check | None = None,
-                    kind: str | None = None) -> None:
-    """Declares the keys, default values and consistency checks of one config section (or one `kind` of it)."""
-    _SCHEMAS.setdefault(section, {})[kind] = _Schema(defaults, check)
-
-
-def register_global_check(check: Check) -> None:
-    """A check that looks across sections (e.g. the model's vocabulary against the data's tokenizer)."""
-    _GLOBAL_CHECKS.append(check)
+# Schema modules register here (see dalle/config_registry.py); re-exported for convenience.
+register_schema = config_registry.register_schema
+register_global_check = config_registry.register_global_check
+_SCHEMAS = config_registry.SCHEMAS
+_GLOBAL_CHECKS = config_registry.GLOBAL_CHECKS
+_schema_for = config_registry.schema_for
+_Schema = config_registry.Schema
 
 
 def _load_schemas() -> None:
@@ -205,14 +190,6 @@ def _schema_default(config: ConfigDict, parts: Sequence[str]) -> Any:
             return None
         node = node[p]
     return node
-
-
-def _schema_for(section: str, value: Any) -> _Schema | None:
-    kinds = _SCHEMAS.get(section, {})
-    if None in kinds:
-        return kinds[None]
-    kind = value.get("kind") if isinstance(value, ConfigDict) else None
-    return kinds.get(kind)
 
 
 # ----------------------------------------------------------------------------------------------------------------

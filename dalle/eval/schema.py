@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict  # noqa: F401  (used by the schemas registered here)
 
-from dalle import config as config_lib  # noqa: F401
+from dalle import config_registry as config_lib  # noqa: F401
