@@ -27,18 +27,18 @@ class CheckpointError(ValueError):
 def save_model(directory: str, params: Any, config: ConfigDict, extra: dict | None = None) -> str:
     """Writes params (any pytree of arrays) and the config that builds them. Returns the directory."""
     directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    params_dir = os.path.join(directory, PARAMS_DIR)
-    if os.path.exists(params_dir):
-        import shutil
-
-        shutil.rmtree(params_dir)
-    host_params = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
+    main = jax.process_index() == 0
+    if main:
+        os.makedirs(directory, exist_ok=True)
+    # Sharded jax arrays are written by every process (orbax coordinates); numpy arrays as they are.
+    params = jax.tree_util.tree_map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), params)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(params_dir, host_params)
-    meta = {"config": json.loads(config.to_json_best_effort()), **(extra or {})}
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
+        ckptr.save(os.path.join(directory, PARAMS_DIR), params, force=True)
+    if main:
+        meta = {"config": json.loads(config.to_json_best_effort()), **(extra or {})}
+        with open(os.path.join(directory, CONFIG_FILE + ".tmp"), "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+        os.replace(os.path.join(directory, CONFIG_FILE + ".tmp"), os.path.join(directory, CONFIG_FILE))
     return directory
 
 
@@ -77,7 +77,16 @@ def load_params(directory: str, target: Any | None = None, shardings: Any | None
         raise CheckpointError(f"{directory!r} has no {PARAMS_DIR}/ directory")
     with ocp.StandardCheckpointer() as ckptr:
         if target is None:
-            return ckptr.restore(params_dir)
+            # Onto this process's first device, whatever topology wrote it (e.g. a multi-host run).
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            meta = ckptr.metadata(params_dir)
+            tree = getattr(meta, "item_metadata", meta)
+            tree = getattr(tree, "tree", tree)
+            target = jax.tree_util.tree_map(
+                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), tree,
+                is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
+            )
+            return ckptr.restore(params_dir, target)
         if shardings is not None:
             target = jax.tree_util.tree_map(
                 lambda t, s: jax.ShapeDtypeStruct(np.shape(t), t.dtype, sharding=s), target, shardings

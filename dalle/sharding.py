@@ -76,7 +76,7 @@ def resolve_mesh_shape(axes: Sequence[str], shape: Sequence[int], num_devices: i
                 f"mesh.shape {tuple(shape)}: the fixed axes ({fixed} devices) do not divide the {num_devices} devices"
             )
         shape[fills[0]] = num_devices // fixed
-    if math.prod(shape) != num_devices:
+    if math.prod(shape) > num_devices:
         raise ShardingError(
             f"mesh.shape {tuple(shape)} needs {math.prod(shape)} devices but {num_devices} are available"
         )
@@ -84,9 +84,13 @@ def resolve_mesh_shape(axes: Sequence[str], shape: Sequence[int], num_devices: i
 
 
 def make_mesh(axes: Sequence[str], shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with Auto axis types (Haiku layers need them) over all devices of all processes by default."""
+    """A mesh with Auto axis types (Haiku layers need them) over all devices of all processes by default.
+
+    A shape without -1 may use fewer devices than there are (the first ones); with -1 it uses all of them."""
     devices = list(jax.devices() if devices is None else devices)
     shape = resolve_mesh_shape(axes, shape, len(devices))
+    # A mesh without -1 may use fewer devices than there are (e.g. a 1-device reference run): the first ones.
+    devices = _process_major(devices)[: math.prod(shape)]
     if jax.process_count() > 1 or devices[0].platform == "cpu":
         # Process-major order: each process owns a contiguous block of the leading (data) axis.
         device_array = np.asarray(_process_major(devices)).reshape(shape)

@@ -19,6 +19,8 @@ def test_mesh_fill_and_errors():
     assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
     with pytest.raises(sharding.ShardingError, match="needs 16 devices"):
         sharding.make_mesh(("data", "model"), (4, 4))
+    small = sharding.make_mesh(("data", "model"), (2, 1))  # fewer than all: the first devices
+    assert small.size == 2 and list(small.devices.flat) == jax.devices()[:2]
     with pytest.raises(sharding.ShardingError, match="more than one -1"):
         sharding.make_mesh(("data", "model"), (-1, -1))
     with pytest.raises(sharding.ShardingError, match="do not divide"):

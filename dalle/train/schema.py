@@ -53,7 +53,7 @@ def check_mesh(mesh: ConfigDict, _: ConfigDict):
     for s in shape:
         if s != -1:
             fixed *= s
-    if fixed > n or (-1 not in shape and fixed != n) or n % fixed:
+    if fixed > n or (-1 in shape and n % fixed):
         yield (f"mesh.shape {shape} needs {fixed}{'x' if -1 in shape else ''} devices but there are {n} "
                f"(mesh.target_devices={mesh.target_devices})")
 

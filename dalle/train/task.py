@@ -78,6 +78,10 @@ class Task(abc.ABC):
     def eval_data(self, process_index: int, process_count: int) -> Iterator[Batch] | None:
         return None
 
+    def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shapes/dtypes of one global batch, for ahead-of-time compilation (`dalle train --dry_run`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support --dry_run")
+
     # --- reporting -------------------------------------------------------------------------------------------
     def flops_per_example(self) -> float:
         """Analytic training FLOPs for one example (forward + backward), for MFU; 0 when unknown."""

@@ -1,0 +1,1 @@
+"""TensorFlow Datasets builders of dalle's own datasets (imported on demand: they import TensorFlow)."""

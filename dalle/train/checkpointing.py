@@ -1,0 +1,138 @@
+"""Training checkpoints in a workdir: orbax, async, keep-N, with the data position and the config.
+
+Layout of a workdir:
+    config.json             the full validated config of the run (resume refuses an incompatible one)
+    checkpoints/<step>/     orbax: `state` (sharded pytree: params, optimizer, step, ...) + `meta` (JSON: step,
+                            data iterator position, counters)
+    model/                  exported params + config at the end (dalle.checkpoint format)
+    tensorboard/            summaries
+
+Orbax writes each step to a temporary directory and renames it when complete, so `kill -9` at any moment leaves
+the previous checkpoint intact and resume never sees a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from ml_collections import ConfigDict
+
+from dalle import config as config_lib
+
+# Keys that may change between a run and its resumption (how long / how chatty), everything else must match.
+RESUMABLE_CHANGES = (
+    "train.num_steps",
+    "train.max_minutes",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_batches",
+    "train.sample_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.progress_bar",
+    "name",
+)
+
+
+class ResumeError(ValueError):
+    """Resuming a workdir with a config that would not continue the same run."""
+
+
+def config_path(workdir: str) -> str:
+    return os.path.join(workdir, "config.json")
+
+
+def check_or_write_config(workdir: str, config: ConfigDict) -> None:
+    """Writes the run's config on first start; on resume, stops with the differences if they matter."""
+    path = config_path(workdir)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = ConfigDict(json.load(f))
+        new = ConfigDict(json.loads(config.to_json_best_effort()))
+        diffs = [d for d in config_lib.diff(old, new) if not d.split(":")[0].startswith(RESUMABLE_CHANGES)]
+        if diffs:
+            raise ResumeError(
+                f"{workdir} holds a run with a different config; these keys differ (saved != given):\n  "
+                + "\n  ".join(diffs)
+                + "\nUse a new --workdir, or the saved values."
+            )
+    if jax.process_index() == 0:
+        with open(path + ".tmp", "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        os.replace(path + ".tmp", path)
+
+
+class Checkpointer:
+    """Thin wrapper over orbax's CheckpointManager for (state pytree, JSON meta)."""
+
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            force=force,
+        )
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """`abstract_state`: ShapeDtypeStructs carrying the target shardings (restored straight onto devices)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return out["state"], dict(out["meta"])
+
+    def restore_meta(self, step: int | None = None) -> dict:
+        step = self.latest_step() if step is None else step
+        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def load_latest_model(workdir: str) -> tuple[ConfigDict, Any]:
+    """(config, params) of a trainer workdir: the exported model if training finished, else the latest step."""
+    from dalle import checkpoint
+
+    exported = os.path.join(workdir, "model")
+    if os.path.isfile(os.path.join(exported, checkpoint.CONFIG_FILE)):
+        return checkpoint.read_config(exported), checkpoint.load_params(exported)
+    if not os.path.exists(config_path(workdir)):
+        raise checkpoint.CheckpointError(
+            f"{workdir!r} is neither a model checkpoint (no config.json) nor a training workdir"
+        )
+    with open(config_path(workdir)) as f:
+        config = ConfigDict(checkpoint._tuplify(json.load(f)))
+    ckpt = Checkpointer(workdir, async_save=False)
+    step = ckpt.latest_step()
+    if step is None:
+        raise checkpoint.CheckpointError(f"{workdir!r} has no checkpoint yet")
+    restored = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    ckpt.close()
+    state = restored["state"]
+    params = state["params"] if isinstance(state, dict) and "params" in state else state
+    return config, params

@@ -1,0 +1,78 @@
+"""Console progress bar with ETA, TensorBoard summaries, and a metrics.jsonl log; only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+
+class Reporter:
+    def __init__(self, workdir: str, total_steps: int, start_step: int, progress_bar: bool = True):
+        self.main = jax.process_index() == 0
+        self.workdir = workdir
+        self._writer = None
+        self._bar = None
+        self._jsonl = None
+        if not self.main:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        if progress_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+                             file=sys.stderr, mininterval=1.0)
+
+    @property
+    def writer(self):
+        """TensorBoard writer, created on first use (it imports TensorFlow, which costs seconds)."""
+        if self._writer is None and self.main:
+            from clu import metric_writers
+
+            self._writer = metric_writers.SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+        return self._writer
+
+    def advance(self, n: int = 1, postfix: Mapping[str, float] | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+            if postfix:
+                self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+
+    def scalars(self, step: int, values: Mapping[str, Any], prefix: str = "") -> None:
+        if not self.main:
+            return
+        clean = {f"{prefix}{k}": float(np.asarray(v)) for k, v in values.items()}
+        self.writer.write_scalars(step, clean)
+        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+        self._jsonl.flush()
+        if self._bar is None:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in clean.items())
+            print(f"step {step}: {shown}", file=sys.stderr, flush=True)
+
+    def images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        if not self.main or not images:
+            return
+        self.writer.write_images(step, {k: np.asarray(v) for k, v in images.items()})
+
+    def message(self, text: str) -> None:
+        if not self.main:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
