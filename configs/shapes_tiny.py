@@ -1,0 +1,82 @@
+"""A text-to-image model that learns the captioned-shapes world on a 2-core CPU in minutes (the `make demo` model).
+
+    dalle train --config configs/shapes_tiny.py --workdir outputs/demo/dalle
+
+Needs the demo's earlier stages (or `make demo`, which runs them): the tokenizer (data.tokenizer_path), the CPU
+VQGAN (data.vqgan_checkpoint, configs/vqgan_f4_32.py) and the pre-encoded data (data.encoded_dir, `dalle encode`).
+Expected (REFERENCE.md §8 sized this): ~0.9 of single-object validation prompts fully correct after <= 15 minutes.
+
+Variants: `decoder_only` (default: the single-stream DALL·E/CogView model, d 128, 4 layers), `dalle_bart`
+(the encoder-decoder, same width), `multi` (1-3 objects per image, longer captions). Append `,root=DIR` to put
+every artifact under DIR instead of outputs/demo, e.g. `configs/shapes_tiny.py:dalle_bart,root=outputs/bart`.
+"""
+
+import importlib.util
+import os
+
+from ml_collections import ConfigDict
+
+
+def _shapes_data(variant):
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("shapes_data_config", os.path.join(here, "shapes_data.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.data_config(variant)
+
+
+def get_config(arg=None):
+    parts = [p for p in (arg or "").split(",") if p]
+    opts = dict(p.split("=", 1) for p in parts if "=" in p)
+    variants = [p for p in parts if "=" not in p]
+    variant = variants[0] if variants else "decoder_only"
+    if variant not in ("decoder_only", "dalle_bart", "multi") or len(variants) > 1:
+        raise ValueError(f"unknown variant {arg!r} (known: decoder_only, dalle_bart, multi; plus root=DIR)")
+    root = opts.pop("root", "outputs/demo")
+    if opts:
+        raise ValueError(f"unknown option(s) {sorted(opts)} (known: root)")
+    multi = variant == "multi"
+
+    c = ConfigDict()
+    c.name = f"shapes_tiny_{variant}"
+    c.seed = 0
+    c.data = _shapes_data("multi_32" if multi else "one_object_32")
+    c.data.data_dir = f"{root}/tfds"
+    c.data.tokenizer_path = f"{root}/tokenizer/spm.model"
+    c.data.vocab_size = 128
+    c.data.max_text_length = 32 if multi else 16
+    c.data.blank_caption_prob = 0.1  # dalle-mini's recipe: learn the unconditional model for guidance
+    c.data.encoded_dir = f"{root}/encoded"
+    c.data.vqgan_checkpoint = f"{root}/vqgan/model"
+    c.data.examples_per_shard = 5000
+    c.data.shuffle_buffer = 5000
+
+    if variant == "dalle_bart":
+        c.model = ConfigDict(dict(
+            kind="dalle_bart", d_model=128, encoder_layers=2, decoder_layers=4, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512, use_glu=False,
+            ln_positions="preln", encoder_vocab_size=128, image_vocab_size=512,
+            max_text_length=c.data.max_text_length, image_length=64, dropout=0.0,
+        ))
+    else:
+        c.model = ConfigDict(dict(
+            kind="decoder_only", d_model=128, num_layers=4, num_heads=4, ffn_dim=512, use_glu=False,
+            text_vocab_size=128, image_vocab_size=512, max_text_length=c.data.max_text_length, image_length=64,
+            dropout=0.0,
+        ))
+
+    c.train = ConfigDict()
+    c.train.batch_size = 64
+    c.train.num_steps = 2400
+    c.train.max_minutes = 12.0  # the demo's budget; a stopped run resumes with the same command
+    c.train.optimizer = ConfigDict(dict(name="adamw", lr=1e-3, weight_decay=0.01))
+    c.train.schedule = ConfigDict(dict(name="cosine", warmup_steps=100, end_fraction=0.05))
+    c.train.grad_clip_norm = 1.0
+    c.train.log_every = 50
+    c.train.eval_every = 400
+    c.train.eval_batches = 4
+    c.train.checkpoint_every = 200
+    c.train.sample_every = 0
+    c.train.sample_prompts = ("a red circle", "a small blue square in the top left", "a large green star")
+    c.mesh = ConfigDict(dict(axes=("data", "fsdp", "model"), shape=(-1, 1, 1)))
+    return c

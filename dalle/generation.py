@@ -1,0 +1,168 @@
+"""Prompts -> images: tokenizer, text-to-image model, guided sampling, VQGAN decoder (and optional CLIP rerank).
+
+Used by `dalle generate`, the web demo, the eval job and the trainer's sample summaries, so all of them tokenize
+prompts exactly as training did (including the empty caption used for classifier-free guidance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+
+class GenerationError(ValueError):
+    """A request that cannot be served; the message says what to change."""
+
+
+@functools.lru_cache(maxsize=4)
+def _vocab(path: str):
+    from dalle.data import tokenizer
+
+    return tokenizer.load_vocabulary(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _vqgan(path: str):
+    from dalle.modeling import vqgan_api
+
+    return vqgan_api.VQGANTokenizer.from_checkpoint(path)
+
+
+@dataclasses.dataclass
+class Prompts:
+    tokens: np.ndarray  # int32 [P, max_text_length]
+    truncated: list[int]  # indices of prompts cut to fit max_text_length
+
+
+class Generator:
+    """Holds a model, its params, its vocabulary and its VQGAN; compiled decode loops are cached per shape."""
+
+    def __init__(self, config: ConfigDict, params: Any, vocab: Any, vqgan: Any):
+        from dalle.modeling import model as model_lib
+
+        self.config = config
+        self.model = model_lib.build_model(config.model)
+        self.params = params
+        self.vocab = vocab
+        self.vqgan = vqgan
+        if vqgan.codebook_size != self.model.image_vocab_size:
+            raise GenerationError(f"the VQGAN has {vqgan.codebook_size} codes but model.image_vocab_size is "
+                                  f"{self.model.image_vocab_size}: data.vqgan_checkpoint is not this model's VQGAN")
+        if vqgan.tokens_per_side ** 2 != self.model.image_length:
+            raise GenerationError(f"the VQGAN makes {vqgan.tokens_per_side}x{vqgan.tokens_per_side} tokens but "
+                                  f"model.image_length is {self.model.image_length}")
+
+    @classmethod
+    def from_parts(cls, config: ConfigDict, params: Any) -> "Generator":
+        data = config.data
+        return cls(config, params, _vocab(data.tokenizer_path), _vqgan(data.vqgan_checkpoint))
+
+    @classmethod
+    def from_checkpoint(cls, directory: str) -> "Generator":
+        """A trained workdir (its exported model or latest checkpoint) or an exported/converted model dir."""
+        import os
+
+        from dalle import checkpoint
+
+        if not os.path.exists(directory):
+            raise GenerationError(
+                f"checkpoint {directory!r} does not exist. Make one with `make demo` (writes outputs/demo/...) or "
+                f"`dalle train --config configs/shapes_tiny.py --workdir DIR`, or convert published weights with "
+                f"`dalle convert dalle-mini --from DIR --out OUT`.")
+        config, params = checkpoint.load_model(directory)
+        for key in ("tokenizer_path", "vqgan_checkpoint"):
+            if "data" not in config or not config.data.get(key):
+                raise GenerationError(f"{directory}: its config has no data.{key}; it cannot turn prompts into "
+                                      f"images")
+        return cls.from_parts(config, params)
+
+    # --- text ------------------------------------------------------------------------------------------------
+    def tokenize(self, prompts: Sequence[str]) -> Prompts:
+        from dalle.data import tasks, text
+
+        if not prompts:
+            raise GenerationError("no prompts given")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) or not p.strip():
+                raise GenerationError(f"prompt {i + 1} is empty; describe the image, e.g. 'a red circle'")
+        options = text.options_from_config(self.config.data)
+        length = self.model.max_text_length
+        tokens = tasks.encode_captions(list(prompts), self.vocab, length, options)
+        truncated = [i for i, p in enumerate(prompts)
+                     if len(self.vocab.encode(text.normalize_caption(p, options))) > length - 1]
+        for i in truncated:
+            warnings.warn(f"prompt {i + 1} is longer than the model's {length - 1} text tokens and was truncated",
+                          stacklevel=2)
+        return Prompts(tokens, truncated)
+
+    def unconditional(self, n: int) -> np.ndarray:
+        """The empty caption, tokenized as training blanked captions (classifier-free guidance's other branch)."""
+        from dalle.data import tasks, text
+
+        blank = tasks.encode_captions([""], self.vocab, self.model.max_text_length,
+                                      text.options_from_config(self.config.data))
+        return np.repeat(blank, n, axis=0)
+
+    # --- sampling --------------------------------------------------------------------------------------------
+    def codes(self, prompts: Sequence[str], *, num_images: int = 1, seed: int = 0, condition_scale: float = 1.0,
+              top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0) -> np.ndarray:
+        """int32 [len(prompts) * num_images, image_length], prompt-major."""
+        from dalle.modeling import sampling
+
+        _check_numbers(num_images, condition_scale, top_k, top_p, temperature, self.model.image_vocab_size)
+        p = self.tokenize(prompts)
+        out = sampling.generate(self.model, self.params, p.tokens, jax.random.PRNGKey(seed),
+                                num_images=num_images, condition_scale=condition_scale, top_k=top_k, top_p=top_p,
+                                temperature=temperature, uncond_tokens=self.unconditional(len(prompts)))
+        return np.asarray(out)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, 3]."""
+        images = self.vqgan.decode(np.asarray(codes))
+        return np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+
+    def images(self, prompts: Sequence[str], **kw: Any) -> np.ndarray:
+        return self.decode(self.codes(prompts, **kw))
+
+
+def _check_numbers(num_images, condition_scale, top_k, top_p, temperature, vocab) -> None:
+    if not isinstance(num_images, int) or num_images < 1:
+        raise GenerationError(f"number of images = {num_images!r} must be a positive integer")
+    if not math.isfinite(condition_scale) or condition_scale < 0:
+        raise GenerationError(f"condition scale = {condition_scale!r} must be a finite number >= 0")
+    if not 0 <= top_k <= vocab:
+        raise GenerationError(f"top-k = {top_k!r} must be between 0 (off) and the {vocab} image codes")
+    if not 0 < top_p <= 1:
+        raise GenerationError(f"top-p = {top_p!r} must be in (0, 1]")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise GenerationError(f"temperature = {temperature!r} must be >= 0 (0 = greedy)")
+
+
+def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2, fill: int = 255) -> np.ndarray:
+    """Tiles uint8 [N, H, W, 3] into one uint8 image with `pad` pixels between tiles."""
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    cols = max(1, min(cols or math.ceil(math.sqrt(n)), n))
+    rows = math.ceil(n / cols)
+    grid = np.full((rows * h + (rows + 1) * pad, cols * w + (cols + 1) * pad, c), fill, np.uint8)
+    for i in range(n):
+        r, col = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y:y + h, x:x + w] = images[i]
+    return grid
+
+
+def save_png(path: str, image: np.ndarray, scale: int = 1) -> None:
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(image, np.uint8))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img.save(path, format="PNG")

@@ -1,0 +1,163 @@
+"""Training recipe of the text-to-image models (DalleBart and decoder-only) for the one train loop.
+
+State: {"params", "opt_state", "step"}. Gradient accumulation runs `train.grad_accum_steps` microbatches through
+`lax.scan` inside the jitted step (one compile, memory of one microbatch). `train.freeze_encoder` and
+`train.embeddings_only` select trainable params (the rest get no updates and no optimizer state);
+`model.encoder_init` starts the text encoder from a converted or trained checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from ml_collections import ConfigDict
+
+from dalle import sharding
+from dalle.modeling import model as model_lib
+from dalle.train import optim
+from dalle.train.task import DataIterator, Task
+
+
+def _logical_rules(config: ConfigDict) -> tuple:
+    return tuple(tuple(r) for r in config.mesh.logical_rules) + sharding.DEFAULT_LOGICAL_RULES
+
+
+class DalleTask(Task):
+    def __init__(self, config: ConfigDict):
+        super().__init__(config)
+        self.model = model_lib.build_model(config.model)
+        tc = config.train
+        if tc.freeze_encoder:
+            trainable = lambda path: not self.model.encoder_param_filter(path)  # noqa: E731
+        elif tc.embeddings_only:
+            trainable = self.model.embedding_param_filter
+        else:
+            trainable = None
+        abstract = jax.eval_shape(self.model.init, jax.random.PRNGKey(0))
+        self.tx = optim.make_optimizer(tc, abstract, trainable)
+        self._sampler = None
+
+    # --- state -----------------------------------------------------------------------------------------------
+    def init_state(self, rng: jax.Array) -> dict:
+        params = self.model.init(rng)
+        return {"params": params, "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+    def state_shardings(self, abstract_state: dict, mesh) -> dict:
+        rules = _logical_rules(self.config)
+        p = sharding.param_shardings(abstract_state["params"], self.model.partition_rules, rules, mesh)
+        return {
+            "params": p,
+            "opt_state": sharding.derived_state_shardings(abstract_state["opt_state"], abstract_state["params"], p,
+                                                          mesh),
+            "step": sharding.replicated(mesh),
+        }
+
+    def load_pretrained(self, state: dict) -> dict:
+        """`model.encoder_init`: copy every text-encoder param of a saved model into the fresh state."""
+        path = self.config.model.get("encoder_init", "")
+        if not path:
+            return state
+        from dalle import checkpoint
+
+        _, src = checkpoint.load_model(path)
+        src = sharding.to_mapping(src)
+        dst = sharding.to_mapping(state["params"])
+        enc = [k for k in dst if self.model.encoder_param_filter(k)]
+        missing = [k for k in enc if k not in src]
+        wrong = [f"{k}: {np.shape(src[k])} != {np.shape(dst[k])}" for k in enc
+                 if k in src and np.shape(src[k]) != np.shape(dst[k])]
+        if missing or wrong:
+            raise ValueError(f"model.encoder_init = {path!r} does not fit this model's encoder:\n  "
+                             + "\n  ".join([f"missing {k}" for k in missing] + wrong))
+
+        def put(p, leaf):
+            key = sharding._path_str(p)
+            if key in enc:
+                return jax.device_put(jnp.asarray(src[key], leaf.dtype), leaf.sharding)
+            return leaf
+
+        return {**state, "params": jax.tree_util.tree_map_with_path(put, state["params"])}
+
+    # --- steps -----------------------------------------------------------------------------------------------
+    def _loss(self, params, batch, rng):
+        return self.model.loss(params, batch, rng, is_training=True, compute_dtype=self.config.train.compute_dtype)
+
+    def train_step(self, state: dict, batch: dict, rng: jax.Array):
+        accum = self.config.train.grad_accum_steps
+        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+        params = state["params"]
+        if accum == 1:
+            (_, metrics), grads = grad_fn(params, batch, rng)
+        else:
+            micro = jax.tree_util.tree_map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+
+            def body(carry, xs):
+                g_sum, m_sum = carry
+                mb, i = xs
+                (_, m), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
+                return (jax.tree_util.tree_map(jnp.add, g_sum, g), jax.tree_util.tree_map(jnp.add, m_sum, m)), None
+
+            zeros_g = jax.tree_util.tree_map(jnp.zeros_like, params)
+            m_shape = jax.eval_shape(lambda: grad_fn(params, jax.tree_util.tree_map(lambda x: x[0], micro), rng)[0][1])
+            zeros_m = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+            (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), (micro, jnp.arange(accum)))
+            grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
+            metrics = jax.tree_util.tree_map(lambda m: m / accum, metrics)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+        return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+    def eval_step(self, state: dict, batch: dict, rng: jax.Array):
+        _, metrics = self.model.loss(state["params"], batch, None, is_training=False,
+                                     compute_dtype=self.config.train.compute_dtype)
+        return metrics
+
+    # --- data ------------------------------------------------------------------------------------------------
+    def train_data(self, process_index: int, process_count: int) -> DataIterator:
+        from dalle.data import pipeline
+
+        per_host = sharding.local_batch_size(self.config.train.batch_size)
+        return pipeline.token_batches(self.config, "train", per_host, process_index, process_count,
+                                      seed=self.config.seed)
+
+    def eval_data(self, process_index: int, process_count: int):
+        from dalle.data import pipeline
+
+        per_host = sharding.local_batch_size(self.config.train.batch_size)
+        try:
+            return pipeline.token_batches(self.config, "validation", per_host, process_index, process_count,
+                                          seed=self.config.seed, num_epochs=1)
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    def batch_spec(self, batch_size: int) -> dict:
+        m = self.model
+        return {"text_tokens": jax.ShapeDtypeStruct((batch_size, m.max_text_length), jnp.int32),
+                "image_tokens": jax.ShapeDtypeStruct((batch_size, m.image_length), jnp.int32)}
+
+    # --- reporting -------------------------------------------------------------------------------------------
+    def flops_per_example(self) -> float:
+        return self.model.flops_per_example()
+
+    def tokens_per_example(self) -> int:
+        return self.model.image_length
+
+    def summaries(self, state: dict, step: int) -> dict[str, np.ndarray]:
+        """A grid of samples for `train.sample_prompts` (needs data.tokenizer_path and data.vqgan_checkpoint)."""
+        prompts = tuple(self.config.train.sample_prompts)
+        if not prompts or not self.config.data.get("vqgan_checkpoint") or not self.config.data.get("tokenizer_path"):
+            return {}
+        from dalle import generation
+
+        images = generation.Generator.from_parts(self.config, state["params"]).images(
+            prompts, num_images=1, seed=step, top_k=self.config.get("sample", {}).get("top_k", 0) or 0)
+        return {"samples": generation.make_grid(images, cols=len(prompts))[None]}
+
+    def export_params(self, state: dict):
+        return state["params"], self.config
