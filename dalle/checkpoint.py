@@ -98,7 +98,7 @@ def load_params(directory: str, target: Any | None = None, shardings: Any | None
 
 def load_model(directory: str) -> tuple[ConfigDict, Any]:
     """(config, params) from an exported model directory or a trainer workdir (its latest checkpoint)."""
-    if os.path.isfile(os.path.join(directory, CONFIG_FILE)):
+    if os.path.isdir(os.path.join(directory, PARAMS_DIR)):
         return read_config(directory), load_params(directory)
     from dalle.train import checkpointing  # a trainer workdir
 

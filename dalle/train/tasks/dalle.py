@@ -110,7 +110,7 @@ class DalleTask(Task):
             metrics = jax.tree_util.tree_map(lambda m: m / accum, metrics)
         updates, opt_state = self.tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     def eval_step(self, state: dict, batch: dict, rng: jax.Array):
