@@ -1,7 +1,141 @@
-"""Schemas of the config sections owned by dalle.modeling (see dalle/config.py: register_schema)."""
+"""Schemas of the `model` config section for the text-to-image models (see dalle/config.py: register_schema).
+
+Two kinds:
+  * `dalle_bart`: dalle-mini's encoder-decoder. Keys are named exactly as in dalle-mini's `DalleBartConfig`
+    (d_model, encoder_layers, ..., ln_positions, use_glu, ...) so a dalle-mini `config.json` maps key for key.
+    One deliberate difference: `image_vocab_size` is the number of VQGAN codes (16384); dalle-mini's larger
+    `image_vocab_size` (16391 for mini, 16415 for mega: unused extra rows) is `image_vocab_size +
+    image_extra_tokens` here. BOS is `image_vocab_size`, as dalle-mini's decoder_start_token_id.
+  * `decoder_only`: DALL·E / CogView single-stream transformer over `[text] [BOS] [image]`.
+
+Light on purpose: no jax import (validation must stay cheap).
+"""
 
 from __future__ import annotations
 
-from ml_collections import ConfigDict  # noqa: F401  (used by the schemas registered here)
+from ml_collections import ConfigDict
 
-from dalle import config as config_lib  # noqa: F401
+from dalle import config as config_lib
+
+LN_POSITIONS = ("normformer", "swinv2", "cogview", "sandwich", "preln", "postln", "deepnet", "subln")
+LN_TYPES = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_exact", "swish", "silu", "smelu", "smelu_dallemini", "relu")
+
+
+def _common(c: ConfigDict) -> None:
+    c.image_vocab_size = 16384  # VQGAN codes; BOS = image_vocab_size
+    c.max_text_length = 64
+    c.image_length = 256
+    c.ln_type = "layernorm"
+    c.use_glu = True
+    c.use_bias = False
+    c.use_head_scale = False
+    c.use_cosine_attention = False
+    c.tau_init = 0.05
+    c.use_swin_position_embeddings = False
+    c.use_deepnet_scaling = False
+    c.use_subln_init = False
+    c.force_ln_scale = False
+    c.scale_embedding = False
+    c.activation_function = "gelu"
+    c.dropout = 0.0
+    c.attention_dropout = 0.0
+    c.activation_dropout = 0.0
+    c.init_std = 0.02
+    c.remat = False  # gradient checkpointing of every layer (dalle-mini's gradient_checkpointing)
+    c.scan_layers = True  # hk.layer_stack (dalle-mini's use_scan); False = one module per layer
+    c.encoder_init = ""  # model dir (converted or trained) whose text-encoder params start this model's encoder
+
+
+def dalle_bart_defaults() -> ConfigDict:
+    """dalle-mini's `config/mini` architecture (538.6 M parameters with its vocabularies)."""
+    c = ConfigDict()
+    c.kind = "dalle_bart"
+    c.d_model = 1024
+    c.encoder_layers = 12
+    c.decoder_layers = 12
+    c.encoder_attention_heads = 16
+    c.decoder_attention_heads = 16
+    c.encoder_ffn_dim = 4096
+    c.decoder_ffn_dim = 4096
+    c.encoder_vocab_size = 50264
+    c.image_extra_tokens = 0  # dalle-mini's unused rows between the codes and BOS (mini: 7, mega: 31)
+    _common(c)
+    c.ln_positions = "normformer"
+    c.use_absolute_position_embeddings = True
+    c.sinkhorn_iters = 1
+    c.use_final_ln_encoder = True
+    c.use_final_ln_decoder = True
+    return c
+
+
+def decoder_only_defaults() -> ConfigDict:
+    c = ConfigDict()
+    c.kind = "decoder_only"
+    c.d_model = 512
+    c.num_layers = 8
+    c.num_heads = 8
+    c.ffn_dim = 2048
+    c.text_vocab_size = 16384
+    _common(c)
+    c.ln_positions = "preln"  # "cogview" (= "sandwich") is CogView's sandwich-LN
+    c.use_final_ln = True
+    c.embedding_ln = False
+    c.text_loss_weight = 0.125  # DALL·E: 1/8 text, 7/8 image
+    c.image_loss_weight = 0.875
+    return c
+
+
+def _check_common(m: ConfigDict, heads: dict[str, int]):
+    for key in ("d_model", "image_vocab_size", "max_text_length", "image_length"):
+        if m[key] <= 0:
+            yield f"model.{key} = {m[key]} must be positive"
+    for key, h in heads.items():
+        if h <= 0:
+            yield f"model.{key} = {h} must be positive"
+        elif m.d_model % h:
+            yield f"model.d_model = {m.d_model} is not divisible by model.{key} = {h}"
+    if m.ln_type not in LN_TYPES:
+        yield f"model.ln_type = {m.ln_type!r} is not one of {LN_TYPES}"
+    if m.ln_positions not in LN_POSITIONS:
+        yield f"model.ln_positions = {m.ln_positions!r} is not one of {LN_POSITIONS}"
+    if m.activation_function not in ACTIVATIONS:
+        yield f"model.activation_function = {m.activation_function!r} is not one of {ACTIVATIONS}"
+    for key in ("dropout", "attention_dropout", "activation_dropout"):
+        if not 0.0 <= m[key] < 1.0:
+            yield f"model.{key} = {m[key]} must be in [0, 1)"
+    if m.use_cosine_attention and m.tau_init <= 0:
+        yield f"model.tau_init = {m.tau_init} must be positive with use_cosine_attention"
+    if m.use_deepnet_scaling and m.use_subln_init:
+        yield "model.use_deepnet_scaling and model.use_subln_init are mutually exclusive"
+    if m.init_std <= 0:
+        yield f"model.init_std = {m.init_std} must be positive"
+
+
+def check_dalle_bart(m: ConfigDict, _: ConfigDict):
+    yield from _check_common(m, {"encoder_attention_heads": m.encoder_attention_heads,
+                                 "decoder_attention_heads": m.decoder_attention_heads})
+    for key in ("encoder_layers", "decoder_layers", "encoder_ffn_dim", "decoder_ffn_dim", "encoder_vocab_size"):
+        if m[key] <= 0:
+            yield f"model.{key} = {m[key]} must be positive"
+    if m.image_extra_tokens < 0:
+        yield f"model.image_extra_tokens = {m.image_extra_tokens} must be >= 0"
+    if m.sinkhorn_iters < 1:
+        yield f"model.sinkhorn_iters = {m.sinkhorn_iters} must be >= 1"
+    if m.ln_positions in ("postln", "deepnet") and not (m.use_final_ln_encoder and m.use_final_ln_decoder):
+        yield "model.use_final_ln_encoder/decoder must be True with ln_positions postln (as dalle-mini requires)"
+
+
+def check_decoder_only(m: ConfigDict, _: ConfigDict):
+    yield from _check_common(m, {"num_heads": m.num_heads})
+    for key in ("num_layers", "ffn_dim", "text_vocab_size"):
+        if m[key] <= 0:
+            yield f"model.{key} = {m[key]} must be positive"
+    if m.text_loss_weight < 0 or m.image_loss_weight < 0:
+        yield "model.text_loss_weight and model.image_loss_weight must be >= 0"
+    if m.text_loss_weight + m.image_loss_weight <= 0:
+        yield "model.text_loss_weight + model.image_loss_weight must be positive"
+
+
+config_lib.register_schema("model", dalle_bart_defaults, check_dalle_bart, kind="dalle_bart")
+config_lib.register_schema("model", decoder_only_defaults, check_decoder_only, kind="decoder_only")

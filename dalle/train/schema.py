@@ -120,3 +120,35 @@ def check_train(t: ConfigDict, _: ConfigDict):
 config_lib.register_schema("", root_defaults)
 config_lib.register_schema("mesh", mesh_defaults, check_mesh)
 config_lib.register_schema("train", train_defaults, check_train)
+
+
+def check_model_against_data(config: ConfigDict, _: ConfigDict):
+    """The text side of a text-to-image model must fit the data's tokenizer and text length."""
+    if "model" not in config or "data" not in config:
+        return
+    m, d = config.model, config.data
+    if m.get("kind") not in ("dalle_bart", "decoder_only"):
+        return
+    if "max_text_length" in d and m.max_text_length != d.max_text_length:
+        yield (f"model.max_text_length = {m.max_text_length} differs from data.max_text_length = "
+               f"{d.max_text_length}")
+    text_vocab = m.get("encoder_vocab_size", m.get("text_vocab_size"))
+    real = _tokenizer_size(d.get("tokenizer_path", ""))
+    if real and text_vocab is not None and text_vocab < real:
+        which = "encoder_vocab_size" if "encoder_vocab_size" in m else "text_vocab_size"
+        yield f"model.{which} = {text_vocab} is smaller than the tokenizer's {real} pieces ({d.tokenizer_path})"
+
+
+def _tokenizer_size(path: str) -> int:
+    """The real size of a trained sentencepiece model (from the .json written beside it), 0 when unknown."""
+    import json
+    import os
+
+    info = path + ".json"
+    if not path or not os.path.isfile(info):
+        return 0
+    with open(info) as f:
+        return int(json.load(f).get("vocab_size", 0))
+
+
+config_lib.register_global_check(check_model_against_data)
