@@ -13,6 +13,10 @@ $(STAMP): requirements.txt pyproject.toml
 	@command -v bazel >/dev/null 2>&1 || { echo "installing Debian's bazel-bootstrap (offline Bazel 4.2.3)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bazel-bootstrap) \
 	  || echo "warning: could not install bazel-bootstrap (needs root); 'make bazel-test' will not work"; }
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium + chromium-driver (for the web demo's browser test)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+	  || echo "warning: could not install chromium (needs root); the browser test will be skipped"; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt

@@ -113,7 +113,13 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _load_reranker(clip_dir: str):
-    """(prompt, images) -> indices best first, from a CLIP checkpoint (dalle/eval/rerank.py)."""
-    from dalle.eval import rerank
+    """(prompt, images) -> candidate indices best first, by CLIP score (dalle/eval/rerank.py)."""
+    from dalle.eval import clip, rerank
 
-    return rerank.load_scorer(clip_dir)
+    model = clip.load_clip(clip_dir)
+
+    def order(prompt: str, images):
+        scores = rerank.candidate_scores(model, images, [prompt])
+        return list(rerank.rerank_order(scores, scores.shape[1])[0])
+
+    return order

@@ -1,0 +1,62 @@
+"""A small CLIP for the captioned-shapes world: the reranker, CLIP-score and FID-CLIP backbone of the CPU demo.
+
+    dalle train --config configs/clip_shapes.py --workdir outputs/demo/clip
+
+Needs the demo tokenizer (data.tokenizer_path, `dalle tokenizer train --config configs/shapes_tiny.py`); images
+are rendered on the fly, captions tokenized with that vocabulary. ViT 32 px / patch 4 (64 patches), width 128,
+2+2 layers (~0.9 M params). Variant `multi` (1-3 objects, 32 text tokens); append `,root=DIR` as for
+configs/shapes_tiny.py. The exported model (<workdir>/model) is what `eval.clip_checkpoint` points at.
+"""
+
+import importlib.util
+import os
+
+from ml_collections import ConfigDict
+
+
+def _shapes_data(variant):
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("shapes_data_config", os.path.join(here, "shapes_data.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.data_config(variant)
+
+
+def get_config(arg=None):
+    parts = [p for p in (arg or "").split(",") if p]
+    opts = dict(p.split("=", 1) for p in parts if "=" in p)
+    variants = [p for p in parts if "=" not in p]
+    variant = variants[0] if variants else "one_object"
+    if variant not in ("one_object", "multi") or len(variants) > 1:
+        raise ValueError(f"unknown variant {arg!r} (known: one_object, multi; plus root=DIR)")
+    root = opts.pop("root", "outputs/demo")
+    if opts:
+        raise ValueError(f"unknown option(s) {sorted(opts)} (known: root)")
+    multi = variant == "multi"
+
+    c = ConfigDict()
+    c.name = f"clip_shapes_{variant}"
+    c.seed = 0
+    c.data = _shapes_data("multi_32" if multi else "one_object_32")
+    c.data.tokenizer_path = f"{root}/tokenizer/spm.model"
+    c.data.vocab_size = 128
+    c.data.max_text_length = 32 if multi else 16
+    c.model = ConfigDict(dict(
+        kind="clip", name=f"clip_shapes_{variant}", embed_dim=64, image_size=32, patch_size=4,
+        vision_width=128, vision_layers=2, vision_heads=4, vision_mlp_dim=512,
+        context_length=c.data.max_text_length, vocab_size=128, text_width=128, text_layers=2, text_heads=4,
+        text_mlp_dim=512, activation="gelu", text_pool="eos", eos_id=-1, tokenizer="sentencepiece",
+    ))
+    c.train = ConfigDict()
+    c.train.batch_size = 128  # contrastive: every other caption in the batch is a negative
+    c.train.num_steps = 1500
+    c.train.max_minutes = 10.0
+    c.train.optimizer = ConfigDict(dict(name="adamw", lr=1e-3, weight_decay=0.1))
+    c.train.schedule = ConfigDict(dict(name="cosine", warmup_steps=100, end_fraction=0.05))
+    c.train.grad_clip_norm = 1.0
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.eval_batches = 2
+    c.train.checkpoint_every = 250
+    c.mesh = ConfigDict(dict(axes=("data", "fsdp", "model"), shape=(-1, 1, 1)))
+    return c

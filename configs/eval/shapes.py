@@ -1,0 +1,42 @@
+"""Evaluation of a captioned-shapes DALL·E model (the CPU demo): accuracy, CLIP score, FID(-CLIP), guidance sweep.
+
+    dalle eval --config configs/eval/shapes.py --checkpoint outputs/demo/dalle
+    dalle eval reference --config configs/eval/shapes.py --checkpoint outputs/demo/dalle --out outputs/demo/ref.npz
+
+Uses the checkpoint's own data config (shapes world, tokenizer, VQGAN). CLIP: configs/clip_shapes.py's export
+(outputs/demo/clip/model). The FID Inception is used when `dalle convert inception` output is at
+eval.inception_checkpoint; otherwise FID-CLIP is reported (named so). Variants: `quick` (8 prompts per split,
+2 scales, 2 candidates: a smoke run in ~a minute), `full` (default: 64 prompts per split, scales 1/2/3/5).
+Append `,root=DIR` to move every artifact, as for configs/shapes_tiny.py.
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config(arg=None):
+    parts = [p for p in (arg or "").split(",") if p]
+    opts = dict(p.split("=", 1) for p in parts if "=" in p)
+    variants = [p for p in parts if "=" not in p]
+    variant = variants[0] if variants else "full"
+    if variant not in ("full", "quick") or len(variants) > 1:
+        raise ValueError(f"unknown variant {arg!r} (known: full, quick; plus root=DIR)")
+    root = opts.pop("root", "outputs/demo")
+    if opts:
+        raise ValueError(f"unknown option(s) {sorted(opts)} (known: root)")
+    c = ConfigDict()
+    c.name = f"eval_shapes_{variant}"
+    c.eval = ConfigDict()
+    e = c.eval
+    e.splits = ("train", "validation", "zero_shot")
+    e.num_prompts = 8 if variant == "quick" else 64
+    e.batch_size = 8
+    e.condition_scales = (1.0, 3.0) if variant == "quick" else (1.0, 2.0, 3.0, 5.0)
+    e.num_candidates = 2 if variant == "quick" else 4
+    e.keep_top = 1
+    e.top_k = 8
+    e.clip_checkpoint = f"{root}/clip/model"
+    e.inception_checkpoint = f"{root}/inception"
+    e.fid_fallback = "clip"
+    e.output_dir = ""
+    c.mesh = ConfigDict(dict(axes=("data", "fsdp", "model"), shape=(-1, 1, 1)))
+    return c

@@ -1,0 +1,465 @@
+"""`dalle eval`: generate for a prompt file or the shapes splits, sweep guidance, rerank with CLIP, and measure.
+
+    dalle eval --config configs/eval/shapes.py --checkpoint outputs/demo/dalle [--config.eval.num_prompts=32]
+    dalle eval reference --config configs/eval/shapes.py --checkpoint outputs/demo/dalle --out ref_stats.npz
+    dalle eval reference --config configs/eval/shapes.py --images DIR --out ref_stats.npz   # a folder of images
+
+For each `eval.condition_scales` value s: N = `eval.num_candidates` images per prompt (sharded over the mesh's
+batch axes), reranked by CLIP to the best k = `eval.keep_top`, then
+  * compositional accuracy per split and attribute (shapes prompts; the analyzer reads the images back),
+  * CLIP score (mean max(100 cos, 0)), named with its backbone,
+  * FID and KID against reference statistics (`eval.fid_reference`, or renders of the same prompts) with the FID
+    Inception, or - when its weights are absent - the configured fallback, named "FID-CLIP" in every output.
+Writes <output_dir>/metrics.json, grids/<scale>_<split>.png, images/ (PNG), and fid_vs_clip.svg. A metric that
+cannot be computed is reported as null with the reason, never as a made-up number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from dalle import config as config_lib
+
+
+@dataclasses.dataclass
+class Prompt:
+    split: str
+    caption: str
+    request: Any = None  # dalle.data.shapes.Request for shapes prompts
+    scene: Any = None
+
+
+def read_prompts_file(path: str, limit: int) -> list[Prompt]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"eval.prompts_file {path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise ValueError(f"eval.prompts_file {path!r} has no prompts")
+    return [Prompt("prompts", line) for line in lines[:limit]]
+
+
+def make_prompts(ev: ConfigDict, data: ConfigDict | None) -> list[Prompt]:
+    if ev.prompts_file:
+        return read_prompts_file(ev.prompts_file, ev.num_prompts)
+    if data is None or data.get("source") != "shapes":
+        raise ValueError("eval.prompts_file is empty and the checkpoint's data.source is not 'shapes': "
+                         "give eval.prompts_file")
+    from dalle.eval import compositional
+
+    out = []
+    for split in ev.splits:
+        out += [Prompt(p.split, p.caption, p.request, p.scene)
+                for p in compositional.shapes_prompts(data, split, ev.num_prompts)]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------
+class Generator:
+    """The DALL·E model + its tokenizer + VQGAN: prompts -> uint8 images [P * N, H, W, 3] (prompt-major)."""
+
+    def __init__(self, checkpoint_dir: str, ev: ConfigDict, mesh_config: ConfigDict):
+        from dalle import checkpoint, sharding
+        from dalle.data import tasks, tokenizer
+        from dalle.modeling import model as model_lib
+        from dalle.modeling.vqgan_api import VQGANTokenizer
+
+        self.config, params = checkpoint.load_model(checkpoint_dir)
+        if "model" not in self.config or "data" not in self.config:
+            raise checkpoint.CheckpointError(f"{checkpoint_dir!r}: config.json lacks a model or data section")
+        self.data = self.config.data
+        self.model = model_lib.build_model(self.config.model)
+        self.mesh = sharding.mesh_from_config(mesh_config)
+        self.rules = sharding.DEFAULT_LOGICAL_RULES
+        shardings = sharding.param_shardings(params, sharding.get_partition_rules(self.config.model.kind),
+                                             self.rules, self.mesh)
+        self.params = sharding.shard_put(params, shardings)
+        tok_path = ev.tokenizer_path or self.data.get("tokenizer_path", "")
+        vocab = tokenizer.load_vocabulary(tok_path)
+        self.encode = lambda caps: tasks.encode_captions(list(caps), vocab, int(self.model.max_text_length))
+        vq_dir = ev.vqgan_checkpoint or self.data.get("vqgan_checkpoint", "")
+        if not vq_dir or not os.path.isdir(vq_dir):
+            raise FileNotFoundError(f"VQGAN checkpoint {vq_dir!r} does not exist (eval.vqgan_checkpoint or the "
+                                    "checkpoint's data.vqgan_checkpoint)")
+        self.vqgan = VQGANTokenizer.from_checkpoint(vq_dir, mesh=self.mesh)
+        self.ev = ev
+        self.rows_multiple = max(1, int(np.prod([self.mesh.shape[a] for a in ("data", "fsdp") if a in self.mesh.shape])))
+
+    def __call__(self, captions: Sequence[str], scale: float, rng: Any) -> np.ndarray:
+        import jax
+
+        from dalle import sharding
+        from dalle.modeling import sampling
+
+        n = len(captions)
+        pad = (-n) % self.rows_multiple
+        tokens = self.encode(list(captions) + [captions[-1]] * pad)
+        with sharding.use_mesh(self.mesh, self.rules):
+            codes = sampling.generate(self.model, self.params, tokens, rng, num_images=self.ev.num_candidates,
+                                      condition_scale=float(scale), top_k=self.ev.top_k, top_p=self.ev.top_p,
+                                      temperature=self.ev.temperature)
+        codes = np.asarray(jax.device_get(codes))[: n * self.ev.num_candidates]
+        images = self.vqgan.decode(codes)
+        return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+
+
+def load_feature_network(ev: ConfigDict, clip: Any, notes: list[str]):
+    """The FID Inception when its weights are there; else the fallback (named), else None with a note."""
+    from dalle.eval import fid, inception
+
+    try:
+        return fid.FeatureNetwork.inception(inception.load_inception(ev.inception_checkpoint))
+    except FileNotFoundError as e:
+        msg = f"FID Inception weights not available ({e})"
+    if ev.fid_fallback == "clip":
+        if clip is None:
+            notes.append(f"{msg}; the fallback 'clip' needs eval.clip_checkpoint, which is not set: FID/KID not "
+                         "computed")
+            return None
+        notes.append(f"{msg}; using the CLIP image tower ({clip.backbone}) instead: reported as FID-CLIP/KID-CLIP, "
+                     "not comparable with published FIDs")
+        return fid.FeatureNetwork.clip(clip.model, clip.params, clip.backbone)
+    notes.append(f"{msg}; eval.fid_fallback = 'none': FID/KID not computed")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+def image_grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
+    """uint8 [rows, cols, H, W, 3] -> one uint8 image with `pad` gray pixels between cells."""
+    r, c, h, w, _ = images.shape
+    out = np.full((r * (h + pad) + pad, c * (w + pad) + pad, 3), 128, np.uint8)
+    for i in range(r):
+        for j in range(c):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            out[y:y + h, x:x + w] = images[i, j]
+    return out
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def fid_clip_svg(points: list[tuple[float, float | None, float | None]], fid_name: str, clip_name: str) -> str:
+    """An SVG line plot of FID (y) against CLIP score (x), one labeled point per guidance scale (no matplotlib in
+    the venv: a small hand-written SVG). Points lacking either number are listed as missing, not drawn."""
+    ok = [(s, c, f) for s, c, f in points if c is not None and f is not None]
+    w, h, m = 480, 360, 60
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+            f'font-size="12"><rect width="{w}" height="{h}" fill="white"/>')
+    title = f'<text x="{w / 2}" y="20" text-anchor="middle">{fid_name} vs CLIP score across condition_scale</text>'
+    if not ok:
+        why = "no scale has both numbers (see metrics.json notes)"
+        return head + title + f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">{why}</text></svg>\n'
+    xs, ys = [c for _, c, _ in ok], [f for _, _, f in ok]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    x0, x1 = (x0 - 1, x1 + 1) if x1 - x0 < 1e-9 else (x0 - 0.05 * (x1 - x0), x1 + 0.05 * (x1 - x0))
+    y0, y1 = (y0 - 1, y1 + 1) if y1 - y0 < 1e-9 else (y0 - 0.05 * (y1 - y0), y1 + 0.05 * (y1 - y0))
+    px = lambda v: m + (v - x0) / (x1 - x0) * (w - 2 * m)  # noqa: E731
+    py = lambda v: h - m - (v - y0) / (y1 - y0) * (h - 2 * m)  # noqa: E731
+    parts = [head, title,
+             f'<line x1="{m}" y1="{h - m}" x2="{w - m}" y2="{h - m}" stroke="black"/>',
+             f'<line x1="{m}" y1="{m}" x2="{m}" y2="{h - m}" stroke="black"/>',
+             f'<text x="{w / 2}" y="{h - 15}" text-anchor="middle">CLIP score ({clip_name})</text>',
+             f'<text x="15" y="{h / 2}" text-anchor="middle" transform="rotate(-90 15 {h / 2})">{fid_name}</text>']
+    for v in (x0, x1):
+        parts.append(f'<text x="{px(v):.1f}" y="{h - m + 15}" text-anchor="middle">{v:.2f}</text>')
+    for v in (y0, y1):
+        parts.append(f'<text x="{m - 5}" y="{py(v):.1f}" text-anchor="end">{v:.3g}</text>')
+    order = sorted(ok)
+    path = " ".join(f"{px(c):.1f},{py(f):.1f}" for _, c, f in order)
+    parts.append(f'<polyline points="{path}" fill="none" stroke="steelblue" stroke-width="2"/>')
+    for s, c, f in order:
+        parts.append(f'<circle cx="{px(c):.1f}" cy="{py(f):.1f}" r="4" fill="steelblue"/>')
+        parts.append(f'<text x="{px(c) + 6:.1f}" y="{py(f) - 6:.1f}">s={s:g}</text>')
+    missing = [s for s, c, f in points if c is None or f is None]
+    if missing:
+        parts.append(f'<text x="{m}" y="{m - 10}">not plotted (a number missing): s = {missing}</text>')
+    parts.append("</svg>\n")
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The job
+# ----------------------------------------------------------------------------------------------------------------
+def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[str, Any]:
+    """Runs the whole evaluation and returns what it wrote to metrics.json. `generator` (tests) replaces the
+    DALL·E + VQGAN stack: any callable (captions, scale, rng) -> uint8 [P * N, H, W, 3]."""
+    import jax
+
+    from dalle.eval import clip as clip_lib
+    from dalle.eval import clip_score as clip_score_lib
+    from dalle.eval import compositional, fid, rerank
+
+    ev = config.eval
+    out_dir = ev.output_dir or os.path.join(checkpoint_dir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    notes: list[str] = []
+    t_start = time.time()
+    gen = generator or Generator(checkpoint_dir, ev, config.mesh)
+    data = getattr(gen, "data", None)
+    prompts = make_prompts(ev, data)
+    splits = list(dict.fromkeys(p.split for p in prompts))
+
+    clip = None
+    if ev.clip_checkpoint:
+        clip = clip_lib.load_clip(ev.clip_checkpoint, data.get("tokenizer_path", "") if data is not None else "")
+    else:
+        notes.append("eval.clip_checkpoint is empty: no reranking (the first keep_top candidates are kept) and no "
+                     "CLIP score")
+    if clip is None and ev.keep_top < ev.num_candidates:
+        notes.append(f"keep_top {ev.keep_top} < num_candidates {ev.num_candidates} without CLIP: first candidates kept")
+    want_fid = "fid" in ev.metrics or "kid" in ev.metrics
+    net = load_feature_network(ev, clip, notes) if want_fid else None
+
+    reference = None
+    if net is not None:
+        if ev.fid_reference:
+            reference = fid.Statistics.load(ev.fid_reference)
+            if reference.network != net.name:
+                raise ValueError(f"eval.fid_reference {ev.fid_reference!r} was made with {reference.network!r}, but "
+                                 f"this run's feature network is {net.name!r}")
+        elif all(p.scene is not None for p in prompts) and data is not None:
+            ref_images = compositional.render_prompts(data, [p for p in prompts])
+            reference = fid.compute_statistics(net.features(ref_images), net.name, net.preprocessing,
+                                               f"renders of the {len(prompts)} eval prompts")
+        else:
+            notes.append("no eval.fid_reference and the prompts have no scenes to render: FID/KID not computed")
+
+    results: dict[str, Any] = {"scales": {}}
+    plot_points = []
+    rng = jax.random.PRNGKey(ev.seed)
+    total = len(ev.condition_scales) * math.ceil(len(prompts) / ev.batch_size)
+    bar = None
+    if ev.progress_bar and jax.process_index() == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="eval", unit="batch", file=sys.stderr, dynamic_ncols=True)
+    for s_i, scale in enumerate(ev.condition_scales):
+        kept_all, scores_all = [], []
+        for b_i, start in enumerate(range(0, len(prompts), ev.batch_size)):
+            batch = prompts[start:start + ev.batch_size]
+            caps = [p.caption for p in batch]
+            images = gen(caps, scale, jax.random.fold_in(jax.random.fold_in(rng, s_i), b_i))
+            if len(images) != len(batch) * ev.num_candidates:
+                raise RuntimeError(f"generator returned {len(images)} images for {len(batch)} prompts x "
+                                   f"{ev.num_candidates} candidates")
+            if clip is not None:
+                kept, scores, _ = rerank.rerank_images(clip, images, caps, ev.keep_top)
+            else:
+                kept = images.reshape(len(batch), ev.num_candidates, *images.shape[1:])[:, : ev.keep_top]
+                scores = np.full((len(batch), ev.keep_top), np.nan)
+            kept_all.append(kept)
+            scores_all.append(scores)
+            if bar is not None:
+                bar.update(1)
+        kept = np.concatenate(kept_all)  # [P, k, H, W, 3]
+        entry = _measure(ev, prompts, splits, kept, clip, net, reference, data, notes, out_dir, scale)
+        results["scales"][f"{scale:g}"] = entry
+        plot_points.append((float(scale), entry["clip_score"].get("clip_score"), entry["fid"].get("value")))
+    if bar is not None:
+        bar.close()
+
+    fid_name = net.metric_prefix if net is not None else "FID"
+    svg = fid_clip_svg(plot_points, fid_name, clip.backbone if clip else "no CLIP")
+    with open(os.path.join(out_dir, "fid_vs_clip.svg"), "w") as f:
+        f.write(svg)
+    results.update({
+        "checkpoint": os.path.abspath(checkpoint_dir),
+        "prompts": {"source": ev.prompts_file or "shapes splits", "splits": splits, "per_split": ev.num_prompts,
+                    "total": len(prompts)},
+        "sampling": {"num_candidates": ev.num_candidates, "keep_top": ev.keep_top, "top_k": ev.top_k,
+                     "top_p": ev.top_p, "temperature": ev.temperature, "seed": ev.seed,
+                     "reranked_by": clip.backbone if clip and ev.keep_top < ev.num_candidates else None},
+        "clip_backbone": clip.backbone if clip else None,
+        "fid_network": None if net is None else {"name": net.name, "metric": net.metric_prefix,
+                                                  "preprocessing": net.preprocessing,
+                                                  "reference": None if reference is None else reference.source
+                                                  or ev.fid_reference, "reference_count":
+                                                  None if reference is None else reference.count},
+        "notes": notes,
+        "seconds": round(time.time() - t_start, 1),
+        "config": json.loads(config.to_json_best_effort()),
+    })
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True, default=_json_default)
+    return results
+
+
+def _json_default(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _measure(ev, prompts, splits, kept, clip, net, reference, data, notes, out_dir, scale) -> dict[str, Any]:
+    from dalle.eval import clip_score as clip_score_lib
+    from dalle.eval import compositional, fid
+
+    k = kept.shape[1]
+    flat = kept.reshape(-1, *kept.shape[2:])
+    caps = [p.caption for p in prompts for _ in range(k)]
+    entry: dict[str, Any] = {"splits": {}}
+    tag = f"s{scale:g}"
+    for split in splits:
+        idx = [i for i, p in enumerate(prompts) if p.split == split]
+        sub = kept[idx]
+        split_entry: dict[str, Any] = {"prompts": len(idx)}
+        if "compositional" in ev.metrics:
+            if all(prompts[i].request is not None for i in idx) and data is not None:
+                reqs = [prompts[i].request for i in idx for _ in range(k)]
+                split_entry["compositional"] = compositional.accuracy(sub.reshape(-1, *sub.shape[2:]), reqs, data)
+            else:
+                split_entry["compositional"] = {"all": None, "note": "prompts from a file have no scene to check"}
+        if "clip_score" in ev.metrics:
+            split_entry["clip_score"] = (clip_score_lib.clip_score(clip, sub.reshape(-1, *sub.shape[2:]),
+                                                                   [prompts[i].caption for i in idx for _ in range(k)])
+                                         if clip else {"clip_score": None, "note": "no eval.clip_checkpoint"})
+        entry["splits"][split] = split_entry
+        g = min(len(idx), ev.grid_prompts)
+        if g:
+            save_png(os.path.join(out_dir, "grids", f"{tag}_{split}.png"), image_grid(sub[:g]))
+        if ev.save_images:
+            for j, i in enumerate(idx):
+                for c in range(k):
+                    save_png(os.path.join(out_dir, "images", tag, split, f"{j:05d}_{c}.png"), sub[j, c])
+    if "clip_score" in ev.metrics and clip is not None:
+        entry["clip_score"] = clip_score_lib.clip_score(clip, flat, caps)
+    else:
+        entry["clip_score"] = {"clip_score": None, "note": "no eval.clip_checkpoint" if clip is None else "not asked"}
+    entry["fid"], entry["kid"] = {"value": None}, {"value": None}
+    if net is not None and reference is not None:
+        feats = net.features(flat)
+        if "fid" in ev.metrics:
+            if len(feats) < 2:
+                entry["fid"] = {"value": None, "note": f"{len(feats)} images: too few for a covariance"}
+            else:
+                stats = fid.compute_statistics(feats, net.name, net.preprocessing)
+                entry["fid"] = {"value": fid.frechet_distance(stats, reference), "metric": net.metric_prefix,
+                                "network": net.name, "images": len(feats), "reference_images": reference.count}
+                if len(feats) <= feats.shape[1]:
+                    entry["fid"]["note"] = (f"{len(feats)} images for {feats.shape[1]}-d features: the covariance is "
+                                            "singular and FID is strongly biased upward at this sample size")
+        if "kid" in ev.metrics:
+            if reference.features is None or len(feats) < 2:
+                entry["kid"] = {"value": None, "note": "reference file keeps no features" if reference.features
+                                is None else "too few images"}
+            else:
+                mean, std = fid.kernel_inception_distance(feats, reference.features, ev.kid_subsets,
+                                                          ev.kid_subset_size, seed=ev.seed)
+                entry["kid"] = {"value": mean, "std": std, "metric": net.metric_prefix.replace("FID", "KID"),
+                                "network": net.name, "subset_size": min(ev.kid_subset_size, len(feats),
+                                                                        len(reference.features))}
+    else:
+        why = "no feature network (see notes)" if net is None else "no reference statistics (see notes)"
+        entry["fid"], entry["kid"] = {"value": None, "note": why}, {"value": None, "note": why}
+    return entry
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference statistics
+# ----------------------------------------------------------------------------------------------------------------
+def read_image_folder(directory: str) -> np.ndarray:
+    from PIL import Image
+
+    names = sorted(n for n in os.listdir(directory) if n.lower().endswith((".png", ".jpg", ".jpeg", ".webp")))
+    if not names:
+        raise FileNotFoundError(f"--images {directory!r} holds no .png/.jpg/.webp files")
+    ims = [np.asarray(Image.open(os.path.join(directory, n)).convert("RGB")) for n in names]
+    sizes = {im.shape for im in ims}
+    if len(sizes) > 1:
+        from dalle.eval.clip import resize_center_crop
+
+        side = min(min(s[:2]) for s in sizes)
+        ims = [resize_center_crop(im, side) for im in ims]
+    return np.stack(ims)
+
+
+def make_reference(config: ConfigDict, out: str, checkpoint_dir: str = "", images_dir: str = "") -> dict[str, Any]:
+    """Writes reference statistics (mu, sigma, features) of a folder of images or of the renders of the eval
+    prompts (shapes world of the checkpoint's data config) with the configured feature network."""
+    from dalle import checkpoint
+    from dalle.eval import clip as clip_lib
+    from dalle.eval import compositional, fid
+
+    ev = config.eval
+    notes: list[str] = []
+    data = checkpoint.read_config(checkpoint_dir).data if checkpoint_dir else None
+    clip = (clip_lib.load_clip(ev.clip_checkpoint, data.get("tokenizer_path", "") if data is not None else "")
+            if ev.clip_checkpoint else None)
+    net = load_feature_network(ev, clip, notes)
+    if net is None:
+        raise RuntimeError("; ".join(notes))
+    if images_dir:
+        images, source = read_image_folder(images_dir), f"folder {os.path.abspath(images_dir)}"
+    else:
+        if data is None:
+            raise ValueError("give --checkpoint (its data config names the shapes world) or --images DIR")
+        prompts = make_prompts(ev, data)
+        images, source = compositional.render_prompts(data, prompts), f"renders of {len(prompts)} eval prompts"
+    stats = fid.compute_statistics(net.features(images), net.name, net.preprocessing, source)
+    stats.save(out)
+    return {"out": out, "count": stats.count, "network": net.name, "notes": notes}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str]) -> int:
+    argv = list(argv)
+    sub = argv.pop(0) if argv and argv[0] == "reference" else "eval"
+    overrides, rest = config_lib.split_config_args(argv)
+    parser = argparse.ArgumentParser(prog=f"dalle eval{' reference' if sub == 'reference' else ''}",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="configs/eval/<x>.py[:variant]")
+    parser.add_argument("--checkpoint", default="", help="DALL·E model dir or trainer workdir")
+    if sub == "reference":
+        parser.add_argument("--out", required=True, help="statistics .npz to write")
+        parser.add_argument("--images", default="", help="a folder of images instead of the shapes renders")
+    args = parser.parse_args(rest)
+    try:
+        config = config_lib.load_config(args.config, overrides)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if "eval" not in config:
+        print(f"error: {args.config} has no eval section", file=sys.stderr)
+        return 2
+    try:
+        if sub == "reference":
+            info = make_reference(config, args.out, args.checkpoint, args.images)
+            print(json.dumps(info, indent=2))
+            return 0
+        if not args.checkpoint:
+            print("error: --checkpoint DIR is required", file=sys.stderr)
+            return 2
+        results = run(config, args.checkpoint)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for scale, entry in results["scales"].items():
+        acc = {s: (e.get("compositional") or {}).get("all") for s, e in entry["splits"].items()}
+        print(f"condition_scale {scale}: accuracy {acc}  CLIP score {entry['clip_score'].get('clip_score')}  "
+              f"{(results['fid_network'] or {}).get('metric', 'FID')} {entry['fid'].get('value')}")
+    for note in results["notes"]:
+        print(f"note: {note}")
+    out = config.eval.output_dir or os.path.join(args.checkpoint, "eval")
+    print(f"wrote {os.path.join(out, 'metrics.json')}")
+    return 0

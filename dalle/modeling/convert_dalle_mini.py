@@ -1,0 +1,331 @@
+"""`dalle convert dalle-mini --from DIR --out OUT`: a dalle-mini checkpoint -> a dalle model directory.
+
+DIR holds dalle-mini's `config.json` and `flax_model.msgpack` (scanned `use_scan` layout or one module per
+layer), and usually its BART tokenizer (`tokenizer.json` or `vocab.json` + `merges.txt`), which is copied to
+OUT/tokenizer and recorded as `data.tokenizer_path` (read with `dalle.modeling.bpe_vocab.BpeVocabulary`).
+
+What changes on the way (the function computed does not):
+  * layer parameters are stacked for `hk.layer_stack` whatever the source layout; per-layer norms that dalle-mini
+    creates only in some layers (Swin v2's every-6th-layer norm, the scale-less last post-LN norm of unscanned
+    models) get identity values where absent, and a per-layer flag decides where they apply;
+  * text ids 0 and 1 are swapped (dalle pads with 0; BART's `<s>` is 0 and `<pad>` is 1): rows 0 and 1 of the
+    text embedding are swapped and the BPE vocabulary swaps ids the same way;
+  * `image_vocab_size` becomes the number of VQGAN codes (= dalle-mini's decoder_start_token_id, 16384) and the
+    rest of dalle-mini's larger image vocabulary is `image_extra_tokens`; table sizes are unchanged;
+  * dalle-mini's `smelu` (which returns 0.25 below -1) becomes `smelu_dallemini`.
+
+Switches this code cannot reproduce are refused with an error naming them (`use_alibi`, tied embeddings, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from dalle.modeling import layers
+from dalle.modeling import schema as model_schema
+
+
+class ConversionError(ValueError):
+    """A dalle-mini checkpoint that cannot be converted; the message names the key or parameter."""
+
+
+# dalle-mini's DalleBartConfig defaults (configuration.py), for keys a config.json leaves out.
+DALLE_MINI_DEFAULTS: dict[str, Any] = dict(
+    encoder_vocab_size=50264, image_vocab_size=16384, image_length=256, max_text_length=64, encoder_layers=12,
+    encoder_ffn_dim=4096, encoder_attention_heads=16, decoder_layers=12, decoder_ffn_dim=4096,
+    decoder_attention_heads=16, activation_function="gelu", d_model=1024, dropout=0.1, attention_dropout=0.0,
+    activation_dropout=0.0, init_std=0.02, scale_embedding=False, gradient_checkpointing=True, use_bias=False,
+    ln_type="layernorm", ln_positions="normformer", use_head_scale=False, use_cosine_attention=False, tau_init=0.05,
+    use_absolute_position_embeddings=True, use_swin_position_embeddings=False, use_deepnet_scaling=False,
+    use_subln_init=False, use_glu=True, use_alibi=False, sinkhorn_iters=1, use_final_ln_encoder=True,
+    use_final_ln_decoder=True, force_ln_scale=False, tie_word_embeddings=False, is_encoder_decoder=True,
+    normalize_text=False,
+)
+_COPIED = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
+           "encoder_ffn_dim", "decoder_ffn_dim", "encoder_vocab_size", "max_text_length", "image_length", "ln_type",
+           "ln_positions", "use_glu", "use_bias", "use_head_scale", "use_cosine_attention", "tau_init",
+           "use_absolute_position_embeddings", "use_swin_position_embeddings", "use_deepnet_scaling",
+           "use_subln_init", "sinkhorn_iters", "use_final_ln_encoder", "use_final_ln_decoder", "force_ln_scale",
+           "scale_embedding", "dropout", "attention_dropout", "activation_dropout", "init_std")
+# Keys of dalle-mini's config that only matter to HF generation/training plumbing.
+_IGNORED = {"gradient_checkpointing", "use_scan", "use_cache", "normalize_text", "do_sample", "min_length",
+            "max_length", "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
+            "forced_eos_token_id", "forced_bos_token_id", "image_vocab_size", "activation_function",
+            "tie_word_embeddings", "is_encoder_decoder", "use_alibi", "encoder_layerdrop", "decoder_layerdrop"}
+
+
+def model_config_from_dalle_mini(dm: Mapping[str, Any]) -> ConfigDict:
+    """dalle-mini config.json -> our `model` section (kind dalle_bart). Refuses what cannot be reproduced."""
+    c = dict(DALLE_MINI_DEFAULTS, **dm)
+    refused = []
+    if c["use_alibi"]:
+        refused.append("use_alibi=True (ALiBi is not implemented in dalle-mini either)")
+    if c["tie_word_embeddings"]:
+        refused.append("tie_word_embeddings=True (dalle-mini's text and image vocabularies differ)")
+    if not c["is_encoder_decoder"]:
+        refused.append("is_encoder_decoder=False")
+    act = {"smelu": "smelu_dallemini"}.get(c["activation_function"], c["activation_function"])
+    if act not in model_schema.ACTIVATIONS:
+        refused.append(f"activation_function={c['activation_function']!r}")
+    unknown = sorted(k for k in dm if k.startswith("use_") and k not in _COPIED and k not in _IGNORED)
+    refused += [f"{k}={dm[k]!r} (unknown switch)" for k in unknown if dm[k]]
+    codes = int(c.get("decoder_start_token_id", c["image_vocab_size"]))
+    if not 0 < codes <= c["image_vocab_size"]:
+        refused.append(f"decoder_start_token_id={codes} outside the image vocabulary (size {c['image_vocab_size']})")
+    if refused:
+        raise ConversionError("unsupported dalle-mini switches: " + "; ".join(refused))
+    out = model_schema.dalle_bart_defaults()
+    for k in _COPIED:
+        v = c[k]
+        out[k] = float(v) if isinstance(out[k], float) else v
+    if out.ln_positions == "deepnet":
+        out.ln_positions = "postln"
+    out.activation_function = act
+    out.image_vocab_size = codes
+    out.image_extra_tokens = int(c["image_vocab_size"]) - codes
+    out.remat = False
+    out.scan_layers = True
+    errors = list(model_schema.check_dalle_bart(out, ConfigDict()))
+    if errors:
+        raise ConversionError("the converted config is invalid:\n  " + "\n  ".join(errors))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parameter mapping
+# --------------------------------------------------------------------------------------------------------------
+def _layer_module_map(cfg: ConfigDict, side: str) -> list[tuple[str, str]]:
+    """(dalle-mini module path inside one layer, our module path inside `layer`), in flax's creation order.
+
+    Flax names compact submodules `Class_i`, counting per class in creation order; this replays dalle-mini's
+    FlaxBart{Encoder,Decoder}Layer / GLU / FFN to know which `LayerNorm_i` is which.
+    """
+    from dalle.modeling import dalle_bart
+
+    spec = dalle_bart.make_spec(cfg, side)
+    norm_cls = "LayerNorm" if cfg.ln_type == "layernorm" else "RMSNorm"
+    out: list[tuple[str, str]] = []
+    count = {"layer": 0}
+
+    def norm(ours: str, scope: str = "layer", prefix: str = "") -> None:
+        out.append((f"{prefix}{norm_cls}_{count[scope]}", ours))
+        count[scope] += 1
+
+    def attention(index: int, ours: str) -> None:
+        if layers.pre_attention_norm(spec):
+            norm(f"{ours}_pre_norm")
+        out.append((f"FlaxBartAttention_{index}", ours))
+        if layers.post_attention_norm(spec):
+            norm(f"{ours}_post_norm")
+        if layers.residual_norm(spec):
+            norm(f"{ours}_residual_norm")
+
+    attention(0, "self_attn")
+    if side == "decoder":
+        attention(1, "cross_attn")
+    pos = spec.positions
+    ffn = "GLU_0/" if cfg.use_glu else "FFN_0/"
+    count["ffn"] = 0
+    if pos in ("normformer", "cogview", "preln", "subln"):
+        norm("ffn/pre_norm", "ffn", ffn)
+    dense = ["wi_0", "wi_1", "wo"] if cfg.use_glu else ["wi_0", "wo"]
+    for i, name in enumerate(dense[:-1]):
+        out.append((f"{ffn}Dense_{i}", f"ffn/{name}"))
+    if pos in ("normformer", "subln"):
+        norm("ffn/mid_norm", "ffn", ffn)
+    out.append((f"{ffn}Dense_{len(dense) - 1}", "ffn/wo"))
+    if pos in ("swinv2", "cogview"):
+        norm("ffn/post_norm", "ffn", ffn)
+    if layers.layer_output_norm(spec):
+        norm("output_norm")
+    return out
+
+
+def _leaf_map(flax_module: str, ours: str, leaf: str) -> tuple[str, str]:
+    """A leaf inside a mapped module -> (our module path, our param name)."""
+    if flax_module.startswith("FlaxBartAttention_"):
+        if leaf == "head_scale":
+            return ours, "head_scale"
+        if leaf == "rel_bias/embedding":
+            return ours, "rel_bias"
+        if leaf.startswith("mid_layernorm/"):
+            return f"{ours}/mid_norm", leaf.split("/", 1)[1]
+    module, _, param = leaf.rpartition("/")
+    return (f"{ours}/{module}" if module else ours), param
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = np.asarray(v)
+    return out
+
+
+def convert_params(flat: Mapping[str, np.ndarray], cfg: ConfigDict, target: Mapping[str, Any]) -> dict:
+    """dalle-mini flat params (`model/encoder/...`, `lm_head/kernel`) -> our Haiku params matching `target`
+    (abstract params of `build_model(cfg)`: the structure and shapes every output must have)."""
+    flat = {k[len("params/"):] if k.startswith("params/") else k: np.asarray(v, np.float32) for k, v in flat.items()}
+    used: set[str] = set()
+    ours: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}  # our module -> the dalle-mini module it comes from (for error messages)
+
+    def take(src: str) -> np.ndarray:
+        if src not in flat:
+            raise ConversionError(f"dalle-mini checkpoint has no parameter {src!r}")
+        used.add(src)
+        return flat[src]
+
+    for side in ("encoder", "decoder"):
+        base = f"dalle_bart/{side}"
+        emb = take(f"model/{side}/embed_tokens/embedding").copy()
+        if side == "encoder":
+            emb[[0, 1]] = emb[[1, 0]]  # BART <s>=0/<pad>=1 -> dalle pad=0 (see bpe_vocab.py)
+        ours[f"{base}/embed_tokens/embedding"] = emb
+        for name in ("embed_positions/embedding", "layernorm_embedding/scale", "layernorm_embedding/bias",
+                     "final_ln/scale", "final_ln/bias"):
+            src = f"model/{side}/{name}"
+            if src in flat:
+                ours[f"{base}/{name}"] = take(src)
+        n = cfg.encoder_layers if side == "encoder" else cfg.decoder_layers
+        cls = "FlaxBartEncoderLayer" if side == "encoder" else "FlaxBartDecoderLayer"
+        scanned = any(k.startswith(f"model/{side}/layers/{cls}s/") for k in flat)
+        layer_roots = ([f"model/{side}/layers/{cls}s"] if scanned
+                       else [f"model/{side}/layers/{cls}_{i}" for i in range(n)])
+        for flax_module, our_module in _layer_module_map(cfg, side):
+            origin[f"{base}/layers/layer/{our_module}/"] = f"{layer_roots[0]}/{flax_module}"
+            leaves = sorted({k[len(r) + len(flax_module) + 2:] for r in layer_roots for k in flat
+                             if k.startswith(f"{r}/{flax_module}/")})
+            # Every param our module has must come from somewhere (identity fill only for per-layer norms).
+            for leaf in leaves:
+                mod, param = _leaf_map(flax_module, our_module, leaf)
+                key = f"{base}/layers/layer/{mod}/{param}"
+                if scanned:
+                    arr = take(f"{layer_roots[0]}/{flax_module}/{leaf}")
+                else:
+                    parts = []
+                    for root in layer_roots:
+                        src = f"{root}/{flax_module}/{leaf}"
+                        if src in flat:
+                            parts.append(take(src))
+                        elif our_module == "output_norm":  # absent in layers where dalle-mini adds no norm
+                            parts.append(None)
+                        else:
+                            raise ConversionError(f"dalle-mini checkpoint has no parameter {src!r}")
+                    shape = next(p.shape for p in parts if p is not None)
+                    fill = np.ones if param == "scale" else np.zeros
+                    arr = np.stack([fill(shape, np.float32) if p is None else p for p in parts])
+                if param == "head_scale":
+                    arr = arr.reshape(arr.shape[0], -1)
+                ours[key] = arr
+            if our_module == "output_norm" and not leaves:
+                # Swin v2 with <= 6 layers: dalle-mini never creates the extra norm; ours exists, switched off.
+                ours[f"{base}/layers/layer/output_norm/scale"] = np.ones((n, cfg.d_model), np.float32)
+                if cfg.ln_type == "layernorm":
+                    ours[f"{base}/layers/layer/output_norm/bias"] = np.zeros((n, cfg.d_model), np.float32)
+    ours["dalle_bart/lm_head/kernel"] = take("lm_head/kernel")
+
+    unused = sorted(set(flat) - used)
+    if unused:
+        raise ConversionError("dalle-mini parameters with no counterpart (an unsupported switch?):\n  "
+                              + "\n  ".join(unused))
+    want = _target_keys(target)
+    missing = sorted(set(want) - set(ours))
+    extra = sorted(set(ours) - set(want))
+
+    def source(key: str) -> str:
+        for prefix, src in origin.items():
+            if key.startswith(prefix) or key.startswith(prefix.rstrip("/") + "/"):
+                return f" (from dalle-mini's {src})"
+        return ""
+
+    if missing or extra:
+        raise ConversionError("converted parameters do not match the model:\n  "
+                              + "\n  ".join([f"missing {k}{source(k)}" for k in missing]
+                                             + [f"unexpected {k}" for k in extra]))
+    bad = [f"{k}: {ours[k].shape} != {want[k]}" for k in want if tuple(ours[k].shape) != tuple(want[k])]
+    if bad:
+        raise ConversionError("converted parameter shapes differ from the model:\n  " + "\n  ".join(bad))
+    tree: dict[str, dict[str, np.ndarray]] = {}
+    for k, v in ours.items():
+        module, _, param = k.rpartition("/")
+        tree.setdefault(module, {})[param] = v
+    return tree
+
+
+def _target_keys(target: Mapping[str, Any]) -> dict[str, tuple]:
+    return {f"{m}/{p}": tuple(np.shape(v)) for m, d in target.items() for p, v in d.items()}
+
+
+def convert(config_json: Mapping[str, Any], flat_params: Mapping[str, np.ndarray]) -> tuple[ConfigDict, dict]:
+    """(our model config, our params) from a dalle-mini config dict and its flat params."""
+    import jax
+
+    from dalle.modeling import model as model_lib
+
+    cfg = model_config_from_dalle_mini(config_json)
+    model = model_lib.build_model(cfg)
+    target = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    return cfg, convert_params(flat_params, cfg, target)
+
+
+def read_dalle_mini_dir(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
+    cfg_path = os.path.join(directory, "config.json")
+    msgpack = os.path.join(directory, "flax_model.msgpack")
+    for p in (cfg_path, msgpack):
+        if not os.path.isfile(p):
+            raise ConversionError(f"{directory!r} is not a dalle-mini checkpoint: {os.path.basename(p)} is missing")
+    with open(cfg_path) as f:
+        config_json = json.load(f)
+    from flax import serialization
+
+    with open(msgpack, "rb") as f:
+        tree = serialization.msgpack_restore(f.read())
+    return config_json, _flatten(tree)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="dalle convert dalle-mini", description=__doc__.splitlines()[0])
+    parser.add_argument("--from", dest="src", required=True, help="dalle-mini checkpoint directory")
+    parser.add_argument("--out", required=True, help="output model directory")
+    parser.add_argument("--vqgan", default="", help="converted VQGAN model directory to record as data.vqgan_checkpoint")
+    args = parser.parse_args(list(argv))
+    from dalle import checkpoint
+
+    try:
+        config_json, flat = read_dalle_mini_dir(args.src)
+        model_cfg, params = convert(config_json, flat)
+    except ConversionError as e:
+        print(f"dalle convert dalle-mini: {e}", file=sys.stderr)
+        return 2
+    config = ConfigDict({"model": model_cfg})
+    tok_files = [f for f in TOKENIZER_FILES if os.path.isfile(os.path.join(args.src, f))]
+    data = {"max_text_length": model_cfg.max_text_length, "vqgan_checkpoint": args.vqgan,
+            "ascii_fold": bool(config_json.get("normalize_text", False)), "lowercase": True}
+    if tok_files:
+        tok_dir = os.path.join(os.path.abspath(args.out), "tokenizer")
+        os.makedirs(tok_dir, exist_ok=True)
+        for f in tok_files:
+            shutil.copy(os.path.join(args.src, f), tok_dir)
+        data["tokenizer_path"] = tok_dir
+    config.data = ConfigDict(data)
+    checkpoint.save_model(args.out, params, config, extra={"converted_from": os.path.abspath(args.src),
+                                                           "source": "dalle-mini"})
+    n = sum(int(np.prod(v.shape)) for d in params.values() for v in d.values())
+    print(f"wrote {args.out}: dalle_bart, {n:,} parameters"
+          + ("" if tok_files else " (no tokenizer files found in the source)"))
+    return 0

@@ -1,0 +1,188 @@
+"""Decoder-only single-stream model (DALL·E / CogView): `[text tokens] [BOS] [image codes]` in one causal sequence.
+
+* Text tokens are right-padded with id 0; padding keys are masked out of attention, so a prompt's image never
+  sees its padding and the all-padding caption is a well-defined unconditional prompt.
+* Separate token tables for text (`text_vocab_size`) and image (`image_vocab_size` codes + BOS), one learned
+  absolute position table over `max_text_length + image_length` positions.
+* The same block as DalleBart (every ln_positions variant; `cogview`/`sandwich` is CogView's sandwich-LN),
+  self-attention only.
+* Loss = `text_loss_weight * CE(text) + image_loss_weight * CE(image)` (DALL·E weighs 1/8 and 7/8): the text
+  head predicts the next text token at non-padding targets, the image head the next image code. With
+  `text_loss_weight = 0` there is no text head.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import jmp
+from ml_collections import ConfigDict
+
+from dalle import sharding
+from dalle.modeling import layers
+
+PAD_ID = 0
+
+
+def make_spec(cfg: ConfigDict) -> layers.TransformerSpec:
+    alpha, gain = 1.0, 1.0
+    n = cfg.num_layers
+    if cfg.use_deepnet_scaling:  # DeepNet's decoder-only gains
+        alpha, gain = (2 * n) ** 0.25, (8 * n) ** -0.25
+    elif cfg.use_subln_init:  # Magneto's decoder-only gain
+        gain = math.sqrt(math.log(2 * n))
+    return layers.TransformerSpec(
+        d_model=cfg.d_model,
+        num_heads=cfg.num_heads,
+        ffn_dim=cfg.ffn_dim,
+        ln_type=cfg.ln_type,
+        ln_positions=cfg.ln_positions,
+        use_glu=cfg.use_glu,
+        use_bias=cfg.use_bias,
+        use_head_scale=cfg.use_head_scale,
+        use_cosine_attention=cfg.use_cosine_attention,
+        tau_init=cfg.tau_init,
+        use_swin_position_embeddings=cfg.use_swin_position_embeddings,
+        force_ln_scale=cfg.force_ln_scale,
+        activation_function=cfg.activation_function,
+        init_std=cfg.init_std,
+        dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        activation_dropout=cfg.activation_dropout,
+        residual_gain=alpha,
+        init_gain=gain,
+        cross_init_gain=1.0,
+        is_encoder=False,
+        has_cross_attention=False,
+        self_length=cfg.max_text_length + cfg.image_length,
+    )
+
+
+class Cache(NamedTuple):
+    self_kv: layers.KV  # [L, B, Lt + Li, H, D]
+    key_mask: jax.Array  # [B, Lt + Li] bool (text padding is False)
+
+
+class DecoderOnly:
+    """Methods to call inside `hk.transform` (a plain class: see dalle_bart.DalleBart for why)."""
+
+    def __init__(self, cfg: ConfigDict, policy: jmp.Policy):
+        self.cfg = cfg
+        self.policy = policy
+        self.spec = make_spec(cfg)
+
+    def _trunk(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, *, cache: Cache | None = None,
+               cache_index=0, collect_kv: bool = False, is_training: bool = False):
+        cfg, spec, policy = self.cfg, self.spec, self.policy
+        flags = layers.output_norm_flags(spec, cfg.num_layers)
+        if cache is None:
+            def layer(h, out_norm):
+                out = layers.Block(spec, policy, name="layer")(
+                    h, q_positions=positions, self_key_mask=key_mask, output_norm=out_norm, is_training=is_training)
+                return out.x, (out.self_kv if collect_kv else None)
+            per_layer = [flags]
+        else:
+            def layer(h, out_norm, self_kv):
+                out = layers.Block(spec, policy, name="layer")(
+                    h, q_positions=positions, self_key_mask=key_mask, self_cache=self_kv, cache_index=cache_index,
+                    output_norm=out_norm, is_training=is_training)
+                return out.x, out.self_kv
+            per_layer = [flags, cache.self_kv]
+        x, ys = layers.stack_layers(layer, cfg.num_layers, x, per_layer, scan=cfg.scan_layers,
+                                    remat=cfg.remat and is_training)
+        if cfg.use_final_ln and spec.positions != "postln":
+            x = layers.Norm(cfg.ln_type, use_scale=cfg.force_ln_scale, name="final_ln")(x)
+        return x, ys
+
+    def _embed(self, text_tokens: jax.Array | None, image_inputs: jax.Array | None, offset,
+               is_training: bool) -> jax.Array:
+        """Token + position embeddings of `[text] [image]` starting at absolute position `offset`."""
+        cfg = self.cfg
+        parts = []
+        if text_tokens is not None:
+            parts.append(layers.Embed(cfg.text_vocab_size, cfg.d_model, self.policy, cfg.init_std,
+                                      name="text_embed")(text_tokens))
+        if image_inputs is not None:
+            parts.append(layers.Embed(cfg.image_vocab_size + 1, cfg.d_model, self.policy, cfg.init_std,
+                                      name="image_embed")(image_inputs))
+        x = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        if cfg.scale_embedding:
+            x = x * math.sqrt(cfg.d_model)
+        positions = offset + jnp.arange(x.shape[1])
+        pos = layers.Embed(cfg.max_text_length + cfg.image_length, cfg.d_model, self.policy, cfg.init_std,
+                           name="embed_positions")(positions)
+        x = x + pos[None]
+        if cfg.embedding_ln:
+            x = layers.Norm(cfg.ln_type, use_scale=True, name="layernorm_embedding")(x)
+        return layers.dropout(x, cfg.dropout, is_training), positions
+
+    def _image_head(self, x: jax.Array) -> jax.Array:
+        out = layers.Dense(self.cfg.image_vocab_size, self.policy, False, self.cfg.init_std, name="image_head")(x)
+        return sharding.constrain(out, ("batch", "length", "vocab"))
+
+    def __call__(self, text_tokens: jax.Array, image_inputs: jax.Array, is_training: bool = False):
+        """Teacher forcing over `[text (Lt)] [BOS + codes[:-1] (Li)]` -> (text logits `[B, Lt-1, Vt]` predicting
+        text[1:] or None, image logits `[B, Li, Vi]` predicting the codes)."""
+        cfg = self.cfg
+        lt = text_tokens.shape[1]
+        x, positions = self._embed(text_tokens, image_inputs, 0, is_training)
+        key_mask = jnp.concatenate([text_tokens != PAD_ID, jnp.ones(image_inputs.shape, bool)], axis=1)
+        x, _ = self._trunk(x, positions, key_mask, is_training=is_training)
+        image_logits = self._image_head(x[:, lt:])
+        text_logits = None
+        if cfg.text_loss_weight > 0:
+            text_logits = layers.Dense(cfg.text_vocab_size, self.policy, False, cfg.init_std, name="text_head")(
+                x[:, : lt - 1])
+            text_logits = sharding.constrain(text_logits, ("batch", "length", "vocab"))
+        return text_logits, image_logits
+
+    def prefill(self, text_tokens: jax.Array, image_inputs: jax.Array, cache_length: int,
+                repeats: int = 1) -> tuple[jax.Array, Cache]:
+        """Runs `[text] [BOS + prompt codes]` for the `B` prompts, builds a cache of `Lt + cache_length` positions
+        and repeats every row `repeats` times. Returns last-position image logits `[B * repeats, Vi]`."""
+        lt = text_tokens.shape[1]
+        x, positions = self._embed(text_tokens, image_inputs, 0, False)
+        key_mask = jnp.concatenate([text_tokens != PAD_ID, jnp.ones(image_inputs.shape, bool)], axis=1)
+        x, kv = self._trunk(x, positions, key_mask, collect_kv=True)
+        logits = self._image_head(x[:, -1:])[:, 0]
+        pad = lt + cache_length - x.shape[1]
+
+        def grow(a):
+            a = jnp.repeat(jnp.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0))), repeats, axis=1)
+            return sharding.constrain(a, ("layers", "batch", "length", "heads", "kv"))
+
+        full_mask = jnp.pad(key_mask, ((0, 0), (0, pad)), constant_values=True)
+        cache = Cache(layers.KV(grow(kv.k), grow(kv.v)), jnp.repeat(full_mask, repeats, axis=0))
+        return jnp.repeat(logits, repeats, axis=0), cache
+
+    def decode_step(self, tokens: jax.Array, index: jax.Array, cache: Cache) -> tuple[jax.Array, layers.KV]:
+        """`[B, S]` image-side tokens at image positions `index..` -> (image logits `[B, S, Vi]`, new K/V)."""
+        lt = self.cfg.max_text_length
+        x, positions = self._embed(None, tokens, lt + index, False)
+        x, new_kv = self._trunk(x, positions, cache.key_mask, cache=cache, cache_index=lt + index)
+        return self._image_head(x), new_kv
+
+
+def param_rules() -> tuple[tuple[str, tuple], ...]:
+    return (
+        (r"(text_embed|image_embed)/embedding$", ("vocab", "embed")),
+        (r"embed_positions/embedding$", (None, "embed")),
+        (r"(q_proj|k_proj|v_proj)/kernel$", ("embed", "heads")),
+        (r"(q_proj|k_proj|v_proj)/bias$", ("heads",)),
+        (r"out_proj/kernel$", ("heads", "embed")),
+        (r"out_proj/bias$", ("embed",)),
+        (r"head_scale$", ("heads",)),
+        (r"rel_bias$", (None, None)),
+        (r"attn/mid_norm/(scale|bias)$", ("norm",)),
+        (r"ffn/wi_\d/kernel$", ("embed", "mlp")),
+        (r"ffn/wi_\d/bias$", ("mlp",)),
+        (r"ffn/mid_norm/(scale|bias)$", ("mlp",)),
+        (r"ffn/wo/kernel$", ("mlp", "embed")),
+        (r"ffn/wo/bias$", ("embed",)),
+        (r"(image_head|text_head)/kernel$", ("embed", "vocab")),
+        (r"(norm|layernorm_embedding|final_ln)/(scale|bias)$", ("norm",)),
+    )

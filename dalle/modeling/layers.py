@@ -1,0 +1,523 @@
+"""Transformer pieces shared by the encoder-decoder (DalleBart) and the decoder-only model.
+
+Plain Haiku modules in the AlphaFold / grok-1 style. Every architecture switch of dalle-mini's `DalleBartConfig`
+is expressed through one frozen `TransformerSpec`, so a block is fully described by data and the same code serves
+the text encoder, the image decoder (with cross-attention) and the single-stream decoder.
+
+Conventions, chosen so that published dalle-mini weights convert one to one (see convert_dalle_mini.py):
+  * dense kernels are stored `[in, out]`; attention projections are fused over heads (`[d, heads * head_dim]`);
+  * parameters are float32; a `jmp.Policy` casts them to the compute dtype at use (bf16 training keeps fp32
+    master weights); normalisation statistics and softmaxes are always computed in float32;
+  * masks are additive biases of a large *finite* negative value: an all-padding caption (our unconditional
+    prompt) then gives uniform attention instead of NaNs, and rows with at least one valid key are bitwise the
+    same as with -inf.
+
+Incremental decoding uses a pre-allocated KV cache held *outside* the modules as stacked arrays
+`[layers, batch, length, heads, head_dim]`: a block receives its layer's slice, attends over it with the new keys
+written in, and returns only the new keys/values; the caller writes them back with one `dynamic_update_slice`
+per step (in place inside the decode loop).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import jmp
+
+from dalle import sharding
+
+MASK_VALUE = -1e9  # finite "minus infinity" for attention logits (always float32)
+NORM_EPS = 1e-5  # dalle-mini uses 1e-5 for every LayerNorm / RMSNorm
+
+LN_POSITIONS = ("normformer", "swinv2", "cogview", "sandwich", "preln", "postln", "deepnet", "subln")
+LN_TYPES = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_exact", "swish", "silu", "smelu", "smelu_dallemini", "relu")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Activations
+# ------------------------------------------------------------------------------------------------------------------
+@jax.custom_jvp
+def smelu(x: jax.Array) -> jax.Array:
+    """Smooth ReLU (beta = 1), "Real World Large Scale Recommendation Systems Reproducibility and Smooth
+    Activations" (arXiv:2202.06499): 0 below -1, x above 1, (x + 1)^2 / 4 in between."""
+    beta = 1.0
+    return jnp.where(x <= -beta, 0.0, jnp.where(x >= beta, x, jnp.square(x + beta) / (4 * beta)))
+
+
+@smelu.defjvp
+def _smelu_jvp(primals, tangents):
+    # The analytic derivative (dalle-mini's custom jvp passes the tangent through unchanged, which is not
+    # SmeLU's derivative).
+    (x,), (g,) = primals, tangents
+    beta = 1.0
+    grad = jnp.where(x <= -beta, 0.0, jnp.where(x >= beta, 1.0, (x + beta) / (2 * beta)))
+    return smelu(x), g * grad.astype(g.dtype)
+
+
+def smelu_dallemini(x: jax.Array) -> jax.Array:
+    """dalle-mini's `smelu` exactly as published: it zeroes x <= -1 *before* the quadratic branch, so it returns
+    0.25 (not 0) there. Only for converted checkpoints that ask for it (`activation_function="smelu_dallemini"`)."""
+    x = jnp.where(x <= -1.0, 0.0, x)
+    return jnp.where(x >= 1.0, x, jnp.square(x + 1.0) / 4.0)
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """HF's ACT2FN names as dalle-mini uses them: `gelu` is the exact (erf) GELU, `gelu_new` the tanh one."""
+    if name in ("gelu", "gelu_exact"):
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name == "gelu_new":
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name in ("swish", "silu"):
+        return jax.nn.swish
+    if name == "smelu":
+        return smelu
+    if name == "smelu_dallemini":
+        return smelu_dallemini
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(f"unknown activation_function {name!r} (known: {ACTIVATIONS})")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Spec
+# ------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TransformerSpec:
+    """Everything a block needs, resolved from a model config (see dalle_bart.py / decoder_only.py)."""
+
+    d_model: int
+    num_heads: int
+    ffn_dim: int
+    ln_type: str = "layernorm"
+    ln_positions: str = "normformer"
+    use_glu: bool = True
+    use_bias: bool = False
+    use_head_scale: bool = False
+    use_cosine_attention: bool = False
+    tau_init: float = 0.05
+    use_swin_position_embeddings: bool = False
+    sinkhorn_iters: int = 1
+    force_ln_scale: bool = False
+    activation_function: str = "gelu"
+    init_std: float = 0.02
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    # DeepNet: residual * alpha + f(x), and v/out/ffn kernels initialised with gain beta.
+    residual_gain: float = 1.0
+    init_gain: float = 1.0  # gain of v_proj/out_proj (self-attention) and FFN kernels (deepnet or subln init)
+    cross_init_gain: float = 1.0  # same for the cross-attention (deepnet only; subln init skips it)
+    is_encoder: bool = False  # dalle-mini normalises slightly differently in encoder and decoder layers
+    has_cross_attention: bool = False
+    self_length: int = 0  # query/key length of self-attention (for the Swin bias table)
+    cross_length: int = 0  # key length of cross-attention (for the Swin bias table)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def positions(self) -> str:
+        """Canonical ln_positions: `deepnet` is post-LN (with deepnet scaling), `sandwich` is CogView's name."""
+        return {"deepnet": "postln", "sandwich": "cogview"}.get(self.ln_positions, self.ln_positions)
+
+
+def pre_attention_norm(spec: TransformerSpec) -> bool:
+    # dalle-mini puts the pre-attention norm of *sub-LN* only in encoder layers (its decoder layer lists
+    # normformer/cogview/preln only). We mirror it so converted weights compute the same function.
+    allowed = ("normformer", "cogview", "preln", "subln") if spec.is_encoder else ("normformer", "cogview", "preln")
+    return spec.positions in allowed
+
+
+def post_attention_norm(spec: TransformerSpec) -> bool:
+    return spec.positions in ("normformer", "swinv2", "cogview")
+
+
+def residual_norm(spec: TransformerSpec) -> bool:
+    return spec.positions == "postln"
+
+
+def layer_output_norm(spec: TransformerSpec) -> bool:
+    """Post-LN adds a norm after the FFN residual of every layer; Swin v2 every 6th layer (not the last)."""
+    return spec.positions in ("postln", "swinv2")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Basic modules
+# ------------------------------------------------------------------------------------------------------------------
+class Norm(hk.Module):
+    """LayerNorm (scale + bias) or RMSNorm (scale only), statistics in float32.
+
+    `use_scale=False` is how dalle-mini drops the scale of norms followed by a dense layer (NormFormer), which would
+    be redundant with the kernel; such norms then carry only a bias.
+    """
+
+    def __init__(self, ln_type: str, use_scale: bool = True, name: str | None = None):
+        super().__init__(name=name)
+        if ln_type not in LN_TYPES:
+            raise ValueError(f"unknown ln_type {ln_type!r} (known: {LN_TYPES})")
+        self.ln_type = ln_type
+        self.use_scale = use_scale
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        dim = x.shape[-1]
+        if self.ln_type == "layernorm":
+            mean = jnp.mean(x, axis=-1, keepdims=True)
+            var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+            y = (x - mean) * jax.lax.rsqrt(var + NORM_EPS)
+        else:
+            y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + NORM_EPS)
+        if self.use_scale:
+            y = y * hk.get_parameter("scale", [dim], jnp.float32, init=jnp.ones)
+        if self.ln_type == "layernorm":
+            y = y + hk.get_parameter("bias", [dim], jnp.float32, init=jnp.zeros)
+        return y.astype(dtype)
+
+
+class Dense(hk.Module):
+    """`x @ kernel (+ bias)` with a float32 kernel cast to the compute dtype by the policy."""
+
+    def __init__(self, features: int, policy: jmp.Policy, use_bias: bool = False, stddev: float = 0.02,
+                 name: str | None = None):
+        super().__init__(name=name)
+        self.features = features
+        self.policy = policy
+        self.use_bias = use_bias
+        self.stddev = stddev
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = hk.get_parameter("kernel", [x.shape[-1], self.features], jnp.float32,
+                                  init=hk.initializers.RandomNormal(self.stddev))
+        y = jnp.dot(x, self.policy.cast_to_compute(kernel))
+        if self.use_bias:
+            y = y + self.policy.cast_to_compute(hk.get_parameter("bias", [self.features], jnp.float32, init=jnp.zeros))
+        return y
+
+
+class Embed(hk.Module):
+    """Lookup table `[vocab, d]` (normal(init_std) init as dalle-mini)."""
+
+    def __init__(self, vocab_size: int, dim: int, policy: jmp.Policy, stddev: float = 0.02, name: str | None = None):
+        super().__init__(name=name)
+        self.vocab_size, self.dim, self.policy, self.stddev = vocab_size, dim, policy, stddev
+
+    @property
+    def table(self) -> jax.Array:
+        return hk.get_parameter("embedding", [self.vocab_size, self.dim], jnp.float32,
+                                init=hk.initializers.RandomNormal(self.stddev))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return self.policy.cast_to_compute(jnp.take(self.table, ids, axis=0))
+
+
+def dropout(x: jax.Array, rate: float, is_training: bool) -> jax.Array:
+    if not is_training or rate <= 0.0:
+        return x
+    return hk.dropout(hk.next_rng_key(), rate, x)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Attention
+# ------------------------------------------------------------------------------------------------------------------
+class KV(NamedTuple):
+    """Keys and values `[batch, length, heads, head_dim]` (one layer), or stacked with a leading layer axis."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+def causal_bias(q_positions: jax.Array, k_length: int) -> jax.Array:
+    """`[S, K]` additive bias allowing key j for query position p iff j <= p."""
+    allowed = jnp.arange(k_length)[None, :] <= q_positions[:, None]
+    return jnp.where(allowed, 0.0, MASK_VALUE).astype(jnp.float32)
+
+
+def key_mask_bias(key_mask: jax.Array) -> jax.Array:
+    """`[B, K]` bool -> `[B, 1, 1, K]` additive bias."""
+    return jnp.where(key_mask, 0.0, MASK_VALUE).astype(jnp.float32)[:, None, None, :]
+
+
+class Attention(hk.Module):
+    """Multi-head attention with dalle-mini's options.
+
+    * `use_head_scale` (NormFormer): a learned per-head scale of the attention output.
+    * `use_cosine_attention` + `tau_init` (Swin v2): q and k are L2-normalised and the logits divided by tau
+      (a constant, as in dalle-mini, where a learned tau diverged).
+    * `use_swin_position_embeddings`: a learned bias table `[q_length, k_length * heads]` added to the logits,
+      indexed by the absolute query position (which also makes it well defined for one-token cached steps).
+    * `sinkhorn_iters > 1` (Sinkformer, encoder self-attention only): alternate row/column normalisation in log
+      space instead of one softmax.
+    * `subln` (Magneto): a norm on the merged heads before `out_proj` (self-attention only).
+    """
+
+    def __init__(self, spec: TransformerSpec, policy: jmp.Policy, *, is_cross: bool, causal: bool,
+                 name: str | None = None):
+        super().__init__(name=name)
+        self.spec = spec
+        self.policy = policy
+        self.is_cross = is_cross
+        self.causal = causal
+
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        q_positions: jax.Array,
+        key_mask: jax.Array | None = None,
+        kv_input: jax.Array | None = None,
+        kv: KV | None = None,
+        cache: KV | None = None,
+        cache_index: jax.Array | int = 0,
+        is_training: bool = False,
+    ) -> tuple[jax.Array, KV]:
+        """Attends from `x` `[B, S, d]` (absolute positions `q_positions` `[S]`).
+
+        Keys come from `kv` (precomputed, e.g. cross-attention during decoding), else from `kv_input` (defaults to
+        `x`). With `cache` (`[B, T, H, D]`), the new keys are written at `cache_index` and attention runs over the
+        whole cache (causal masking hides the unwritten tail). Returns the output and the *new* keys/values.
+        """
+        spec = self.spec
+        gain = spec.cross_init_gain if self.is_cross else spec.init_gain
+        std = spec.init_std
+
+        def proj(name: str, inputs: jax.Array, stddev: float) -> jax.Array:
+            return Dense(spec.d_model, self.policy, spec.use_bias, stddev, name=name)(inputs)
+
+        def split(a: jax.Array) -> jax.Array:
+            return a.reshape(a.shape[:-1] + (spec.num_heads, spec.head_dim))
+
+        q = split(proj("q_proj", x, std))
+        if spec.use_cosine_attention:
+            q = _l2_normalize(q)
+        if kv is None:
+            # Cosine attention normalises keys here, once, before they are cached.
+            source = x if kv_input is None else kv_input
+            k = split(proj("k_proj", source, std))
+            if spec.use_cosine_attention:
+                k = _l2_normalize(k)
+            kv = KV(sharding.constrain(k, ("batch", "length", "heads", "kv")),
+                    sharding.constrain(split(proj("v_proj", source, std * gain)), ("batch", "length", "heads", "kv")))
+        new_kv = kv
+        if cache is not None:
+            idx = (0, cache_index, 0, 0)
+            kv = KV(jax.lax.dynamic_update_slice(cache.k, kv.k.astype(cache.k.dtype), idx),
+                    jax.lax.dynamic_update_slice(cache.v, kv.v.astype(cache.v.dtype), idx))
+        k, v = kv.k.astype(q.dtype), kv.v.astype(q.dtype)
+        k_len = k.shape[1]
+
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        if spec.use_cosine_attention:
+            logits = logits / spec.tau_init
+        else:
+            logits = logits / math.sqrt(spec.head_dim)
+        bias = jnp.zeros((), jnp.float32)
+        if key_mask is not None:
+            bias = bias + key_mask_bias(key_mask)
+        if self.causal:
+            bias = bias + causal_bias(q_positions, k_len)[None, None]
+        logits = logits + bias
+        if spec.use_swin_position_embeddings:
+            q_len = spec.self_length
+            kk = spec.cross_length if self.is_cross else spec.self_length
+            table = hk.get_parameter("rel_bias", [q_len, kk * spec.num_heads], jnp.float32,
+                                     init=hk.initializers.RandomNormal(spec.init_std))
+            rows = jnp.take(table, q_positions, axis=0).reshape(q_positions.shape[0], kk, spec.num_heads)
+            logits = logits + jnp.transpose(rows, (2, 0, 1))[None, :, :, :k_len]
+
+        if spec.sinkhorn_iters > 1 and spec.is_encoder and not self.is_cross:
+            allowed = jnp.broadcast_to(bias > MASK_VALUE / 2, logits.shape)
+            for i in range(spec.sinkhorn_iters):
+                axis = -1 if i % 2 == 0 else -2
+                logits = logits - jax.nn.logsumexp(logits, axis=axis, keepdims=True)
+                logits = jnp.where(allowed, logits, MASK_VALUE)
+            weights = jnp.exp(logits)
+        else:
+            weights = jax.nn.softmax(logits, axis=-1)
+        if is_training and spec.attention_dropout > 0.0:
+            # Broadcast over batch and heads, as dalle-mini (flax's broadcast_dropout).
+            keep = jax.random.bernoulli(hk.next_rng_key(), 1.0 - spec.attention_dropout, weights.shape[-2:])
+            weights = weights * keep / (1.0 - spec.attention_dropout)
+
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+        if spec.use_head_scale:
+            scale = hk.get_parameter("head_scale", [spec.num_heads], jnp.float32, init=jnp.ones)
+            out = out * self.policy.cast_to_compute(scale)[None, None, :, None]
+        out = out.reshape(out.shape[:2] + (spec.d_model,))
+        if spec.positions == "subln" and not self.is_cross:
+            out = Norm(spec.ln_type, use_scale=True, name="mid_norm")(out)
+        return proj("out_proj", out, std * gain), new_kv
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    norm = jnp.linalg.norm(x.astype(jnp.float32), axis=-1, keepdims=True)
+    return (x / (norm + 1e-8)).astype(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Feed-forward
+# ------------------------------------------------------------------------------------------------------------------
+class FeedForward(hk.Module):
+    """MLP (`use_glu=False`) or GLU (Shazeer 2020: act(x W0) * (x W1), then W2), with dalle-mini's norm positions:
+    a pre-norm (normformer/cogview/preln/subln), a mid-norm on the hidden units (normformer/subln) and a post-norm
+    on the output (swinv2/cogview)."""
+
+    def __init__(self, spec: TransformerSpec, policy: jmp.Policy, name: str | None = None):
+        super().__init__(name=name)
+        self.spec = spec
+        self.policy = policy
+
+    def __call__(self, x: jax.Array, is_training: bool = False) -> jax.Array:
+        spec, pos = self.spec, self.spec.positions
+        std = spec.init_std * spec.init_gain
+        act = activation(spec.activation_function)
+        if pos in ("normformer", "cogview", "preln", "subln"):
+            x = Norm(spec.ln_type, use_scale=spec.force_ln_scale, name="pre_norm")(x)
+        if spec.use_glu:
+            h = act(Dense(spec.ffn_dim, self.policy, spec.use_bias, std, name="wi_0")(x))
+            h = h * Dense(spec.ffn_dim, self.policy, spec.use_bias, std, name="wi_1")(x)
+        else:
+            h = act(Dense(spec.ffn_dim, self.policy, spec.use_bias, std, name="wi_0")(x))
+        h = sharding.constrain(h, ("batch", "length", "mlp"))
+        if pos in ("normformer", "subln"):
+            h = Norm(spec.ln_type, use_scale=spec.force_ln_scale, name="mid_norm")(h)
+        h = dropout(h, spec.activation_dropout, is_training)
+        y = Dense(spec.d_model, self.policy, spec.use_bias, std, name="wo")(h)
+        if pos in ("swinv2", "cogview"):
+            y = Norm(spec.ln_type, use_scale=True, name="post_norm")(y)
+        return dropout(y, spec.dropout, is_training)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Block
+# ------------------------------------------------------------------------------------------------------------------
+def _sublayer(spec: TransformerSpec, x: jax.Array, prefix: str, fn: Callable[[jax.Array], Any],
+              is_training: bool) -> tuple[jax.Array, Any]:
+    """Norms, dropout and residual around one attention sub-layer (a function, not a method: Haiku would put
+    modules created in a method under an extra `~method` scope)."""
+    residual = x
+    if pre_attention_norm(spec):
+        x = Norm(spec.ln_type, use_scale=spec.force_ln_scale, name=f"{prefix}_pre_norm")(x)
+    x, extra = fn(x)
+    if post_attention_norm(spec):
+        x = Norm(spec.ln_type, use_scale=True, name=f"{prefix}_post_norm")(x)
+    x = dropout(x, spec.dropout, is_training)
+    x = residual * spec.residual_gain + x
+    if residual_norm(spec):
+        x = Norm(spec.ln_type, use_scale=True, name=f"{prefix}_residual_norm")(x)
+    return x, extra
+
+
+class BlockOutput(NamedTuple):
+    x: jax.Array
+    self_kv: KV  # new self-attention keys/values (what a KV cache stores)
+    cross_kv: KV | None  # cross-attention keys/values (computed once per prompt)
+
+
+class Block(hk.Module):
+    """One transformer layer: self-attention, optional cross-attention, feed-forward; dalle-mini's norm layout.
+
+    Norm placement per sub-layer (residual r, sub-layer f):
+      normformer  r + N_post(f(N_pre(x)))   and a mid-norm inside the FFN
+      cogview     same without FFN mid-norm, with an FFN post-norm (sandwich-LN)
+      swinv2      r + N_post(f(x))          (res-post-norm) and an extra norm every 6 layers
+      preln       r + f(N_pre(x))
+      postln      N(r * alpha + f(x))       (deepnet = postln + deepnet scaling)
+      subln       r + f(N_pre(x)) with a norm before out_proj and inside the FFN
+    """
+
+    def __init__(self, spec: TransformerSpec, policy: jmp.Policy, name: str | None = None):
+        super().__init__(name=name)
+        self.spec = spec
+        self.policy = policy
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        q_positions: jax.Array,
+        self_key_mask: jax.Array | None = None,
+        self_cache: KV | None = None,
+        cache_index: jax.Array | int = 0,
+        encoder_hidden: jax.Array | None = None,
+        cross_kv: KV | None = None,
+        cross_key_mask: jax.Array | None = None,
+        output_norm: jax.Array | None = None,
+        is_training: bool = False,
+    ) -> BlockOutput:
+        """`output_norm` (a per-layer bool scalar) switches on the layer-output norm (post-LN / Swin v2)."""
+        spec = self.spec
+        x = sharding.constrain(x, ("batch", "length", "embed"))
+        attn = Attention(spec, self.policy, is_cross=False, causal=not spec.is_encoder, name="self_attn")
+        x, self_kv = _sublayer(
+            spec, x, "self_attn",
+            lambda h: attn(h, q_positions=q_positions, key_mask=self_key_mask, cache=self_cache,
+                           cache_index=cache_index, is_training=is_training),
+            is_training)
+        new_cross = None
+        if spec.has_cross_attention:
+            cross = Attention(spec, self.policy, is_cross=True, causal=False, name="cross_attn")
+            x, new_cross = _sublayer(
+                spec, x, "cross_attn",
+                lambda h: cross(h, q_positions=q_positions, key_mask=cross_key_mask, kv_input=encoder_hidden,
+                                kv=cross_kv, is_training=is_training),
+                is_training)
+        residual = x
+        x = FeedForward(spec, self.policy, name="ffn")(x, is_training)
+        x = residual * spec.residual_gain + x
+        if layer_output_norm(spec):
+            normed = Norm(spec.ln_type, use_scale=True, name="output_norm")(x)
+            x = normed if output_norm is None else jnp.where(output_norm, normed, x)
+        x = sharding.constrain(x, ("batch", "length", "embed"))
+        return BlockOutput(x, self_kv, new_cross)
+
+
+def output_norm_flags(spec: TransformerSpec, num_layers: int) -> jax.Array:
+    """Which layers apply the layer-output norm: all (post-LN), every 6th but not the last (Swin v2)."""
+    if spec.positions == "postln":
+        return jnp.ones((num_layers,), bool)
+    if spec.positions == "swinv2":
+        return jnp.asarray([(i + 1) % 6 == 0 and i != num_layers - 1 for i in range(num_layers)], bool)
+    return jnp.zeros((num_layers,), bool)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Layer stacks
+# ------------------------------------------------------------------------------------------------------------------
+def stack_layers(
+    layer_fn: Callable[..., tuple[jax.Array, Any]],
+    num_layers: int,
+    x: jax.Array,
+    per_layer: Sequence[Any],
+    *,
+    scan: bool,
+    remat: bool,
+    name: str = "layers",
+) -> tuple[jax.Array, Any]:
+    """Runs `layer_fn(x, *per_layer[i]) -> (x, ys_i)` for each layer and returns `(x, stacked ys)`.
+
+    `scan=True` uses `hk.layer_stack`: parameters get a leading `layers` axis and the layer is traced and compiled
+    once, whatever the depth. `scan=False` unrolls a Python loop (parameters `layer_0`, `layer_1`, ...), which is
+    what unscanned dalle-mini checkpoints look like. `remat` recomputes each layer's activations in the backward
+    pass (`hk.remat`), trading compute for memory. The layer function must build its modules with the name
+    "layer" (it is called inside a scope that gives each layer its own parameters).
+    """
+    fn = hk.remat(layer_fn) if remat else layer_fn
+    if scan:
+        return hk.layer_stack(num_layers, with_per_layer_inputs=True, name=name)(fn)(x, *per_layer)
+    ys = []
+    with hk.name_scope(name):
+        for i in range(num_layers):
+            with hk.name_scope(f"layer_{i}"):
+                x, y = fn(x, *jax.tree_util.tree_map(lambda a: a[i], tuple(per_layer)))
+            ys.append(y)
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ys) if ys and ys[0] is not None else None
+    return x, stacked

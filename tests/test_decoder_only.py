@@ -1,0 +1,84 @@
+"""Decoder-only single-stream model: causal masking across text and image, cache, loss weights, sandwich-LN."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dalle import sharding
+from dalle.modeling import model as model_lib
+from dalle.modeling import presets
+from tests.test_dalle_bart import batch_for, cached_logits
+
+
+def small(**kw):
+    cfg = presets.tiny_decoder_only(text_vocab_size=50, image_vocab_size=40, max_text_length=8, image_length=12)
+    cfg.d_model, cfg.num_heads, cfg.ffn_dim = 32, 2, 48
+    cfg.update(kw)
+    return model_lib.build_model(cfg)
+
+
+@pytest.mark.parametrize("variant", [
+    {},
+    {"ln_positions": "sandwich", "use_glu": True, "ln_type": "rmsnorm", "embedding_ln": True, "scan_layers": False},
+])
+def test_cached_decoding_equals_full_forward(variant):
+    model = small(**variant)
+    params = model_lib.random_params(model)
+    batch = batch_for(model.config)
+    full = jax.jit(model.logits)(params, batch)
+    assert full.shape == (2, 12, 40)
+    np.testing.assert_allclose(cached_logits(model, params, batch), full[:, 2:], atol=2e-4, rtol=2e-4)
+
+
+def test_causal_masking_across_text_and_image():
+    model = small()
+    params = model_lib.random_params(model)
+    batch = batch_for(model.config, pad_from=6)
+    fwd = jax.jit(lambda p, b: model.apply(p, "__call__", b["text_tokens"], model.decoder_inputs(b["image_tokens"])))
+    text_logits, image_logits = fwd(params, batch)
+    # a later text token changes neither the text logits before it nor ... it does change all image logits
+    changed = dict(batch, text_tokens=batch["text_tokens"].at[:, 4].set(3))
+    t2, i2 = fwd(params, changed)
+    np.testing.assert_array_equal(np.asarray(t2[:, :4]), np.asarray(text_logits[:, :4]))
+    assert not np.allclose(t2[:, 4], text_logits[:, 4])
+    assert not np.allclose(i2[:, 0], image_logits[:, 0])
+    # a later image code never changes earlier image logits nor any text logits
+    j = 5
+    changed = dict(batch, image_tokens=batch["image_tokens"].at[:, j].set((batch["image_tokens"][:, j] + 1) % 40))
+    t3, i3 = fwd(params, changed)
+    np.testing.assert_array_equal(np.asarray(t3), np.asarray(text_logits))
+    np.testing.assert_array_equal(np.asarray(i3[:, : j + 1]), np.asarray(image_logits[:, : j + 1]))
+    assert not np.allclose(i3[:, j + 1], image_logits[:, j + 1])
+
+
+def test_loss_weights_and_text_head():
+    model = small()
+    params = model_lib.random_params(model)
+    batch = batch_for(model.config, pad_from=5)
+    loss, m = jax.jit(lambda p, b: model.loss(p, b, None, is_training=False))(params, batch)
+    np.testing.assert_allclose(loss, 0.125 * m["text_loss"] + 0.875 * m["image_loss"], rtol=1e-6)
+    # text targets at padding do not count: changing the padding region's targets... only pads are ignored
+    image_only = small(text_loss_weight=0.0, image_loss_weight=1.0)
+    names = set(sharding.to_mapping(jax.eval_shape(image_only.init, jax.random.PRNGKey(0))))
+    assert not any("text_head" in n for n in names)
+    p2 = {k: v for k, v in params.items() if "text_head" not in k}
+    l2, m2 = image_only.loss(p2, batch, None, is_training=False)
+    np.testing.assert_allclose(l2, m["image_loss"], rtol=1e-6)
+    assert "text_loss" not in m2
+    assert image_only.encoder_param_filter("decoder_only/text_embed/embedding")
+    assert not image_only.encoder_param_filter("decoder_only/image_embed/embedding")
+    assert model.flops_per_example() > 6 * 20 * 32 * 32  # sanity: positive, grows with the model
+
+
+def test_sharded_forward_equals_single_device():
+    model = small()
+    params = model_lib.random_params(model)
+    batch = batch_for(model.config, batch=4)
+    ref = jax.jit(model.logits)(params, batch)
+    mesh = sharding.make_mesh(("data", "fsdp", "model"), (2, 2, 2))
+    shardings = sharding.param_shardings(params, model.partition_rules, sharding.DEFAULT_LOGICAL_RULES, mesh)
+    with sharding.use_mesh(mesh):
+        out = jax.jit(model.logits)(sharding.shard_put(params, shardings),
+                                    sharding.host_to_global(jax.device_get(batch), mesh))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)

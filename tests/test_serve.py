@@ -1,0 +1,493 @@
+"""`dalle serve` without a browser: field validation, the FIFO queue (one model call at a time, in order, bounded),
+progress reporting, reranking, error handling, and the real command on a tiny random-weight checkpoint.
+
+The browser test (tests/test_serve_browser.py) drives the page itself; these pin the API the page relies on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+import warnings
+
+import numpy as np
+import pytest
+
+from dalle import serve
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------
+LIMITS = serve.Limits(max_images=16, max_prompt_chars=50, max_condition_scale=20.0, max_temperature=5.0,
+                      image_codes=64)
+DEFAULTS = serve.Defaults(n=4, top=2, condition_scale=3.0, top_k=0, temperature=1.0)
+
+
+def fake_images(prompt: str, n: int, seed: int, size: int = 8) -> np.ndarray:
+    """Distinct, reproducible images: image i is a solid colour from (prompt, seed, i)."""
+    rng = np.random.default_rng([seed, len(prompt)])
+    colours = rng.integers(0, 256, (n, 3), dtype=np.uint8)
+    return np.broadcast_to(colours[:, None, None, :], (n, size, size, 3)).copy()
+
+
+class FakeGenerator:
+    """Records calls and the most calls ever in flight at once; can be held at a gate to keep a job running."""
+
+    def __init__(self, gate: threading.Event | None = None, fail: dict[str, Exception] | None = None):
+        self.gate = gate
+        self.fail = fail or {}
+        self.calls: list[tuple] = []
+        self.active = 0
+        self.max_active = 0
+        self.started = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, prompt, n, condition_scale, top_k, temperature, seed, progress):
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            self.calls.append((prompt, n, condition_scale, top_k, temperature, seed))
+        try:
+            progress(0.5, f"sampling {n} images")
+            self.started.set()
+            if self.gate is not None:
+                assert self.gate.wait(30), "test gate never opened"
+            if prompt in self.fail:
+                raise self.fail[prompt]
+            if prompt.startswith("long"):
+                warnings.warn("prompt 1 is longer than the model's 15 text tokens and was truncated")
+            return fake_images(prompt, n, seed)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+def request(url: str, body: object = None, *, headers: dict | None = None, raw: bytes | None = None,
+            method: str | None = None) -> tuple[int, object]:
+    """(status, parsed JSON or raw bytes for PNGs), without raising on HTTP errors."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    hdrs = {"Content-Type": "application/json"} if data is not None else {}
+    hdrs.update(headers or {})
+    req = urllib.request.Request(url, data=data, headers=hdrs, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status, ctype, payload = r.status, r.headers.get("Content-Type", ""), r.read()
+    except urllib.error.HTTPError as e:
+        status, ctype, payload = e.code, e.headers.get("Content-Type", ""), e.read()
+    return status, (json.loads(payload) if ctype.startswith("application/json") else payload)
+
+
+def submit(server: serve.Server, **fields) -> dict:
+    status, job = request(server.url + "/api/generate", fields)
+    assert status == 202, job
+    return job
+
+
+def wait_job(server: serve.Server, job_id: str, until=("done", "error"), timeout: float = 60) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status, job = request(f"{server.url}/api/jobs/{job_id}")
+        assert status == 200, job
+        if job["status"] in until:
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")
+
+
+def png_array(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.fixture
+def make_server():
+    servers = []
+
+    def make(gen, **kw) -> serve.Server:
+        kw = {"limits": LIMITS, "defaults": DEFAULTS, "port": 0, **kw}
+        s = serve.Server(gen, **kw).start()
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        gate = getattr(s.worker.generate_fn, "gate", None)
+        if gate is not None:  # a failed test must not leave the worker blocked
+            gate.set()
+        s.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("body, field, message", [
+    ({}, "prompt", "prompt is empty: describe the image"),
+    ({"prompt": "  \n "}, "prompt", "prompt is empty"),
+    ({"prompt": 12}, "prompt", "prompt = 12 must be text"),
+    ({"prompt": "x" * 51}, "prompt", "prompt is 51 characters long; the limit is 50"),
+    ({"prompt": "a", "n": "abc"}, "n", "number of images = 'abc' is not a whole number"),
+    ({"prompt": "a", "n": 2.5}, "n", "number of images = 2.5 is not a whole number"),
+    ({"prompt": "a", "n": True}, "n", "number of images = True is not a whole number"),
+    ({"prompt": "a", "n": 0}, "n", "number of images = 0 must be between 1 and 16"),
+    ({"prompt": "a", "n": "17"}, "n", "number of images = 17 must be between 1 and 16"),
+    ({"prompt": "a", "n": 4, "top": 5}, "top", "keep best = 5 must be between 0 (keep all) and the number of "
+                                               "images (4)"),
+    ({"prompt": "a", "condition_scale": "lots"}, "condition_scale", "guidance = 'lots' is not a number"),
+    ({"prompt": "a", "condition_scale": "nan"}, "condition_scale", "guidance = 'nan' must be a finite number"),
+    ({"prompt": "a", "condition_scale": -1}, "condition_scale", "guidance = -1 must be between 0 and 20"),
+    ({"prompt": "a", "top_k": 65}, "top_k", "top-k = 65 must be between 0 (off) and 64"),
+    ({"prompt": "a", "temperature": "5.5"}, "temperature", "temperature = 5.5 must be between 0 (greedy) and 5"),
+    ({"prompt": "a", "seed": "-3"}, "seed", "seed = -3 must be between 0 and 2147483647"),
+    ({"prompt": "a", "seed": "1e3"}, "seed", "seed = '1e3' is not a whole number"),
+    ({"prompt": "a", "steps": 3}, "steps", "unknown field 'steps'"),
+    (["a red circle"], None, "the request body must be a JSON object"),
+])
+def test_parse_request_names_the_bad_field_and_value(body, field, message):
+    with pytest.raises(serve.FieldError) as e:
+        serve.parse_request(body, LIMITS, DEFAULTS, reranking=True)
+    assert e.value.field == field
+    assert message in str(e.value)
+
+
+def test_parse_request_reads_form_strings_and_fills_defaults():
+    r = serve.parse_request({"prompt": "  a red\n circle ", "n": "6", "top": "", "condition_scale": "2.5",
+                             "top_k": " 10 ", "temperature": "0", "seed": "42"}, LIMITS, DEFAULTS, reranking=True)
+    assert r == serve.GenerateRequest("a red circle", 6, 2, 2.5, 10, 0.0, 42)
+    r = serve.parse_request({"prompt": "a", "top": 0}, LIMITS, DEFAULTS, reranking=True)
+    assert (r.n, r.top, r.condition_scale, r.top_k, r.temperature) == (4, 4, 3.0, 0, 1.0)  # top 0 = keep all
+    seeds = {serve.parse_request({"prompt": "a", "seed": ""}, LIMITS, DEFAULTS, True, random.Random(i)).seed
+             for i in range(5)}
+    assert len(seeds) == 5 and all(0 <= s <= serve.MAX_SEED for s in seeds)  # blank seed: a fresh random one
+
+
+def test_without_reranking_all_images_are_kept_and_top_is_refused():
+    r = serve.parse_request({"prompt": "a", "n": 5}, LIMITS, DEFAULTS, reranking=False)
+    assert r.top == 5  # the default top (2) only applies with CLIP
+    assert serve.parse_request({"prompt": "a", "n": 5, "top": 5}, LIMITS, DEFAULTS, reranking=False).top == 5
+    with pytest.raises(serve.FieldError, match=r"keep best = 2 needs CLIP reranking, which is off .*--clip DIR"):
+        serve.parse_request({"prompt": "a", "n": 5, "top": 2}, LIMITS, DEFAULTS, reranking=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HTTP API with a fake model
+# ----------------------------------------------------------------------------------------------------------------
+def test_generate_poll_and_fetch_images(make_server):
+    gen = FakeGenerator()
+    server = make_server(gen)
+    assert server.httpd.server_address[0] == "127.0.0.1"  # loopback unless told otherwise
+    status, page = request(server.url + "/")
+    assert status == 200 and b'id="prompt"' in page and b'id="generate"' in page and b'id="status"' in page
+    assert b"\"reranking\": false" in page and b"http://" not in page and b"https://" not in page  # works offline
+
+    job = submit(server, prompt="a red circle", n=3, condition_scale="2", top_k=5, temperature=0.5, seed=7)
+    assert job["status"] in ("queued", "running") and job["request"]["seed"] == 7
+    job = wait_job(server, job["id"])
+    assert job["status"] == "done", job
+    assert gen.calls == [("a red circle", 3, 2.0, 5, 0.5, 7)]
+    res = job["result"]
+    assert res["reranked"] is False and res["order"] == [0, 1, 2] and res["seed"] == 7
+    assert res["image_size"] == [8, 8] and job["progress"] == 1.0
+    expected = fake_images("a red circle", 3, 7)
+    for i, url in enumerate(res["images"]):
+        status, png = request(server.url + url)
+        assert status == 200
+        np.testing.assert_array_equal(png_array(png), expected[i])
+    status, grid = request(server.url + res["grid"])
+    assert status == 200 and png_array(grid).shape == (8 + 4, 3 * 8 + 4 * 2, 3)
+    assert request(server.url + res["images"][0].replace("/0.png", "/3.png"))[0] == 404
+
+
+def test_http_errors_are_json_with_a_message(make_server):
+    server = make_server(FakeGenerator())
+    status, body = request(server.url + "/api/generate", {"prompt": "", "n": 2})
+    assert (status, body["field"]) == (400, "prompt") and "prompt is empty" in body["error"]
+    status, body = request(server.url + "/api/generate", {"prompt": "a", "n": 99})
+    assert (status, body["field"]) == (400, "n") and body["error"] == "number of images = 99 must be between 1 and 16"
+    status, body = request(server.url + "/api/generate", raw=b"{not json")
+    assert status == 400 and "not valid JSON" in body["error"]
+    status, body = request(server.url + "/api/generate", raw=b"prompt=a", headers={
+        "Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 415 and "application/json" in body["error"]
+    status, body = request(server.url + "/api/generate", raw=b"x" * (serve.MAX_BODY_BYTES + 1))
+    assert status == 413 and "limit" in body["error"]
+    status, body = request(server.url + "/api/generate", {"prompt": "a"}, headers={"Origin": "http://evil.test"})
+    assert status == 403 and "cross-origin" in body["error"]
+    status, body = request(server.url + "/api/jobs/nope")
+    assert status == 404 and "no job 'nope'" in body["error"]
+    assert request(server.url + "/nowhere")[0] == 404
+    assert server.worker.queue_length() == 0 and not server.worker._jobs  # nothing bad was queued
+
+
+def test_concurrent_requests_queue_in_order_and_never_overlap(make_server):
+    gate = threading.Event()
+    gen = FakeGenerator(gate)
+    server = make_server(gen)
+    first = submit(server, prompt="first", n=1, seed=1)
+    assert gen.started.wait(10)
+    jobs: dict[str, dict] = {}
+    barrier = threading.Barrier(2)
+
+    def client(name: str) -> None:
+        barrier.wait()
+        jobs[name] = submit(server, prompt=name, n=2, seed=2)
+
+    threads = [threading.Thread(target=client, args=(name,)) for name in ("alpha", "beta")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    positions = {name: wait_job(server, j["id"], until=("queued",))["position"] for name, j in jobs.items()}
+    assert sorted(positions.values()) == [1, 2]  # both wait, behind the running one, in arrival order
+    running = wait_job(server, first["id"], until=("running",))
+    assert running["stage"] == "sampling 1 images" and running["progress"] == 0.5
+    gate.set()
+    done = {name: wait_job(server, j["id"]) for name, j in jobs.items()}
+    assert all(j["status"] == "done" for j in done.values()), done
+    assert wait_job(server, first["id"])["status"] == "done"
+    arrival = sorted(positions, key=positions.get)
+    assert [c[0] for c in gen.calls] == ["first", *arrival]  # FIFO
+    assert gen.max_active == 1  # the model is never called from two threads at once
+
+
+def test_full_queue_answers_503_and_recovers(make_server):
+    gate = threading.Event()
+    gen = FakeGenerator(gate)
+    server = make_server(gen, max_queue=2)
+    running = submit(server, prompt="running", n=1)
+    assert gen.started.wait(10)
+    waiting = [submit(server, prompt=f"waiting {i}", n=1) for i in range(2)]
+    status, body = request(server.url + "/api/generate", {"prompt": "one too many"})
+    assert status == 503
+    assert body["error"] == "the queue is full (2 requests waiting, the limit is 2); try again in a minute"
+    gate.set()
+    for job in [running, *waiting]:
+        assert wait_job(server, job["id"])["status"] == "done"
+    assert wait_job(server, submit(server, prompt="later", n=1)["id"])["status"] == "done"
+    assert [c[0] for c in gen.calls] == ["running", "waiting 0", "waiting 1", "later"]
+
+
+def test_a_failing_request_reports_its_error_and_the_worker_goes_on(make_server):
+    gen = FakeGenerator(fail={"bad": ValueError("prompt 1 is empty; describe the image"),
+                              "boom": RuntimeError("out of memory")})
+    server = make_server(gen)
+    bad = wait_job(server, submit(server, prompt="bad", n=1)["id"])
+    assert (bad["status"], bad["error"], bad["field"]) == ("error", "prompt 1 is empty; describe the image", "prompt")
+    boom = wait_job(server, submit(server, prompt="boom", n=1)["id"])
+    assert boom["status"] == "error" and boom["error"] == "internal error while generating: RuntimeError: out of memory"
+    assert request(f"{server.url}/api/jobs/{boom['id']}/grid.png")[0] == 409
+    fine = wait_job(server, submit(server, prompt="fine", n=1)["id"])
+    assert fine["status"] == "done" and fine["result"]["warnings"] == []
+    long = wait_job(server, submit(server, prompt="long " * 8, n=1)["id"])
+    assert long["result"]["warnings"] == ["prompt 1 is longer than the model's 15 text tokens and was truncated"]
+
+
+def test_reranking_keeps_the_best_in_rank_order(make_server):
+    seen = []
+
+    def rerank(prompt, images):
+        seen.append((prompt, images.shape))
+        return np.array([20.0, 10.0, 15.0, 30.0])
+
+    server = make_server(FakeGenerator(), rerank_fn=rerank)
+    status, info = request(server.url + "/api/info")
+    assert info["reranking"] is True and info["defaults"]["top"] == 2
+    job = wait_job(server, submit(server, prompt="a star", n=4, top=2, seed=3)["id"])
+    assert seen == [("a star", (4, 8, 8, 3))]
+    res = job["result"]
+    assert res["reranked"] is True and res["order"] == [3, 0] and len(res["images"]) == 2
+    assert res["scores"] == [30.0, 20.0]
+    expected = fake_images("a star", 4, 3)
+    np.testing.assert_array_equal(png_array(request(server.url + res["images"][0])[1]), expected[3])
+    np.testing.assert_array_equal(png_array(request(server.url + res["images"][1])[1]), expected[0])
+
+
+def test_bad_reranker_output_is_an_error_not_a_crash(make_server):
+    server = make_server(FakeGenerator(), rerank_fn=lambda prompt, images: (
+        [1.0, float("nan")] if prompt == "a" else np.arange(len(images), dtype=float)))
+    job = wait_job(server, submit(server, prompt="a", n=3)["id"])
+    assert job["status"] == "error"
+    assert "reranker returned scores of shape (2,) (finite: False) for 3 images" in job["error"]
+    assert wait_job(server, submit(server, prompt="b", n=2)["id"])["status"] == "done"
+
+
+def test_clip_scorer_scores_each_image_against_the_prompt():
+    class FakeCLIP:  # images embed as their mean colour; a prompt names the colour it is about
+        def embed_images(self, images):
+            return np.asarray(images, np.float32).mean(axis=(1, 2))
+
+        def embed_texts(self, captions):
+            return np.array([[1.0, 0, 0] if "red" in c else [0, 0, 1.0] for c in captions])
+
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    images[0, ..., 2] = 200  # blue
+    images[1, ..., 0] = 200  # red
+    images[2] = 200  # grey
+    scores = serve.clip_scorer(FakeCLIP())("a red circle", images)
+    np.testing.assert_allclose(scores, [0.0, 100.0, 100 / np.sqrt(3)], atol=1e-6)
+
+
+def test_warmup_runs_first_and_requests_wait_for_it(make_server):
+    gate = threading.Event()
+    order = []
+
+    def warmup():
+        order.append("warmup")
+        assert gate.wait(10)
+
+    def gen(prompt, n, *args):
+        order.append(prompt)
+        return fake_images(prompt, n, 0)
+
+    server = make_server(gen, warmup=warmup)
+    assert request(server.url + "/api/info")[1]["ready"] is False
+    job = submit(server, prompt="early", n=1)
+    assert wait_job(server, job["id"], until=("queued",))["stage"] == "waiting for the model to warm up"
+    gate.set()
+    assert wait_job(server, job["id"])["status"] == "done"
+    assert order == ["warmup", "early"] and request(server.url + "/api/info")[1]["ready"] is True
+
+
+def test_finished_jobs_are_forgotten_beyond_keep_jobs():
+    worker = serve.Worker(lambda p, n, *a: fake_images(p, n, 0), keep_jobs=2)
+    worker.start()
+    try:
+        req = serve.GenerateRequest("a", 1, 1, 3.0, 0, 1.0, 0)
+        ids = []
+        for _ in range(4):
+            job = worker.submit(req)
+            ids.append(job.id)
+            deadline = time.time() + 10
+            while job.status != "done" and time.time() < deadline:
+                time.sleep(0.01)
+        assert [worker.get(i) is not None for i in ids] == [False, False, True, True]
+    finally:
+        worker.stop()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the real command, on a tiny random-weight checkpoint
+# ----------------------------------------------------------------------------------------------------------------
+CAPTIONS = ["a red circle", "a blue square", "a green star in the center", "a small yellow triangle",
+            "a large purple diamond on the left", "an orange cross at the bottom"]
+
+
+def random_params(init, seed: int):
+    """Random weights of the right tree and shapes without running (or compiling) `init`, which on two shared
+    cores takes seconds per model: weights N(0, 0.05), biases 0, norm scales 1 (the VQGAN and the CLIP; the
+    text-to-image model has its own `model.random_params`)."""
+    import jax
+
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, s):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "scale":
+            return np.ones(s.shape, s.dtype)
+        if name in ("b", "bias", "offset"):
+            return np.zeros(s.shape, s.dtype)
+        return rng.normal(0.0, 0.05, s.shape).astype(s.dtype)
+
+    return jax.tree_util.tree_map_with_path(leaf, jax.eval_shape(init, jax.random.PRNGKey(seed)))
+
+
+def make_tiny_checkpoint(root: str) -> tuple[str, str]:
+    """A valid `dalle generate`/`dalle serve` checkpoint in seconds: sentencepiece tokenizer on a few captions,
+    random f4 VQGAN (16 px -> 4x4 codes of 32) and a random one-layer decoder-only model; plus a random tiny CLIP
+    on the same tokenizer. Returns (model dir, CLIP dir)."""
+    from ml_collections import ConfigDict
+
+    from dalle import checkpoint
+    from dalle import config as config_lib
+    from dalle.data import tokenizer
+    from dalle.eval import clip as clip_lib
+    from dalle.eval import schema as eval_schema
+    from dalle.modeling import model as model_lib
+    from dalle.modeling import presets
+    from dalle.modeling import vqgan as vqgan_lib
+
+    tok_path = os.path.join(root, "tok", "spm.model")
+    vocab = tokenizer.train_tokenizer(CAPTIONS * 4, tok_path, 48)["vocab_size"]
+    vq = config_lib.validate(ConfigDict({"model": dict(
+        kind="vqgan", resolution=16, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+        z_channels=8, embed_dim=8, n_embed=32, norm_groups=8)}))
+    vq_params = random_params(vqgan_lib.VQGAN(vqgan_lib.VQGANConfig.from_config(vq)).init, 0)
+    vq_dir = checkpoint.save_model(os.path.join(root, "vqgan"), vq_params, vq)
+    m = presets.tiny_decoder_only(text_vocab_size=vocab, image_vocab_size=32, max_text_length=16, image_length=16)
+    m.d_model, m.num_layers, m.num_heads, m.ffn_dim = 32, 1, 2, 64
+    params = model_lib.random_params(model_lib.build_model(m), seed=1)
+    config = ConfigDict({"model": m, "data": {"tokenizer_path": tok_path, "vqgan_checkpoint": vq_dir,
+                                              "source": "shapes"}})
+    clip_config = eval_schema.clip_defaults()
+    clip_config.update(dict(embed_dim=16, image_size=16, patch_size=8, vision_width=32, vision_layers=1,
+                            vision_heads=2, vision_mlp_dim=64, context_length=16, vocab_size=vocab, text_width=32,
+                            text_layers=1, text_heads=2, text_mlp_dim=64, text_pool="eos", eos_id=1, activation="gelu"))
+    clip_dir = checkpoint.save_model(os.path.join(root, "clip"), random_params(clip_lib.CLIP(clip_config).init, 2),
+                                     ConfigDict({"model": clip_config}))
+    return checkpoint.save_model(os.path.join(root, "dalle"), params, config), clip_dir
+
+
+def test_dalle_serve_with_a_tiny_real_model_and_clip(tmp_path, monkeypatch):
+    """`dalle serve`'s own setup path: loads the model once, warms up, generates reproducible images and reranks
+    them with a (random) CLIP exactly as scoring them directly does."""
+    from dalle import generation
+    from dalle.eval import clip as clip_lib
+
+    ckpt, clip_dir = make_tiny_checkpoint(str(tmp_path))
+    loads = []
+    original = generation.Generator.from_checkpoint.__func__
+
+    def counted(cls, directory):
+        loads.append(directory)
+        return original(cls, directory)
+
+    monkeypatch.setattr(generation.Generator, "from_checkpoint", classmethod(counted))
+    args = serve._parser().parse_args(["--checkpoint", ckpt, "--clip", clip_dir, "--port", "0", "--n", "3",
+                                       "--top", "2", "--max-images", "4"])
+    assert args.host == "127.0.0.1"
+    server = serve.build_server(args).start()
+    try:
+        deadline = time.time() + 60
+        while not request(server.url + "/api/info")[1]["ready"] and time.time() < deadline:
+            time.sleep(0.05)
+        info = request(server.url + "/api/info")[1]
+        assert info["ready"] and info["limits"]["image_codes"] == 32 and info["reranking"] is True
+        assert info["defaults"]["n"] == 3 and info["defaults"]["top"] == 2
+        assert "16×16 px" in info["model"] and info["examples"]  # shapes data: the page offers example prompts
+        status, body = request(server.url + "/api/generate", {"prompt": "a", "top_k": 33})
+        assert status == 400 and body["error"] == "top-k = 33 must be between 0 (off) and 32 (the model's image codes)"
+        jobs = [submit(server, prompt="a red circle", n=3, top=t, seed=s) for s, t in ((5, 0), (5, 0), (6, 0), (5, 1))]
+        results = [wait_job(server, j["id"]) for j in jobs]
+        assert all(r["status"] == "done" for r in results), results
+        imgs = [np.stack([png_array(request(server.url + u)[1]) for u in r["result"]["images"]]) for r in results]
+        assert imgs[0].shape == (3, 16, 16, 3)
+        np.testing.assert_array_equal(imgs[0], imgs[1])  # same seed, same images
+        assert not np.array_equal(imgs[0], imgs[2])
+        np.testing.assert_array_equal(imgs[3], imgs[0][:1])  # keep best 1 = the first of the full ranking
+        res = results[0]["result"]
+        assert res["reranked"] and sorted(res["order"]) == [0, 1, 2] and res["scores"] == sorted(res["scores"])[::-1]
+        direct = serve.clip_scorer(clip_lib.load_clip(clip_dir, tokenizer_path=os.path.join(
+            str(tmp_path), "tok", "spm.model")))("a red circle", imgs[0])
+        np.testing.assert_allclose(direct, res["scores"], atol=2e-3)  # the server's scores, in display order
+        assert loads == [ckpt]  # loaded once, for the warm-up and all four requests
+    finally:
+        server.shutdown()
+
+
+def test_missing_checkpoint_says_to_run_make_demo(tmp_path, capsys):
+    assert serve.main(["--checkpoint", str(tmp_path / "nothing"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "make demo" in err
+
+
+def test_bad_command_line_values_are_refused(capsys):
+    assert serve.main(["--port", "70000"]) == 2
+    assert "--port = 70000 must be between 0 and 65535" in capsys.readouterr().err
+    assert serve.main(["--max-queue", "0"]) == 2
+    assert "--max-queue = 0 must be >= 1" in capsys.readouterr().err
