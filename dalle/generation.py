@@ -44,14 +44,22 @@ class Prompts:
 class Generator:
     """Holds a model, its params, its vocabulary and its VQGAN; compiled decode loops are cached per shape."""
 
-    def __init__(self, config: ConfigDict, params: Any, vocab: Any, vqgan: Any):
+    def __init__(self, config: ConfigDict, params: Any, vocab: Any, vqgan: Any, mesh: Any = None):
+        from dalle import sharding
         from dalle.modeling import model as model_lib
 
         self.config = config
         self.model = model_lib.build_model(config.model)
-        self.params = params
         self.vocab = vocab
         self.vqgan = vqgan
+        self.mesh = mesh
+        self.rows_multiple = 1
+        if mesh is not None:  # params sharded by the model's rules; prompt rows padded to the batch shards
+            shardings = sharding.param_shardings(params, self.model.partition_rules, sharding.DEFAULT_LOGICAL_RULES,
+                                                 mesh)
+            params = sharding.shard_put(params, shardings)
+            self.rows_multiple = int(np.prod([mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape]))
+        self.params = params
         if vqgan.codebook_size != self.model.image_vocab_size:
             raise GenerationError(f"the VQGAN has {vqgan.codebook_size} codes but model.image_vocab_size is "
                                   f"{self.model.image_vocab_size}: data.vqgan_checkpoint is not this model's VQGAN")
@@ -60,12 +68,21 @@ class Generator:
                                   f"model.image_length is {self.model.image_length}")
 
     @classmethod
-    def from_parts(cls, config: ConfigDict, params: Any) -> "Generator":
+    def from_parts(cls, config: ConfigDict, params: Any, mesh: Any = None, tokenizer_path: str = "",
+                   vqgan_checkpoint: str = "") -> "Generator":
         data = config.data
-        return cls(config, params, _vocab(data.tokenizer_path), _vqgan(data.vqgan_checkpoint))
+        vq_dir = vqgan_checkpoint or data.vqgan_checkpoint
+        if mesh is not None:
+            from dalle.modeling import vqgan_api
+
+            vqgan = vqgan_api.VQGANTokenizer.from_checkpoint(vq_dir, mesh=mesh)
+        else:
+            vqgan = _vqgan(vq_dir)
+        return cls(config, params, _vocab(tokenizer_path or data.tokenizer_path), vqgan, mesh)
 
     @classmethod
-    def from_checkpoint(cls, directory: str) -> "Generator":
+    def from_checkpoint(cls, directory: str, mesh: Any = None, tokenizer_path: str = "",
+                        vqgan_checkpoint: str = "") -> "Generator":
         """A trained workdir (its exported model or latest checkpoint) or an exported/converted model dir."""
         import os
 
@@ -77,11 +94,12 @@ class Generator:
                 f"`dalle train --config configs/shapes_tiny.py --workdir DIR`, or convert published weights with "
                 f"`dalle convert dalle-mini --from DIR --out OUT`.")
         config, params = checkpoint.load_model(directory)
+        given = {"tokenizer_path": tokenizer_path, "vqgan_checkpoint": vqgan_checkpoint}
         for key in ("tokenizer_path", "vqgan_checkpoint"):
-            if "data" not in config or not config.data.get(key):
+            if not given[key] and ("data" not in config or not config.data.get(key)):
                 raise GenerationError(f"{directory}: its config has no data.{key}; it cannot turn prompts into "
                                       f"images")
-        return cls.from_parts(config, params)
+        return cls.from_parts(config, params, mesh, tokenizer_path, vqgan_checkpoint)
 
     # --- text ------------------------------------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> Prompts:
@@ -117,11 +135,20 @@ class Generator:
         from dalle.modeling import sampling
 
         _check_numbers(num_images, condition_scale, top_k, top_p, temperature, self.model.image_vocab_size)
-        p = self.tokenize(prompts)
-        out = sampling.generate(self.model, self.params, p.tokens, jax.random.PRNGKey(seed),
-                                num_images=num_images, condition_scale=condition_scale, top_k=top_k, top_p=top_p,
-                                temperature=temperature, uncond_tokens=self.unconditional(len(prompts)))
-        return np.asarray(out)
+        n = len(prompts)
+        pad = (-n) % self.rows_multiple
+        p = self.tokenize(list(prompts) + [prompts[-1]] * pad)
+        rng = seed if isinstance(seed, jax.Array) else jax.random.PRNGKey(seed)
+        kw = dict(num_images=num_images, condition_scale=condition_scale, top_k=top_k, top_p=top_p,
+                  temperature=temperature, uncond_tokens=self.unconditional(n + pad))
+        if self.mesh is None:
+            out = sampling.generate(self.model, self.params, p.tokens, rng, **kw)
+        else:
+            from dalle import sharding
+
+            with sharding.use_mesh(self.mesh):
+                out = sampling.generate(self.model, self.params, p.tokens, rng, **kw)
+        return np.asarray(jax.device_get(out))[: n * num_images]
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3]."""

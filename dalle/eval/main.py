@@ -68,51 +68,21 @@ def make_prompts(ev: ConfigDict, data: ConfigDict | None) -> list[Prompt]:
 # Models
 # ----------------------------------------------------------------------------------------------------------------
 class Generator:
-    """The DALL·E model + its tokenizer + VQGAN: prompts -> uint8 images [P * N, H, W, 3] (prompt-major)."""
+    """The DALL·E model + its tokenizer + VQGAN (dalle.generation, so prompts and the unconditional branch are
+    tokenized exactly as in training), sharded over the eval mesh: prompts -> uint8 [P * N, H, W, 3]."""
 
     def __init__(self, checkpoint_dir: str, ev: ConfigDict, mesh_config: ConfigDict):
-        from dalle import checkpoint, sharding
-        from dalle.data import tasks, tokenizer
-        from dalle.modeling import model as model_lib
-        from dalle.modeling.vqgan_api import VQGANTokenizer
+        from dalle import generation, sharding
 
-        self.config, params = checkpoint.load_model(checkpoint_dir)
-        if "model" not in self.config or "data" not in self.config:
-            raise checkpoint.CheckpointError(f"{checkpoint_dir!r}: config.json lacks a model or data section")
-        self.data = self.config.data
-        self.model = model_lib.build_model(self.config.model)
-        self.mesh = sharding.mesh_from_config(mesh_config)
-        self.rules = sharding.DEFAULT_LOGICAL_RULES
-        shardings = sharding.param_shardings(params, sharding.get_partition_rules(self.config.model.kind),
-                                             self.rules, self.mesh)
-        self.params = sharding.shard_put(params, shardings)
-        tok_path = ev.tokenizer_path or self.data.get("tokenizer_path", "")
-        vocab = tokenizer.load_vocabulary(tok_path)
-        self.encode = lambda caps: tasks.encode_captions(list(caps), vocab, int(self.model.max_text_length))
-        vq_dir = ev.vqgan_checkpoint or self.data.get("vqgan_checkpoint", "")
-        if not vq_dir or not os.path.isdir(vq_dir):
-            raise FileNotFoundError(f"VQGAN checkpoint {vq_dir!r} does not exist (eval.vqgan_checkpoint or the "
-                                    "checkpoint's data.vqgan_checkpoint)")
-        self.vqgan = VQGANTokenizer.from_checkpoint(vq_dir, mesh=self.mesh)
-        self.ev = ev
-        self.rows_multiple = max(1, int(np.prod([self.mesh.shape[a] for a in ("data", "fsdp") if a in self.mesh.shape])))
+        self.gen = generation.Generator.from_checkpoint(
+            checkpoint_dir, mesh=sharding.mesh_from_config(mesh_config), tokenizer_path=ev.tokenizer_path,
+            vqgan_checkpoint=ev.vqgan_checkpoint)
+        self.config, self.data, self.model, self.ev = self.gen.config, self.gen.config.data, self.gen.model, ev
 
     def __call__(self, captions: Sequence[str], scale: float, rng: Any) -> np.ndarray:
-        import jax
-
-        from dalle import sharding
-        from dalle.modeling import sampling
-
-        n = len(captions)
-        pad = (-n) % self.rows_multiple
-        tokens = self.encode(list(captions) + [captions[-1]] * pad)
-        with sharding.use_mesh(self.mesh, self.rules):
-            codes = sampling.generate(self.model, self.params, tokens, rng, num_images=self.ev.num_candidates,
-                                      condition_scale=float(scale), top_k=self.ev.top_k, top_p=self.ev.top_p,
-                                      temperature=self.ev.temperature)
-        codes = np.asarray(jax.device_get(codes))[: n * self.ev.num_candidates]
-        images = self.vqgan.decode(codes)
-        return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+        ev = self.ev
+        return self.gen.images(list(captions), num_images=ev.num_candidates, seed=rng, condition_scale=float(scale),
+                               top_k=ev.top_k, top_p=ev.top_p, temperature=ev.temperature)
 
 
 def load_feature_network(ev: ConfigDict, clip: Any, notes: list[str]):
