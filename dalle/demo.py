@@ -1,7 +1,7 @@
 """`dalle demo`: the whole pipeline on the captioned-shapes world, each stage skipped when its output exists.
 
     build shapes data -> train the CPU VQGAN -> train the tokenizer -> pre-encode -> train shapes_tiny
-    (-> train the reranking CLIP) -> evaluate -> outputs/demo/ (grids, metrics.json) -> the `dalle serve` command
+    -> train the reranking CLIP -> evaluate -> outputs/demo/ (grids, metrics.json) -> the `dalle serve` command
 
 An interrupted demo resumes: finished stages are skipped and the training stages resume from their checkpoints.
 """
@@ -36,7 +36,8 @@ def _run(argv: list[str]) -> None:
         raise SystemExit(f"stage `dalle {' '.join(argv)}` failed with exit code {code}")
 
 
-def stages(config_spec: str, root: str, minutes: dict[str, float], overrides: list[str]) -> list[tuple[str, str, Callable]]:
+def stages(config_spec: str, root: str, minutes: dict[str, float], overrides: list[str],
+           eval_config: str = "configs/eval/shapes.py") -> list[tuple[str, str, Callable]]:
     """(name, output that marks it done, action) in order."""
     from dalle import config as config_lib
 
@@ -46,6 +47,7 @@ def stages(config_spec: str, root: str, minutes: dict[str, float], overrides: li
              ("seed", "image_size", "min_objects", "max_objects", "colors", "shapes", "sizes", "backgrounds",
               "held_out_pairs", "held_out_relations", "train_size", "validation_size", "zero_shot_size")]
     vqgan_dir = os.path.dirname(d.vqgan_checkpoint.rstrip("/"))
+    clip_variant = "multi," if d.max_objects > 1 else ""
     dalle_dir = os.path.join(root, "dalle")
     out = [
         ("data", "",  # always run: the build reuses a finished dataset in a second
@@ -59,6 +61,12 @@ def stages(config_spec: str, root: str, minutes: dict[str, float], overrides: li
         ("dalle", os.path.join(dalle_dir, "model", "config.json"),
          lambda: _run(["train", "--config", config_spec, "--workdir", dalle_dir, *overrides,
                        f"--config.train.max_minutes={minutes['dalle']}"])),
+        ("clip", os.path.join(root, "clip", "model", "config.json"),
+         lambda: _run(["train", "--config", f"configs/clip_shapes.py:{clip_variant}root={root}", "--workdir",
+                       os.path.join(root, "clip"), f"--config.train.max_minutes={minutes['clip']}"])),
+        ("eval", os.path.join(dalle_dir, "eval", "metrics.json"),
+         lambda: _run(["eval", "--config", f"{eval_config}{',' if ':' in eval_config else ':'}root={root}",
+                       "--checkpoint", dalle_dir])),
         ("samples", os.path.join(root, "samples", "grid.png"),
          lambda: write_samples(dalle_dir, os.path.join(root, "samples"))),
     ]
@@ -101,6 +109,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--root", default="outputs/demo", help="where every stage writes")
     p.add_argument("--vqgan_minutes", type=float, default=6.0)
     p.add_argument("--dalle_minutes", type=float, default=12.0)
+    p.add_argument("--clip_minutes", type=float, default=3.0)
+    p.add_argument("--eval_config", default="configs/eval/shapes.py", help="config of the evaluation stage")
     p.add_argument("--only", default="", help="comma-separated stage names to run (default: all)")
     args = p.parse_args(rest)
     spec = args.config
@@ -109,7 +119,9 @@ def main(argv: Sequence[str]) -> int:
     t0 = time.time()
     only = {s for s in args.only.split(",") if s}
     for name, done_marker, action in stages(spec, args.root, {"vqgan": args.vqgan_minutes,
-                                                              "dalle": args.dalle_minutes}, overrides):
+                                                              "dalle": args.dalle_minutes,
+                                                              "clip": args.clip_minutes}, overrides,
+                                          args.eval_config):
         if only and name not in only:
             continue
         if done_marker and os.path.exists(done_marker):

@@ -249,7 +249,7 @@ def train(config: ConfigDict, workdir: str, task: Task | None = None) -> RunResu
         finally:
             ckpt.wait()
             reporter.close()
-        if status == "done":
+        if status in ("done", "time_limit"):  # a run that used its time budget is finished too
             params, model_config = task.export_params(state)
             model_checkpoint.save_model(os.path.join(workdir, "model"), params, model_config)
         ckpt.close()
