@@ -40,7 +40,9 @@ def get_config(arg=None):
     c.data = _shapes_data("multi_32" if multi else "one_object_32")
     c.data.tokenizer_path = f"{root}/tokenizer/spm.model"
     c.data.vocab_size = 128
-    c.data.max_text_length = 32 if multi else 16
+    # Whole words: the world has ~110 of them, and subword pieces would make captions too long to fit.
+    c.data.tokenizer_model_type = "word"
+    c.data.max_text_length = 40 if multi else 18
     c.model = ConfigDict(dict(
         kind="clip", name=f"clip_shapes_{variant}", embed_dim=64, image_size=32, patch_size=4,
         vision_width=128, vision_layers=2, vision_heads=4, vision_mlp_dim=512,

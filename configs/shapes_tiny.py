@@ -44,7 +44,9 @@ def get_config(arg=None):
     c.data.data_dir = f"{root}/tfds"
     c.data.tokenizer_path = f"{root}/tokenizer/spm.model"
     c.data.vocab_size = 128
-    c.data.max_text_length = 32 if multi else 16
+    # Whole words: the world has ~110 of them, and subword pieces would make captions too long to fit.
+    c.data.tokenizer_model_type = "word"
+    c.data.max_text_length = 40 if multi else 18
     c.data.blank_caption_prob = 0.1  # dalle-mini's recipe: learn the unconditional model for guidance
     c.data.encoded_dir = f"{root}/encoded"
     c.data.vqgan_checkpoint = f"{root}/vqgan/model"
