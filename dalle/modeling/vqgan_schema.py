@@ -84,7 +84,7 @@ def loss_defaults() -> ConfigDict:
     c.ema_decay = 0.99
     c.ema_eps = 1e-5
     c.restart_dead_codes = False
-    c.dead_code_threshold = 1e-3  # a code is dead when its usage EMA (fraction of tokens) falls below this
+    c.dead_code_threshold = 1e-3  # dead: usage EMA below this fraction of a uniform share (1/n_embed) of tokens
     c.usage_decay = 0.99
     c.restart_every = 100  # steps between restarts
     c.finetune_from = ""  # dalle model checkpoint dir (e.g. from `dalle convert vqgan`) to start from

@@ -132,6 +132,7 @@ def _load_data_state(workdir: str, step: int) -> dict | None:
 
 def train(config: ConfigDict, workdir: str, task: Task | None = None) -> RunResult:
     """Trains until `train.num_steps` (or a time limit / SIGTERM); resumes from `workdir` when it has a checkpoint."""
+    reporting.quiet_library_logs()
     tc = config.train
     task = task or make_task(config)
     mesh = sharding.mesh_from_config(config.mesh)

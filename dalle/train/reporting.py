@@ -12,8 +12,20 @@ import jax
 import numpy as np
 
 
+def quiet_library_logs() -> None:
+    """orbax and TensorFlow log every checkpoint step at INFO; keep the console for the progress bar and metrics
+    (DALLE_VERBOSE=1 keeps them)."""
+    if os.environ.get("DALLE_VERBOSE") == "1":
+        return
+    import logging
+
+    for name in ("absl", "orbax", "tensorflow", "jax._src.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class Reporter:
     def __init__(self, workdir: str, total_steps: int, start_step: int, progress_bar: bool = True):
+        quiet_library_logs()
         self.main = jax.process_index() == 0
         self.workdir = workdir
         self._writer = None

@@ -246,7 +246,11 @@ class VQGANTask(Task):
         metrics["dead_codes"] = jnp.sum(dead.astype(jnp.float32))
         if lc.restart_dead_codes:
             restart = jnp.logical_and(dead, (step + 1) % lc.restart_every == 0)
-            pick = jax.random.randint(k_restart, (cfg.n_embed,), 0, z_flat.shape[0])
+            # Re-seed on encoder outputs drawn in proportion to their quantization error: on mostly-background
+            # images uniform draws land on background again and collapse, error-weighted ones land on edges.
+            zq_flat = jax.lax.stop_gradient(out.quant.z_q).reshape(-1, cfg.embed_dim)
+            err = jnp.sum(jnp.square(z_flat - zq_flat), axis=-1)
+            pick = jax.random.categorical(k_restart, jnp.log(err + 1e-12), shape=(cfg.n_embed,))
             fresh = z_flat[pick]
             emb = jnp.where(restart[:, None], fresh, emb)
             usage = jnp.where(restart, 1.0 / cfg.n_embed, usage)

@@ -1,0 +1,84 @@
+"""VQGAN quality on the captioned-shapes data: train a CPU preset for at most N minutes, then measure validation
+PSNR and codebook usage, and save originals vs reconstructions (docs/vqgan_reconstructions.png).
+
+    .venv/bin/python -m benchmarks.bench_vqgan_quality [--minutes 10] [--workdir outputs/bench/vqgan_f4_32]
+
+Goal (issue): PSNR >= 28 dB on validation images and >= 50% of the codebook in use after <= 10 minutes here.
+An existing workdir is evaluated as it is (delete it to retrain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def evaluate(model_dir: str, data_config, n: int = 1000) -> dict:
+    from dalle.data import shapes
+    from dalle.modeling import vqgan_api
+    from dalle import sharding
+
+    mesh = sharding.make_mesh(("data",), (1,))
+    vq = vqgan_api.VQGANTokenizer.from_checkpoint(model_dir, mesh=mesh)
+    world = shapes.ShapesWorld.from_config(data_config)
+    images = np.stack([world.render(world.scene("validation", i)) for i in range(n)])
+    codes, recon = [], []
+    for i in range(0, n, 100):
+        c = vq.encode(images[i:i + 100])
+        codes.append(c)
+        recon.append(vq.decode(c))
+    codes, recon = np.concatenate(codes), np.concatenate(recon)
+    x = images.astype(np.float64) / 255.0
+    mse = np.mean((np.clip(recon, 0, 1) - x) ** 2, axis=(1, 2, 3))
+    psnr = float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-10))))
+    used = len(np.unique(codes)) / vq.codebook_size
+    return {"psnr": psnr, "codebook_usage": used, "images": n, "recon": recon, "originals": images}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default="configs/vqgan_f4_32.py")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--workdir", default="outputs/bench/vqgan_f4_32")
+    args = p.parse_args()
+    from dalle import checkpoint, cli, generation
+
+    t0 = time.time()
+    if not os.path.exists(os.path.join(args.workdir, "model", "config.json")):
+        code = cli.main(["train", "--config", args.config, "--workdir", args.workdir,
+                         f"--config.train.max_minutes={args.minutes}"])
+        if code:
+            raise SystemExit(f"training failed with exit code {code}")
+    train_s = time.time() - t0
+    steps = [json.loads(l)["step"] for l in open(os.path.join(args.workdir, "metrics.jsonl"))]
+    config = checkpoint.read_config(os.path.join(args.workdir, "model"))
+    r = evaluate(os.path.join(args.workdir, "model"), config.data)
+    k = 8
+    grid = generation.make_grid(np.concatenate([r["originals"][:k],
+                                                (np.clip(r["recon"][:k], 0, 1) * 255).round().astype(np.uint8)]),
+                                cols=k)
+    generation.save_png(os.path.join(ROOT, "docs", "vqgan_reconstructions.png"), grid, scale=4)
+    ok = r["psnr"] >= 28 and r["codebook_usage"] >= 0.5
+    body = common.table(
+        ["config", "budget", "steps trained", "validation PSNR", "codebook in use", "goal (>= 28 dB, >= 50%)"],
+        [(f"`{args.config}`", f"{args.minutes:g} min", max(steps), f"{r['psnr']:.2f} dB",
+          f"{100 * r['codebook_usage']:.1f}% of {config.model.n_embed}", "met" if ok else "NOT met")])
+    body += (f"\nMeasured on {r['images']} validation renders of the shapes world ({config.data.image_size} px, "
+             f"{config.data.max_objects} object(s) max); PSNR of the VQGAN round trip in [0, 1]; usage = distinct "
+             f"codes over those images. Training wall time {train_s / 60:.1f} min (0 when the workdir was reused). "
+             f"Top: originals, bottom: reconstructions (docs/vqgan_reconstructions.png).\n\n"
+             f"![originals vs reconstructions](docs/vqgan_reconstructions.png)\n")
+    common.write_result("vqgan_quality", "VQGAN quality on the shapes data (CPU preset, time-boxed)",
+                        f".venv/bin/python -m benchmarks.bench_vqgan_quality --minutes {args.minutes:g}", body)
+
+
+if __name__ == "__main__":
+    main()
