@@ -129,6 +129,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-peer", action="store_true", help="time ours only")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    from benchmarks import peers as _peers
+
+    _peers.use_results_dir_from_env()
     if args.worker:
         peers.serve(_our_setup)
         return 0
@@ -136,7 +139,7 @@ def main(argv=None) -> int:
     if not args.no_peer:
         peers.ensure_dalle_mini()
     configs = model_configs(args.quick)
-    rows, raw = [], []
+    rows, raw, verdicts = [], [], []
     lengths = (QUICK_TEXT, QUICK_IMAGE) if args.quick else (TEXT, IMAGE)
     for name in args.configs.split(","):
         cfg = configs[name]
@@ -146,9 +149,9 @@ def main(argv=None) -> int:
             ours = (OUR_WORKER, dict(common_req, model=cfg.to_dict()))
             peer = None if args.no_peer else (PEER_WORKER, dict(common_req, task="generate",
                                                                  config=dalle_mini_kwargs(cfg)))
-            slow_peer = name == "mini" and not args.quick  # minutes per call (REFERENCE §1: 641 s at batch 1)
+            slow_peer = name == "mini"  # minutes per call (REFERENCE §1: 641 s at batch 1); quick takes this path too
             res = peers.compare(ours, peer, repeats=repeats, warmup=1, peer_repeats=1 if slow_peer else repeats,
-                                peer_warmup=0 if slow_peer else 1, concurrent=True)
+                                peer_warmup=0 if slow_peer and not args.quick else 1, concurrent=True)
             o, q = res["ours"], res.get("peer")
             ratio = f"{q['median'] / o['median']:.1f}x" if q else "-"
             per_tok = o["median"] / lengths[1]
@@ -158,6 +161,9 @@ def main(argv=None) -> int:
                          fmt_s(o["compile_median"]), fmt_s(q["compile_median"]) if q else "-",
                          f"{len(o['runs'])} / {len(q['runs']) if q else 0}"))
             raw.append((name, b, [round(t, 4) for t in o["runs"]], [round(t, 4) for t in q["runs"]] if q else []))
+            if q:
+                x = q["median"] / o["median"]
+                verdicts.append(f"{name} b{b}: {x:.1f}x " + ("(met)" if x >= 10 else f"(MISSED: {x / 10:.0%} of the goal)"))
     body = common.table(
         ["config", "params", "batch", "ours", "dalle-mini", "speed-up", "ours per token step", "ours tokens/s",
          "ours compile", "dalle-mini compile", "runs (ours / peer)"], rows)
@@ -168,6 +174,8 @@ def main(argv=None) -> int:
              f"dalle-mini 0.1.5 runs `DalleBart.generate(do_sample=True, condition_scale=..., top_k=...)` under "
              f"`jax.jit` in its own venv (jax 0.4.13); ours runs `dalle.modeling.sampling.generate` (jax "
              f"{res['ours']['info'].get('jax', '?')}). Goal: >= 10x.\n")
+    if verdicts:
+        body += "\nGoal >= 10x faster than dalle-mini: " + "; ".join(verdicts) + ".\n"
     body += "\nRaw seconds (ours; peer): " + "; ".join(f"{n} b{b}: {o} ; {q}" for n, b, o, q in raw) + "\n"
     cmd = ".venv/bin/python -m benchmarks.bench_generation" + (" --quick" if args.quick else "")
     common.write_result("generation", "Generation: ours vs dalle-mini" + (" (quick smoke run)" if args.quick else ""),

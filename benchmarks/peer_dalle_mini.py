@@ -50,7 +50,9 @@ def _model(kwargs: dict):
             return jnp.zeros(s.shape, s.dtype)
         return jnp.asarray(rs.standard_normal(s.shape).astype(np.float32) * std)
 
-    params = jax.tree_util.tree_map_with_path(leaf, model.params_shape_tree)
+    from flax.core import unfreeze
+
+    params = jax.tree_util.tree_map_with_path(leaf, unfreeze(model.params_shape_tree))
     return config, model, params
 
 

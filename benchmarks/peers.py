@@ -32,6 +32,17 @@ DALLE_MINI_PINS = ["jax==0.4.13", "jaxlib==0.4.13", "flax==0.6.11", "optax==0.2.
                    "unidecode", "ftfy", "emoji", "pillow", "wandb"]
 OUR_PYTHON = sys.executable
 MARK = "@@bench "
+RESULTS_ENV = "DALLE_BENCH_RESULTS"  # run_all --quick points the benchmarks' result files elsewhere
+
+
+def use_results_dir_from_env() -> None:
+    """Benchmarks call this first: with $DALLE_BENCH_RESULTS set, results/*.md go there (smoke runs must not
+    overwrite the real tables)."""
+    d = os.environ.get(RESULTS_ENV)
+    if d:
+        from benchmarks import common
+
+        common.RESULTS = d
 
 
 # --------------------------------------------------------------------------------------------------------------

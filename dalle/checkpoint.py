@@ -100,6 +100,26 @@ def load_model(directory: str) -> tuple[ConfigDict, Any]:
     """(config, params) from an exported model directory or a trainer workdir (its latest checkpoint)."""
     if os.path.isdir(os.path.join(directory, PARAMS_DIR)):
         return read_config(directory), load_params(directory)
-    from dalle.train import checkpointing  # a trainer workdir
+    return load_latest_model(directory)
 
-    return checkpointing.load_latest_model(directory)
+
+def load_latest_model(workdir: str) -> tuple[ConfigDict, Any]:
+    """(config, params) of a trainer workdir (dalle/train/checkpointing.py's layout): the exported model if
+    training finished, else the params of the latest checkpoint step."""
+    exported = os.path.join(workdir, "model")
+    if os.path.isfile(os.path.join(exported, CONFIG_FILE)):
+        return read_config(exported), load_params(exported)
+    run_config = os.path.join(workdir, "config.json")
+    steps_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.exists(run_config):
+        raise CheckpointError(f"{workdir!r} is neither a model checkpoint (no {PARAMS_DIR}/) nor a training workdir")
+    with open(run_config) as f:
+        config = ConfigDict(_tuplify(json.load(f)))
+    with ocp.CheckpointManager(steps_dir, options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise CheckpointError(f"{workdir!r} has no checkpoint yet")
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    state = restored["state"]
+    params = state["params"] if isinstance(state, dict) and "params" in state else state
+    return config, params

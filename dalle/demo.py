@@ -27,11 +27,22 @@ EXAMPLE_PROMPTS = (
 )
 
 
+# The subcommands the stages run (the same modules `dalle` dispatches to; named here, not imported from
+# dalle.cli, which itself dispatches to this module).
+_STAGE_COMMANDS = {
+    "data": "dalle.data.build",
+    "tokenizer": "dalle.data.tokenizer",
+    "encode": "dalle.data.encode",
+    "train": "dalle.train.main",
+    "eval": "dalle.eval.main",
+}
+
+
 def _run(argv: list[str]) -> None:
-    from dalle import cli
+    import importlib
 
     print(f"\n$ dalle {' '.join(argv)}", flush=True)
-    code = cli.main(argv)
+    code = importlib.import_module(_STAGE_COMMANDS[argv[0]]).main(argv[1:])
     if code:
         raise SystemExit(f"stage `dalle {' '.join(argv)}` failed with exit code {code}")
 

@@ -80,6 +80,9 @@ def test_crash_then_resume_continues_the_same_trajectory(reference_run, tmp_path
     with pytest.raises(_Crash):
         loop.train(cfg, str(tmp_path), task)
     assert checkpointing.Checkpointer(str(tmp_path)).latest_step() == 4
+    # A workdir without an exported model still loads: the params of its latest checkpoint.
+    saved_config, params = checkpoint.load_model(str(tmp_path))
+    assert saved_config.train.num_steps == 10 and set(sharding.to_mapping(params))
     result = loop.train(cfg, str(tmp_path), toy_task.ToyTask(cfg))
     assert result.step == 10
     ref, got = _losses(ref_dir), _losses(str(tmp_path))

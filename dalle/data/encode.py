@@ -392,3 +392,14 @@ def main(argv: Sequence[str]) -> int:
                       "seconds": round(result.seconds, 2),
                       "images_per_second": round(result.images_per_second, 2)}, indent=2))
     return 0
+
+
+def iter_encoded_captions(encoded_dir: str, split: str = "train", limit: int = 0) -> Iterator[str]:
+    info = read_info(encoded_dir)
+    ds = dataset_from_files(split_files(encoded_dir, split, info), info["format"],
+                                       int(info["image_length"]))
+    ds = ds.map(lambda ex: ex["caption"])
+    if limit > 0:
+        ds = ds.take(limit)
+    for c in ds.as_numpy_iterator():
+        yield c.decode("utf-8", errors="replace")

@@ -360,17 +360,6 @@ def encode_captions(captions: Sequence[str], vocab: seqio.Vocabulary, max_text_l
     return out
 
 
-def iter_encoded_captions(encoded_dir: str, split: str = "train", limit: int = 0) -> Iterator[str]:
-    info = encode_lib.read_info(encoded_dir)
-    ds = encode_lib.dataset_from_files(encode_lib.split_files(encoded_dir, split, info), info["format"],
-                                       int(info["image_length"]))
-    ds = ds.map(lambda ex: ex["caption"])
-    if limit > 0:
-        ds = ds.take(limit)
-    for c in ds.as_numpy_iterator():
-        yield c.decode("utf-8", errors="replace")
-
-
 def fingerprint(data_config: ConfigDict) -> str:
     """Short hash of what determines the token stream (saved with the data position, checked on restore)."""
     keys = ("source", "encoded_dir", "tokenizer_path", "max_text_length", "blank_caption_prob", "lowercase",

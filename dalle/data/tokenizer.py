@@ -32,9 +32,9 @@ PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 def iter_dataset_captions(data_config: ConfigDict, split: str = "train", limit: int = 0) -> Iterator[str]:
     """Raw captions of the configured dataset (tfds sources, or an encoded dataset), images left undecoded."""
     if data_config.source == "encoded":
-        from dalle.data import tasks
+        from dalle.data import encode
 
-        yield from tasks.iter_encoded_captions(data_config.encoded_dir, split, limit)
+        yield from encode.iter_encoded_captions(data_config.encoded_dir, split, limit)
         return
     import tensorflow_datasets as tfds
 

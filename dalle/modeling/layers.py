@@ -266,7 +266,6 @@ class Attention(hk.Module):
         self.is_cross = is_cross
         self.causal = causal
 
-
     def __call__(
         self,
         x: jax.Array,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from dalle import config as config_lib
+from dalle import config_registry as config_lib
 
 LN_POSITIONS = ("normformer", "swinv2", "cogview", "sandwich", "preln", "postln", "deepnet", "subln")
 LN_TYPES = ("layernorm", "rmsnorm")
@@ -44,6 +44,9 @@ def _common(c: ConfigDict) -> None:
     c.init_std = 0.02
     c.remat = False  # gradient checkpointing of every layer (dalle-mini's gradient_checkpointing)
     c.scan_layers = True  # hk.layer_stack (dalle-mini's use_scan); False = one module per layer
+    # Saved model directory whose text-encoder params (model.encoder_param_filter) initialise this model (the
+    # trainer's load_pretrained reads it); "" = none.
+    c.encoder_init = ""
     c.encoder_init = ""  # model dir (converted or trained) whose text-encoder params start this model's encoder
 
 

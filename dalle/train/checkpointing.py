@@ -112,27 +112,3 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def load_latest_model(workdir: str) -> tuple[ConfigDict, Any]:
-    """(config, params) of a trainer workdir: the exported model if training finished, else the latest step."""
-    from dalle import checkpoint
-
-    exported = os.path.join(workdir, "model")
-    if os.path.isfile(os.path.join(exported, checkpoint.CONFIG_FILE)):
-        return checkpoint.read_config(exported), checkpoint.load_params(exported)
-    if not os.path.exists(config_path(workdir)):
-        raise checkpoint.CheckpointError(
-            f"{workdir!r} is neither a model checkpoint (no config.json) nor a training workdir"
-        )
-    with open(config_path(workdir)) as f:
-        config = ConfigDict(checkpoint._tuplify(json.load(f)))
-    ckpt = Checkpointer(workdir, async_save=False)
-    step = ckpt.latest_step()
-    if step is None:
-        raise checkpoint.CheckpointError(f"{workdir!r} has no checkpoint yet")
-    restored = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    ckpt.close()
-    state = restored["state"]
-    params = state["params"] if isinstance(state, dict) and "params" in state else state
-    return config, params

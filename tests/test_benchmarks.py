@@ -1,0 +1,95 @@
+"""The benchmark plumbing: the worker protocol and interleaving, the config mapping to dalle-mini, the matmul peak,
+and (slow) every `--quick` benchmark end to end producing a well-formed table."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import peers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FAKE_WORKER = [sys.executable, "-c", (
+    "import time\n"
+    "from benchmarks import peers\n"
+    "def setup(req):\n"
+    "    if req.get('fail'): raise ValueError('asked to fail')\n"
+    "    return (lambda: time.sleep(req['sleep'])), {'compile_s': 0.01, 'who': req['who']}\n"
+    "peers.serve(setup)\n")]
+
+
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_compare_interleaves_and_takes_medians(concurrent):
+    log = []
+    res = peers.compare((FAKE_WORKER, dict(sleep=0.01, who="ours")), (FAKE_WORKER, dict(sleep=0.03, who="peer")),
+                        repeats=3, warmup=1, peer_repeats=2, concurrent=concurrent, log=log.append)
+    assert len(res["ours"]["runs"]) == 3 and len(res["peer"]["runs"]) == 2
+    assert res["ours"]["info"] == {"who": "ours"} and res["peer"]["info"] == {"who": "peer"}
+    assert 0.01 <= res["ours"]["median"] < res["peer"]["median"]
+    assert res["ours"]["compile_median"] == pytest.approx(0.01)
+    timed = [line.split(":")[0].strip() for line in log if ": run " in line]
+    assert timed == ["ours", "peer", "ours", "peer", "ours"]  # interleaved
+    assert len(res["ours"]["compile"]) == (1 if concurrent else 3)
+
+
+def test_worker_errors_reach_the_driver():
+    with pytest.raises(RuntimeError, match="asked to fail"):
+        peers.compare((FAKE_WORKER, dict(sleep=0.0, who="ours", fail=True)), None, repeats=1, log=lambda _: None)
+
+
+def test_dalle_mini_mapping_round_trips():
+    from benchmarks import bench_generation
+    from dalle.modeling import convert_dalle_mini, model as model_lib, presets
+
+    for cfg in (presets.mini(), bench_generation.model_configs(quick=False)["shapes_tiny"]):
+        kwargs = bench_generation.dalle_mini_kwargs(cfg)
+        back = convert_dalle_mini.model_config_from_dalle_mini(kwargs)
+        ours = model_lib.complete_config(cfg)
+        for k in convert_dalle_mini._COPIED + ("image_vocab_size", "image_extra_tokens", "activation_function"):
+            assert back[k] == ours[k], k
+    assert bench_generation.dalle_mini_kwargs(presets.mini())["image_vocab_size"] == 16391
+
+
+def test_matmul_peak_is_positive():
+    from benchmarks import matmul_peak
+
+    out = matmul_peak.measure(sizes=(64, 128), repeats=2)
+    assert out["peak_gflops"] > 0 and out["at_size"] in (64, 128)
+
+
+def _check_table(text: str) -> int:
+    """Every markdown table in `text` has a header, a separator and rows of the same width; returns row count."""
+    rows = 0
+    blocks = re.findall(r"((?:^\|.*\|\n)+)", text, flags=re.M)
+    assert blocks, text
+    for block in blocks:
+        lines = block.strip().splitlines()
+        assert re.fullmatch(r"\|(---\|)+", lines[1]), lines[1]
+        width = lines[0].count("|")
+        assert all(line.count("|") == width for line in lines), block
+        assert len(lines) >= 3, block
+        rows += len(lines) - 2
+    return rows
+
+
+@pytest.mark.slow
+def test_run_all_quick_writes_well_formed_tables(tmp_path):
+    """`run_all --quick` end to end (a few minutes): needs .venv-dallemini and the torch reference."""
+    if not os.path.exists(peers.DALLE_MINI_PYTHON):
+        pytest.skip("the dalle-mini peer venv is missing (python -m benchmarks.peers creates it)")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--quick", "--no-setup", "--out", str(tmp_path)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    expected = {"generation": 4, "train_step": 4, "vqgan_speed": 2, "generate_latency": 2}
+    for name, n in expected.items():
+        text = (tmp_path / f"{name}.md").read_text()
+        assert "Command: `" in text and "Measured " in text
+        assert _check_table(text) == n, name
+    assert "dalle-mini" in (tmp_path / "generation.md").read_text()
+    assert not (tmp_path / "dry_run.md").exists()
