@@ -23,6 +23,7 @@ BENCHMARKS = (
     ("generation", "benchmarks.bench_generation", True, True),
     ("train_step", "benchmarks.bench_train_step", True, True),
     ("vqgan_speed", "benchmarks.bench_vqgan", True, True),
+    ("vqgan_quality", "benchmarks.bench_vqgan_quality", False, False),  # ~10 min of VQGAN training; full only
     ("generate_latency", "benchmarks.bench_generate_latency", True, True),
     ("dry_run", "benchmarks.dry_run", False, False),
 )

@@ -86,7 +86,8 @@ def test_cli_roundtrip_and_generation_from_raw_prompts(tmp_path):
     saved_config, params = checkpoint.load_model(str(out))
     model = model_lib.build_model(saved_config.model)
     assert model.image_vocab_size == 40 and saved_config.model.image_extra_tokens == 5
-    logits = model.full_logits(params, our_text(z["input_ids"], z["attention_mask"]), z["decoder_input_ids"])
+    logits = jax.jit(model.full_logits)(params, our_text(z["input_ids"], z["attention_mask"]),
+                                        jnp.asarray(z["decoder_input_ids"]))
     np.testing.assert_allclose(np.asarray(logits), z["logits"], atol=1e-4)
 
     vocab = bpe_vocab.BpeVocabulary(saved_config.data.tokenizer_path)
