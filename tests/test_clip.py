@@ -125,8 +125,9 @@ def test_contrastive_training_learns_a_fixed_batch():
         "--config.train.schedule.warmup_steps=0", "--config.train.optimizer.lr=3e-3"])
     task = CLIPTask(c)
     rs = np.random.default_rng(0)
+    pad = c.model.context_length - 6
     batch = {"image": rs.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-             "text_tokens": np.concatenate([rs.integers(3, 128, (8, 5)), np.ones((8, 1)), np.zeros((8, 10))],
+             "text_tokens": np.concatenate([rs.integers(3, 128, (8, 5)), np.ones((8, 1)), np.zeros((8, pad))],
                                            axis=1).astype(np.int32)}
     state = jax.jit(task.init_state)(jax.random.PRNGKey(0))
     step = jax.jit(task.train_step)

@@ -1,7 +1,6 @@
 """Decoder-only single-stream model: causal masking across text and image, cache, loss weights, sandwich-LN."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

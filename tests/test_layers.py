@@ -150,8 +150,10 @@ def test_layer_stack_scanned_equals_unrolled_and_remat_gradients_match(check_rem
     ts = hk.transform(lambda x: run(x, True, False))
     tu = hk.transform(lambda x: run(x, False, False))
     tr = hk.transform(lambda x: run(x, True, True))
-    ps = ts.init(jax.random.PRNGKey(0), x)
-    pu = tu.init(jax.random.PRNGKey(0), x)
+    rs = np.random.RandomState(0)
+    ps = jax.tree_util.tree_map(lambda a: jnp.asarray(0.3 * rs.standard_normal(a.shape), jnp.float32),
+                                jax.eval_shape(ts.init, jax.random.PRNGKey(0), x))
+    pu = jax.eval_shape(tu.init, jax.random.PRNGKey(0), x)
     # unrolled params are named layers/layer_i/layer/...; build them from the stacked ones
     unstacked = {}
     for name, leaves in ps.items():

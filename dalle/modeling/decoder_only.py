@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import jmp

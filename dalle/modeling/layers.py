@@ -234,12 +234,6 @@ class KV(NamedTuple):
     v: jax.Array
 
 
-def causal_bias(q_positions: jax.Array, k_length: int) -> jax.Array:
-    """`[S, K]` additive bias allowing key j for query position p iff j <= p."""
-    allowed = jnp.arange(k_length)[None, :] <= q_positions[:, None]
-    return jnp.where(allowed, 0.0, MASK_VALUE).astype(jnp.float32)
-
-
 def key_mask_bias(key_mask: jax.Array) -> jax.Array:
     """`[B, K]` bool -> `[B, 1, 1, K]` additive bias."""
     return jnp.where(key_mask, 0.0, MASK_VALUE).astype(jnp.float32)[:, None, None, :]
@@ -281,8 +275,9 @@ class Attention(hk.Module):
         """Attends from `x` `[B, S, d]` (absolute positions `q_positions` `[S]`).
 
         Keys come from `kv` (precomputed, e.g. cross-attention during decoding), else from `kv_input` (defaults to
-        `x`). With `cache` (`[B, T, H, D]`), the new keys are written at `cache_index` and attention runs over the
-        whole cache (causal masking hides the unwritten tail). Returns the output and the *new* keys/values.
+        `x`). With `cache` (`[B, T, H, D]`, filled below `cache_index`), attention runs over the cache's valid
+        part and the new keys (at positions `cache_index...`), reading the cache in place. Returns the output and
+        the *new* keys/values, which the caller writes into the cache.
         """
         spec = self.spec
         gain = spec.cross_init_gain if self.is_cross else spec.init_gain
@@ -306,14 +301,25 @@ class Attention(hk.Module):
             kv = KV(sharding.constrain(k, ("batch", "length", "heads", "kv")),
                     sharding.constrain(split(proj("v_proj", source, std * gain)), ("batch", "length", "heads", "kv")))
         new_kv = kv
-        if cache is not None:
-            idx = (0, cache_index, 0, 0)
-            kv = KV(jax.lax.dynamic_update_slice(cache.k, kv.k.astype(cache.k.dtype), idx),
-                    jax.lax.dynamic_update_slice(cache.v, kv.v.astype(cache.v.dtype), idx))
         k, v = kv.k.astype(q.dtype), kv.v.astype(q.dtype)
-        k_len = k.shape[1]
+        s_len = k.shape[1]
+        if cache is None:
+            k_positions = q_positions if not self.is_cross else jnp.arange(s_len)
+            parts = [(k, v)]
+            valid = None
+        else:
+            # Attend over [cache (T positions, valid below cache_index), new keys] without writing the new keys
+            # into a copy of the cache: the caller writes them once into the stacked cache.
+            t_len = cache.k.shape[1]
+            k_positions = jnp.concatenate([jnp.arange(t_len), cache_index + jnp.arange(s_len)])
+            valid = jnp.concatenate([jnp.arange(t_len) < cache_index, jnp.ones((s_len,), bool)])
+            parts = [(cache.k.astype(q.dtype), cache.v.astype(q.dtype)), (k, v)]
+            if key_mask is not None:
+                key_mask = jnp.concatenate(
+                    [key_mask, jax.lax.dynamic_slice_in_dim(key_mask, cache_index, s_len, axis=1)], axis=1)
 
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        logits = jnp.concatenate(
+            [jnp.einsum("bqhd,bkhd->bhqk", q, pk, preferred_element_type=jnp.float32) for pk, _ in parts], axis=-1)
         if spec.use_cosine_attention:
             logits = logits / spec.tau_init
         else:
@@ -321,8 +327,11 @@ class Attention(hk.Module):
         bias = jnp.zeros((), jnp.float32)
         if key_mask is not None:
             bias = bias + key_mask_bias(key_mask)
+        if valid is not None:
+            bias = bias + jnp.where(valid, 0.0, MASK_VALUE)[None, None, None, :]
         if self.causal:
-            bias = bias + causal_bias(q_positions, k_len)[None, None]
+            allowed = k_positions[None, :] <= q_positions[:, None]
+            bias = bias + jnp.where(allowed, 0.0, MASK_VALUE).astype(jnp.float32)[None, None]
         logits = logits + bias
         if spec.use_swin_position_embeddings:
             q_len = spec.self_length
@@ -330,7 +339,8 @@ class Attention(hk.Module):
             table = hk.get_parameter("rel_bias", [q_len, kk * spec.num_heads], jnp.float32,
                                      init=hk.initializers.RandomNormal(spec.init_std))
             rows = jnp.take(table, q_positions, axis=0).reshape(q_positions.shape[0], kk, spec.num_heads)
-            logits = logits + jnp.transpose(rows, (2, 0, 1))[None, :, :, :k_len]
+            rows = jnp.take(rows, jnp.minimum(k_positions, kk - 1), axis=1)  # [S, K, H]
+            logits = logits + jnp.transpose(rows, (2, 0, 1))[None]
 
         if spec.sinkhorn_iters > 1 and spec.is_encoder and not self.is_cross:
             allowed = jnp.broadcast_to(bias > MASK_VALUE / 2, logits.shape)
@@ -346,7 +356,11 @@ class Attention(hk.Module):
             keep = jax.random.bernoulli(hk.next_rng_key(), 1.0 - spec.attention_dropout, weights.shape[-2:])
             weights = weights * keep / (1.0 - spec.attention_dropout)
 
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+        out, start = 0.0, 0
+        for pk, pv in parts:
+            w = weights[..., start:start + pk.shape[1]]
+            out = out + jnp.einsum("bhqk,bkhd->bqhd", w.astype(pv.dtype), pv)
+            start += pk.shape[1]
         if spec.use_head_scale:
             scale = hk.get_parameter("head_scale", [spec.num_heads], jnp.float32, init=jnp.ones)
             out = out * self.policy.cast_to_compute(scale)[None, None, :, None]
