@@ -66,6 +66,8 @@ def get_config(arg=None):
             text_vocab_size=128, image_vocab_size=512, max_text_length=c.data.max_text_length, image_length=64,
             dropout=0.0,
         ))
+    # On a CPU, 4 unrolled layers train ~20% faster than a scanned layer stack (XLA:CPU's scan backward).
+    c.model.scan_layers = False
 
     c.train = ConfigDict()
     c.train.batch_size = 64
