@@ -1,5 +1,6 @@
 """dalle-mini weights -> dalle: golden fixtures made by the real dalle-mini package
 (tools/make_dalle_mini_fixtures.py), refusal of unsupported switches, and the BART BPE vocabulary."""
+# bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
 import glob
 import json

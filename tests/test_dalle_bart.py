@@ -1,4 +1,5 @@
 """DalleBart (dalle-mini's encoder-decoder): switches, causal masking, KV-cached decoding, sharding, configs."""
+# bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,5 @@
 """The text-to-image training task through the real loop, on a tiny encoded shapes dataset."""
+# bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
 import os
 

@@ -1,5 +1,6 @@
 """`dalle demo` end to end on a tiny world with second-long training budgets: every stage runs, its outputs
 appear, and a second run skips every finished stage."""
+# bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
 import json
 import os

@@ -1,4 +1,5 @@
 """The pre-encoding job (dalle.data.encode): output, resumption, per-process shards, a real VQGAN end to end."""
+# bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """`dalle eval` end to end with tiny random-weight models saved here (DALL·E decoder-only, VQGAN f4/32, CLIP),
 plus the job's parts that do not need a model (prompt files, grids, the SVG plot, reference statistics)."""
+# bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
 from __future__ import annotations
 

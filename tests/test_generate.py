@@ -1,4 +1,5 @@
 """`dalle generate` end to end on a tiny random-weight pipeline, and its errors."""
+# bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
 import os
 

@@ -1,4 +1,5 @@
 """The train loop: loss falls, exact resume (also after kill -9), SIGTERM, NaN guard, meshes, two processes."""
+# bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
 import json
 import os

@@ -1,4 +1,5 @@
 """Two local processes (jax.distributed on 127.0.0.1, 4 fake devices each) agree with one process."""
+# bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
 import os
 import socket

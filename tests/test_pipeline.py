@@ -1,4 +1,5 @@
 """The training stream (dalle.data.pipeline.token_batches): batches, per-host shards and exact resumption."""
+# bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """The jitted decode loop: greedy/top-k/top-p/temperature, super-conditioning, seeds, image prompts, meshes."""
+# bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
 import jax
 import jax.numpy as jnp

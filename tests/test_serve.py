@@ -3,6 +3,7 @@ progress reporting, reranking, error handling, and the real command on a tiny ra
 
 The browser test (tests/test_serve_browser.py) drives the page itself; these pin the API the page relies on.
 """
+# bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
 from __future__ import annotations
 

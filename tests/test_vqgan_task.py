@@ -1,5 +1,6 @@
 """VQGAN training task: generator gradients (adaptive weight), GAN start, EMA / dead-code restarts, a few steps
 lowering the loss, exact resume, summaries, export and finetune_from. Tiny model, 16 px, 8 fake devices."""
+# bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
 from __future__ import annotations
 
