@@ -66,6 +66,12 @@ def main(argv: Sequence[str]) -> int:
     except (checkpointing.ResumeError, loop.TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{result.status} at step {result.step}; model in {os.path.join(args.workdir, 'model')}"
-          if result.status == "done" else f"{result.status} at step {result.step}; run the same command to resume")
+    model_dir = os.path.join(args.workdir, "model")
+    if result.status == "done":
+        print(f"done at step {result.step}; model in {model_dir}")
+    elif result.status == "time_limit":
+        print(f"stopped at the time budget (train.max_minutes) at step {result.step}; model in {model_dir}; "
+              f"the same command with a larger --config.train.max_minutes continues the run")
+    else:
+        print(f"{result.status} at step {result.step}; run the same command to resume")
     return 0
