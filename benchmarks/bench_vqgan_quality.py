@@ -59,7 +59,8 @@ def main() -> None:
             raise SystemExit(f"training failed with exit code {code}")
     train_s = time.time() - t0
     steps = [json.loads(l)["step"] for l in open(os.path.join(args.workdir, "metrics.jsonl"))]
-    config = checkpoint.read_config(os.path.join(args.workdir, "model"))
+    with open(os.path.join(args.workdir, "config.json")) as f:  # the training run's config (data + model)
+        config = checkpoint.ConfigDict(checkpoint._tuplify(json.load(f)))
     r = evaluate(os.path.join(args.workdir, "model"), config.data)
     k = 8
     grid = generation.make_grid(np.concatenate([r["originals"][:k],

@@ -12,6 +12,7 @@ def get_config(arg=None):
     c.model = ConfigDict(dict(
         kind="vqgan", resolution=64, ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(8,),
         z_channels=64, dropout=0.0, n_embed=512, embed_dim=64, beta=0.25,
+        norm_groups=1,  # per-channel groups erase colour on plain shapes scenes (see configs/vqgan_f4_32.py)
     ))
     c.data = ConfigDict(dict(source="shapes", image_size=64))
     c.train = ConfigDict(dict(batch_size=32, num_steps=6000, log_every=50, checkpoint_every=500,
