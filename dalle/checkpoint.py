@@ -110,7 +110,7 @@ def load_latest_model(workdir: str) -> tuple[ConfigDict, Any]:
     if os.path.isfile(os.path.join(exported, CONFIG_FILE)):
         return read_config(exported), load_params(exported)
     run_config = os.path.join(workdir, "config.json")
-    steps_dir = os.path.join(workdir, "checkpoints")
+    steps_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.exists(run_config):
         raise CheckpointError(f"{workdir!r} is neither a model checkpoint (no {PARAMS_DIR}/) nor a training workdir")
     with open(run_config) as f:
