@@ -2,6 +2,7 @@
 
 `make demo` and `make test` themselves are run by CI (.ci/run runs `make test`; the demo pipeline's stages are run
 end to end on a tiny pipeline by tests/test_demo.py)."""
+# bazel: manual  (reads README.md and configs from the checkout; pytest runs it in `make test`)
 
 import os
 import re

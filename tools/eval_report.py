@@ -20,9 +20,9 @@ def _f(x, pct=False) -> str:
     return f"{100 * x:.1f}%" if pct else f"{x:.2f}"
 
 
-def render(metrics: dict, metrics_path: str, extra: str = "") -> str:
+def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "") -> str:
     s = metrics["sampling"]
-    lines = ["# Evaluation of the demo model", "",
+    lines = ["# Evaluation of the demo model", ""] + ([note, ""] if note else []) + [
              f"Command: `.venv/bin/dalle eval --config configs/eval/shapes.py --checkpoint "
              f"{os.path.relpath(metrics['checkpoint'], ROOT)}` ({metrics['seconds']:.0f} s), then "
              f"`.venv/bin/python tools/eval_report.py {metrics_path}`.", "",
@@ -58,6 +58,10 @@ def render(metrics: dict, metrics_path: str, extra: str = "") -> str:
 
 
 def main(argv: list[str]) -> int:
+    note = ""
+    if "--note" in argv:
+        i = argv.index("--note")
+        note, argv = argv[i + 1], argv[:i] + argv[i + 2:]
     path = argv[0] if argv else "outputs/demo/dalle/eval/metrics.json"
     with open(path) as f:
         metrics = json.load(f)
@@ -73,7 +77,7 @@ def main(argv: list[str]) -> int:
             shutil.copy(os.path.join(out_dir, "grids", g), os.path.join(ROOT, "docs", f"eval_{g}"))
             extra += f"![{g}](docs/eval_{g})\n"
     with open(os.path.join(ROOT, "EVAL.md"), "w") as f:
-        f.write(render(metrics, path, ("## Samples (one row per prompt)\n\n" + extra) if extra else ""))
+        f.write(render(metrics, path, ("## Samples (one row per prompt)\n\n" + extra) if extra else "", note))
     print("wrote EVAL.md")
     return 0
 
