@@ -9,7 +9,7 @@ import os
 
 from benchmarks import common
 
-ORDER = ("generation", "train_step", "vqgan_speed", "vqgan_quality", "generate_latency", "dry_run")
+ORDER = ("generation", "generation_mini", "train_step", "vqgan_speed", "vqgan_quality", "generate_latency", "dry_run")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 INTRO = """# Benchmarks
