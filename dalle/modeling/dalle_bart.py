@@ -218,19 +218,5 @@ def param_rules(prefix: str = "dalle_bart") -> tuple[tuple[str, tuple], ...]:
     """Regex over Haiku paths -> logical axes (a leading `layers` axis is added for scanned params)."""
     return (
         (r"embed_tokens/embedding$", ("vocab", "embed")),
-        (r"embed_positions/embedding$", (None, "embed")),
-        (r"(q_proj|k_proj|v_proj)/kernel$", ("embed", "heads")),
-        (r"(q_proj|k_proj|v_proj)/bias$", ("heads",)),
-        (r"out_proj/kernel$", ("heads", "embed")),
-        (r"out_proj/bias$", ("embed",)),
-        (r"head_scale$", ("heads",)),
-        (r"rel_bias$", (None, None)),
-        (r"attn/mid_norm/(scale|bias)$", ("norm",)),
-        (r"ffn/wi_\d/kernel$", ("embed", "mlp")),
-        (r"ffn/wi_\d/bias$", ("mlp",)),
-        (r"ffn/mid_norm/(scale|bias)$", ("mlp",)),
-        (r"ffn/wo/kernel$", ("mlp", "embed")),
-        (r"ffn/wo/bias$", ("embed",)),
         (r"lm_head/kernel$", ("embed", "vocab")),
-        (r"(norm|layernorm_embedding|final_ln)/(scale|bias)$", ("norm",)),
-    )
+    ) + layers.block_param_rules()

@@ -536,3 +536,24 @@ def stack_layers(
             ys.append(y)
     stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ys) if ys and ys[0] is not None else None
     return x, stacked
+
+
+def block_param_rules() -> tuple[tuple[str, tuple], ...]:
+    """Partition rules shared by both model kinds: positions, attention, feed-forward and norms (regex over Haiku
+    paths -> logical axes; the models add their embeddings and heads)."""
+    return (
+        (r"embed_positions/embedding$", (None, "embed")),
+        (r"(q_proj|k_proj|v_proj)/kernel$", ("embed", "heads")),
+        (r"(q_proj|k_proj|v_proj)/bias$", ("heads",)),
+        (r"out_proj/kernel$", ("heads", "embed")),
+        (r"out_proj/bias$", ("embed",)),
+        (r"head_scale$", ("heads",)),
+        (r"rel_bias$", (None, None)),
+        (r"attn/mid_norm/(scale|bias)$", ("norm",)),
+        (r"ffn/wi_\d/kernel$", ("embed", "mlp")),
+        (r"ffn/wi_\d/bias$", ("mlp",)),
+        (r"ffn/mid_norm/(scale|bias)$", ("mlp",)),
+        (r"ffn/wo/kernel$", ("mlp", "embed")),
+        (r"ffn/wo/bias$", ("embed",)),
+        (r"(norm|layernorm_embedding|final_ln)/(scale|bias)$", ("norm",)),
+    )
