@@ -8,30 +8,17 @@ are rendered on the fly, captions tokenized with that vocabulary. ViT 32 px / pa
 configs/shapes_tiny.py. The exported model (<workdir>/model) is what `eval.clip_checkpoint` points at.
 """
 
-import importlib.util
-import os
-
 from ml_collections import ConfigDict
+
+from dalle import config as config_lib
 
 
 def _shapes_data(variant):
-    here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location("shapes_data_config", os.path.join(here, "shapes_data.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.data_config(variant)
+    return config_lib.sibling_config(__file__, "shapes_data.py").data_config(variant)
 
 
 def get_config(arg=None):
-    parts = [p for p in (arg or "").split(",") if p]
-    opts = dict(p.split("=", 1) for p in parts if "=" in p)
-    variants = [p for p in parts if "=" not in p]
-    variant = variants[0] if variants else "one_object"
-    if variant not in ("one_object", "multi") or len(variants) > 1:
-        raise ValueError(f"unknown variant {arg!r} (known: one_object, multi; plus root=DIR)")
-    root = opts.pop("root", "outputs/demo")
-    if opts:
-        raise ValueError(f"unknown option(s) {sorted(opts)} (known: root)")
+    variant, root = config_lib.variant_and_root(arg, ("one_object", "multi"))
     multi = variant == "multi"
 
     c = ConfigDict()

@@ -85,6 +85,26 @@ def load_config(spec: str, overrides: Sequence[str] = (), validate_config: bool 
     return config
 
 
+def variant_and_root(arg: str | None, variants: Sequence[str], default_root: str = "outputs/demo") -> tuple[str, str]:
+    """Parses a config argument of the form `variant[,root=DIR]` (the first of `variants` is the default); the
+    pipeline configs use it so every artifact of a run can be moved under one directory."""
+    parts = [p for p in (arg or "").split(",") if p]
+    opts = dict(p.split("=", 1) for p in parts if "=" in p)
+    named = [p for p in parts if "=" not in p]
+    variant = named[0] if named else variants[0]
+    if variant not in variants or len(named) > 1:
+        raise ValueError(f"unknown variant {arg!r} (known: {', '.join(variants)}; plus root=DIR)")
+    root = opts.pop("root", default_root)
+    if opts:
+        raise ValueError(f"unknown option(s) {sorted(opts)} (known: root)")
+    return variant, root
+
+
+def sibling_config(config_file: str, name: str):
+    """The module of another config file in the same folder (e.g. configs/shapes_data.py's `data_config`)."""
+    return _import_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), name))
+
+
 def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Separates `--config.x.y=v` overrides from the rest of a command line."""
     overrides, rest = [], []

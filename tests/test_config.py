@@ -117,3 +117,12 @@ def test_cli_config_command(capsys):
     assert '"num_steps": 7' in capsys.readouterr().out
     assert cli.main(["config", "--config", EXAMPLE, "--config.train.num_stepz=7"]) == 2
     assert "num_stepz" in capsys.readouterr().err
+
+
+def test_variant_and_root():
+    assert config_lib.variant_and_root(None, ("a", "b")) == ("a", "outputs/demo")
+    assert config_lib.variant_and_root("b,root=/x", ("a", "b")) == ("b", "/x")
+    with pytest.raises(ValueError, match="unknown variant 'c'"):
+        config_lib.variant_and_root("c", ("a", "b"))
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['size'\]"):
+        config_lib.variant_and_root("a,size=3", ("a", "b"))

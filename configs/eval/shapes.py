@@ -12,17 +12,11 @@ Append `,root=DIR` to move every artifact, as for configs/shapes_tiny.py.
 
 from ml_collections import ConfigDict
 
+from dalle import config as config_lib
+
 
 def get_config(arg=None):
-    parts = [p for p in (arg or "").split(",") if p]
-    opts = dict(p.split("=", 1) for p in parts if "=" in p)
-    variants = [p for p in parts if "=" not in p]
-    variant = variants[0] if variants else "full"
-    if variant not in ("full", "quick") or len(variants) > 1:
-        raise ValueError(f"unknown variant {arg!r} (known: full, quick; plus root=DIR)")
-    root = opts.pop("root", "outputs/demo")
-    if opts:
-        raise ValueError(f"unknown option(s) {sorted(opts)} (known: root)")
+    variant, root = config_lib.variant_and_root(arg, ("full", "quick"))
     c = ConfigDict()
     c.name = f"eval_shapes_{variant}"
     c.eval = ConfigDict()
