@@ -104,10 +104,11 @@ def test_downsample_pads_bottom_right_only_and_upsample_is_nearest():
 # ----------------------------------------------------------------------------------------------------------------
 # Quantizer
 # ----------------------------------------------------------------------------------------------------------------
-def _quantize(z, e, beta=0.25, legacy=False):
+def _quantize(z, e, beta=0.25, legacy=False, l2_norm=False):
     import haiku as hk
 
-    cfg = vqgan_lib.VQGANConfig(n_embed=e.shape[0], embed_dim=e.shape[1], beta=beta, legacy_loss=legacy)
+    cfg = vqgan_lib.VQGANConfig(n_embed=e.shape[0], embed_dim=e.shape[1], beta=beta, legacy_loss=legacy,
+                                l2_norm_codes=l2_norm)
     q = hk.without_apply_rng(hk.transform(lambda z: vqgan_lib.VectorQuantizer(cfg)(z)))
     return lambda z, e: q.apply({"quantize": {"embeddings": e}}, z)
 
@@ -135,6 +136,25 @@ def test_quantizer_gradients_codebook_vs_commitment(legacy):
     w_commit, w_codebook = (1.0, 0.25) if legacy else (0.25, 1.0)
     np.testing.assert_allclose(gz, w_commit * 2 * (z - q) / 4, rtol=1e-5)
     np.testing.assert_allclose(ge, w_codebook * 2 * (q - z).reshape(2, 2) / 4, rtol=1e-5)
+
+
+def test_l2_normalized_codebook_matches_by_cosine_and_decodes_unit_vectors():
+    # By L2 distance z=(3, 0.5) is nearest to the short code (1, 0)... by direction it is the long (10, 2).
+    e = np.array([[1.0, 0.0], [10.0, 2.0], [0.0, -1.0]], np.float32)
+    z = np.array([[[[3.0, 0.5], [0.1, -5.0]]]], np.float32)
+    plain = _quantize(z, e)(z, e)
+    cosine = _quantize(z, e, l2_norm=True)(z, e)
+    np.testing.assert_array_equal(plain.codes, [[[0, 2]]])
+    np.testing.assert_array_equal(cosine.codes, [[[1, 2]]])
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+    np.testing.assert_allclose(cosine.z_q, unit(e[[1, 2]])[None, None], atol=1e-6)
+    np.testing.assert_allclose(cosine.codebook_loss, np.mean((unit(e[[1, 2]]) - unit(z[0, 0])) ** 2), rtol=1e-5)
+    # The decode path (codes -> vectors) sees the same normalized vectors as the straight-through forward.
+    import haiku as hk
+
+    cfg = vqgan_lib.VQGANConfig(n_embed=3, embed_dim=2, l2_norm_codes=True)
+    lookup = hk.without_apply_rng(hk.transform(lambda c: vqgan_lib.VectorQuantizer(cfg).lookup(c)))
+    np.testing.assert_allclose(lookup.apply({"quantize": {"embeddings": e}}, cosine.codes), cosine.z_q, atol=1e-6)
 
 
 def test_straight_through_gradient_is_identity():

@@ -182,6 +182,53 @@ def test_ema_codebook_update_and_dead_code_restart():
     assert float(metrics["restarted_codes"]) == dead.sum()
 
 
+def test_quantizer_warmup_bypasses_the_codebook_then_seeds_it_by_kmeans_plus_plus():
+    task = make_task(make_config(quantize_start=2, restart_dead_codes=True, restart_every=1,
+                                 dead_code_threshold=1.0))
+    state = jax.jit(task.init_state)(jax.random.key(0))
+    step = jax.jit(task.train_step)
+    batch = {"image": jnp.asarray(toy_images(8))}
+    x = images_to_model_range(batch["image"])
+    # Warm-up step: the decoder sees the encoder output itself, no quantizer loss, codebook and usage untouched.
+    out_plain = jax.jit(lambda p, x: task.model.apply(p, x, quantize=False))(state["gen_params"], x)
+    out_vq = jax.jit(task.model.apply)(state["gen_params"], x)
+    assert not np.allclose(out_plain.recon, out_vq.recon)
+    np.testing.assert_allclose(out_plain.recon, task.model.apply(state["gen_params"], x, quantize=jnp.bool_(False))
+                               .recon, atol=1e-5)
+    s1, m1 = step(state, batch, jax.random.key(1))
+    assert float(m1["quant_loss"]) == 0.0 and float(m1["restarted_codes"]) == 0.0
+    np.testing.assert_array_equal(s1["gen_params"]["quantize"]["embeddings"],
+                                  state["gen_params"]["quantize"]["embeddings"])
+    np.testing.assert_array_equal(s1["usage"], state["usage"])
+    # Last warm-up step: every code becomes a distinct encoder output of that batch.
+    s2, _ = step(s1, batch, jax.random.key(2))
+    z = np.asarray(jax.jit(task.model.apply)(s1["gen_params"], x).z_e).reshape(-1, 4)
+    emb = np.asarray(s2["gen_params"]["quantize"]["embeddings"])
+    for k in range(32):
+        assert np.min(np.abs(z - emb[k]).max(axis=1)) < 1e-5, k
+    assert len(np.unique(emb.round(6), axis=0)) == 32
+    # From then on the codebook is in use: a non-zero quantizer loss.
+    _, m3 = step(s2, batch, jax.random.key(3))
+    assert float(m3["quant_loss"]) > 0.0
+
+
+def test_kmeans_plus_plus_seeds_rare_distinct_points():
+    from dalle.modeling import vqgan_losses as losses
+
+    # 500 near-identical background vectors and 3 far apart "objects": 4 seeds must cover all 4 groups.
+    rng = np.random.default_rng(0)
+    background = rng.normal(scale=1e-3, size=(500, 2))
+    objects = np.array([[5.0, 0.0], [0.0, 5.0], [-5.0, -5.0]])
+    points = jnp.asarray(np.concatenate([background, objects]), jnp.float32)
+    seeds = np.asarray(jax.jit(losses.kmeans_plus_plus, static_argnums=1)(points, 4, jax.random.key(0)))
+    for o in objects:
+        assert np.min(np.abs(seeds - o).max(axis=1)) < 1e-6, o
+    assert np.min(np.abs(seeds).max(axis=1)) < 0.01  # and one background seed
+    # Every seed is one of the points.
+    for sd in seeds:
+        assert np.min(np.abs(np.asarray(points) - sd).max(axis=1)) < 1e-6
+
+
 @pytest.mark.slow
 def test_resume_through_the_train_loop(tmp_path):
     loop = pytest.importorskip("dalle.train.loop")

@@ -52,6 +52,8 @@ class VQGANConfig:
     legacy_loss: bool = False
     norm_groups: int = 32
     norm_eps: float = 1e-6
+    # ViT-VQGAN's codebook: match and decode l2-normalized vectors (cosine nearest code). Off in taming's models.
+    l2_norm_codes: bool = False
 
     @classmethod
     def from_config(cls, config: ConfigDict | Mapping[str, Any]) -> "VQGANConfig":
@@ -316,9 +318,14 @@ class VectorQuantizer(hk.Module):
         return hk.get_parameter("embeddings", (n, self.cfg.embed_dim),
                                 init=hk.initializers.RandomUniform(-1.0 / n, 1.0 / n))
 
+    def _maybe_normalize(self, v: jax.Array) -> jax.Array:
+        if not self.cfg.l2_norm_codes:
+            return v
+        return v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, axis=-1, keepdims=True), 1e-12))
+
     def __call__(self, z: jax.Array) -> QuantizerOutput:
-        e = self.embeddings()
-        z = z.astype(jnp.float32)
+        e = self._maybe_normalize(self.embeddings().astype(jnp.float32))
+        z = self._maybe_normalize(z.astype(jnp.float32))
         codes = nearest_codes(z, e)
         q = jnp.take(e, codes, axis=0)
         codebook_loss = jnp.mean(jnp.square(q - jax.lax.stop_gradient(z)))
@@ -331,7 +338,7 @@ class VectorQuantizer(hk.Module):
         return QuantizerOutput(z_q, codes, codebook_loss, commit_loss, loss)
 
     def lookup(self, codes: jax.Array) -> jax.Array:
-        return jnp.take(self.embeddings(), codes, axis=0)
+        return jnp.take(self._maybe_normalize(self.embeddings()), codes, axis=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -393,15 +400,20 @@ class VQGAN:
 
         return init_from_rules(rng, abstract, rule)
 
-    def _forward(self, x: jax.Array, train: bool) -> ForwardOutput:
+    def _forward(self, x: jax.Array, train: bool, quantize: bool | jax.Array = True) -> ForwardOutput:
         m = _Modules(self.cfg, self.dtype)
         z, q = m.encode(x, train)
-        recon, h = m.decode(q.z_q, train)
+        decoder_in = q.z_q
+        if quantize is not True:  # a traced flag: decode the (normalized) encoder output itself while False
+            decoder_in = jnp.where(quantize, q.z_q, m.quantize._maybe_normalize(z))
+        recon, h = m.decode(decoder_in, train)
         return ForwardOutput(recon, h, z, q)
 
-    def apply(self, params: Params, x: jax.Array, rng: jax.Array | None = None, train: bool = False) -> ForwardOutput:
-        """Full autoencoder pass on images in [-1, 1]; `rng` is only needed for dropout in training."""
-        return self._t(lambda x: self._forward(x, train)).apply(params, rng, x)
+    def apply(self, params: Params, x: jax.Array, rng: jax.Array | None = None, train: bool = False,
+              quantize: bool | jax.Array = True) -> ForwardOutput:
+        """Full autoencoder pass on images in [-1, 1]; `rng` is only needed for dropout in training.
+        `quantize=False` bypasses the codebook (training's plain-autoencoder warm-up)."""
+        return self._t(lambda x: self._forward(x, train, quantize)).apply(params, rng, x)
 
     def encode(self, params: Params, x: jax.Array) -> jax.Array:
         """Images in [-1, 1] [B, H, W, C] -> int32 codes [B, H/f, W/f]."""

@@ -72,6 +72,27 @@ def code_stats(codes: jax.Array, n_embed: int) -> tuple[jax.Array, jax.Array, ja
     return counts, jnp.mean((counts > 0).astype(jnp.float32)), perplexity
 
 
+def kmeans_plus_plus(points: jax.Array, k: int, rng: jax.Array) -> jax.Array:
+    """k seeds [k, D] from points [N, D] by k-means++: each next seed drawn with probability proportional to its
+    squared distance from the seeds so far. Rare but distinct vectors (a coloured patch among mostly-black ones)
+    get codes of their own, where uniform draws would spend the codebook on the background."""
+    points = points.astype(jnp.float32)
+    keys = jax.random.split(rng, k)
+    first = points[jax.random.randint(keys[0], (), 0, points.shape[0])]
+    d2 = jnp.sum(jnp.square(points - first), axis=-1)
+    seeds = jnp.zeros((k, points.shape[1]), jnp.float32).at[0].set(first)
+
+    def body(i, carry):
+        seeds, d2 = carry
+        # All remaining mass on exact duplicates of seeds (d2 = 0 everywhere): fall back to a uniform draw.
+        logits = jnp.where(jnp.sum(d2) > 0, jnp.log(jnp.maximum(d2, 1e-30)), 0.0)
+        pick = points[jax.random.categorical(keys[i], logits)]
+        return seeds.at[i].set(pick), jnp.minimum(d2, jnp.sum(jnp.square(points - pick), axis=-1))
+
+    seeds, _ = jax.lax.fori_loop(1, k, body, (seeds, d2))
+    return seeds
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # PatchGAN discriminator (taming's NLayerDiscriminator)
 # ----------------------------------------------------------------------------------------------------------------

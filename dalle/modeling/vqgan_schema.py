@@ -30,6 +30,7 @@ def model_defaults() -> ConfigDict:
     # taming's quantizer applies beta to the codebook term instead (its `legacy=True` default); true reproduces it.
     c.legacy_loss = False
     c.norm_groups = 32  # taming hard-codes 32; smaller only for toy models
+    c.l2_norm_codes = False  # ViT-VQGAN's l2-normalized codebook (cosine matching); taming's models: False
     c.norm_eps = 1e-6
     return c
 
@@ -87,6 +88,9 @@ def loss_defaults() -> ConfigDict:
     c.dead_code_threshold = 1e-3  # dead: usage EMA below this fraction of a uniform share (1/n_embed) of tokens
     c.usage_decay = 0.99
     c.restart_every = 100  # steps between restarts
+    # Steps of plain-autoencoder warm-up (codebook bypassed); at the last one the codebook is seeded by k-means++
+    # on that batch's encoder outputs, so the codes start where the (already informative) encodings are.
+    c.quantize_start = 0
     c.finetune_from = ""  # dalle model checkpoint dir (e.g. from `dalle convert vqgan`) to start from
     c.summary_images = 8  # images in the reconstruction grid
     return c
@@ -113,6 +117,8 @@ def check_loss(c: ConfigDict, config: ConfigDict):
     for key in ("ema_decay", "usage_decay"):
         if not 0.0 < c[key] < 1.0:
             yield f"vqgan_loss.{key} = {c[key]} must be in (0, 1)"
+    if c.quantize_start < 0:
+        yield f"vqgan_loss.quantize_start = {c.quantize_start} must be >= 0"
     if c.restart_every <= 0:
         yield f"vqgan_loss.restart_every = {c.restart_every} must be positive"
     if c.summary_images < 0:

@@ -170,7 +170,7 @@ class VQGANTask(Task):
             nll = nll + self.lc.perceptual_weight * jnp.mean(self.perceptual(x, recon))
         return nll
 
-    def generator_grads(self, gen_params, disc_params, x, rng, gan_on):
+    def generator_grads(self, gen_params, disc_params, x, rng, gan_on, quant_on=True):
         """Gradients of taming's generator loss with one backward pass through the generator.
 
         The loss depends on the generator only through (recon, quantizer loss), so dL/d(recon) is formed from
@@ -179,8 +179,11 @@ class VQGANTask(Task):
         lc = self.lc
 
         def fwd(p):
-            out = self.model.apply(p, x, rng, train=True)
-            return (out.recon, self._quant_term(out.quant)), out
+            out = self.model.apply(p, x, rng, train=True, quantize=quant_on)
+            q_term = self._quant_term(out.quant)
+            if quant_on is not True:  # no commitment to a codebook that is not in use yet
+                q_term = jnp.where(quant_on, q_term, 0.0)
+            return (out.recon, q_term), out
 
         (recon, q_term), vjp_fn, out = jax.vjp(fwd, gen_params, has_aux=True)
         nll, d_nll = jax.value_and_grad(lambda r: self._nll(x, r))(recon)
@@ -209,6 +212,23 @@ class VQGANTask(Task):
                    "disc_factor": disc_factor, "quant_loss": q_term}
         return grads, out, metrics
 
+    def _seed_codebook_at_warmup_end(self, step, emb, usage, state, z_flat, rng):
+        """At the last warm-up step: codebook <- k-means++ seeds from this batch's encoder outputs (in the space
+        codes are matched in), usage and EMA statistics reset."""
+        n = self.cfg.n_embed
+        seed_now = step == self.lc.quantize_start - 1
+        if self.cfg.l2_norm_codes:
+            z_flat = z_flat * jax.lax.rsqrt(jnp.maximum(jnp.sum(z_flat * z_flat, -1, keepdims=True), 1e-12))
+        seeds = jax.lax.cond(seed_now, lambda: losses.kmeans_plus_plus(z_flat, n, rng),
+                             lambda: emb.astype(jnp.float32))
+        emb = jnp.where(seed_now, seeds, emb)
+        usage = jnp.where(seed_now, 1.0 / n, usage)
+        if "ema" in state:
+            ema = state["ema"]
+            state = dict(state, ema={"cluster_size": jnp.where(seed_now, 1.0, ema["cluster_size"]),
+                                     "embed_sum": jnp.where(seed_now, seeds, ema["embed_sum"])})
+        return emb, usage, state
+
     def _disc_loss(self, disc_params, x, recon, disc_factor):
         real = self.disc.apply(disc_params, x)
         fake = self.disc.apply(disc_params, jax.lax.stop_gradient(recon))
@@ -221,8 +241,11 @@ class VQGANTask(Task):
         step = state["step"]
         k_drop, k_restart = jax.random.split(jax.random.fold_in(rng, 0))
         gan_on = jnp.logical_and(step >= lc.disc_start, lc.disc_factor > 0)
+        warmup = lc.quantize_start > 0
+        quant_on = step >= lc.quantize_start if warmup else True
 
-        grads, out, metrics = self.generator_grads(state["gen_params"], state["disc_params"], x, k_drop, gan_on)
+        grads, out, metrics = self.generator_grads(state["gen_params"], state["disc_params"], x, k_drop, gan_on,
+                                                   quant_on)
         updates, gen_opt = self.gen_tx.update(grads, state["gen_opt"], state["gen_params"])
         gen = optax.apply_updates(state["gen_params"], updates)
 
@@ -231,6 +254,8 @@ class VQGANTask(Task):
         counts, used, perplexity = losses.code_stats(codes, cfg.n_embed)
         share = counts / jnp.maximum(jnp.sum(counts), 1.0)
         usage = lc.usage_decay * state["usage"] + (1 - lc.usage_decay) * share
+        if warmup:
+            usage = jnp.where(quant_on, usage, state["usage"])
         new_state = dict(state)
         emb = gen["quantize"]["embeddings"]
         z_flat = jax.lax.stop_gradient(out.z_e).reshape(-1, cfg.embed_dim)
@@ -246,6 +271,8 @@ class VQGANTask(Task):
         metrics["dead_codes"] = jnp.sum(dead.astype(jnp.float32))
         if lc.restart_dead_codes:
             restart = jnp.logical_and(dead, (step + 1) % lc.restart_every == 0)
+            if warmup:
+                restart = jnp.logical_and(restart, quant_on)
             # Re-seed on encoder outputs drawn in proportion to their quantization error: on mostly-background
             # images uniform draws land on background again and collapse, error-weighted ones land on edges.
             zq_flat = jax.lax.stop_gradient(out.quant.z_q).reshape(-1, cfg.embed_dim)
@@ -259,6 +286,8 @@ class VQGANTask(Task):
                 new_state["ema"] = {"cluster_size": jnp.where(restart, 1.0, ema["cluster_size"]),
                                     "embed_sum": jnp.where(restart[:, None], fresh, ema["embed_sum"])}
             metrics["restarted_codes"] = jnp.sum(restart.astype(jnp.float32))
+        if warmup:
+            emb, usage, new_state = self._seed_codebook_at_warmup_end(step, emb, usage, new_state, z_flat, k_restart)
         gen = {**gen, "quantize": {**gen["quantize"], "embeddings": emb.astype(gen["quantize"]["embeddings"].dtype)}}
 
         # Discriminator update (skipped entirely before disc_start).
