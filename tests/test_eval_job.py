@@ -107,6 +107,9 @@ def test_eval_job_end_to_end(tmp_path):
         assert entry["kid"]["metric"] == "KID-CLIP"
         assert (out / "grids" / f"s{scale}_validation.png").exists()
     assert (out / "fid_vs_clip.svg").read_text().count("<circle") == 2
+    for split in ("validation", "zero_shot"):  # the random VQGAN's round trip, judged like the samples
+        assert metrics["tokenizer_ceiling"][split]["images"] == 3
+        assert 0.0 <= metrics["tokenizer_ceiling"][split]["all"] <= 1.0
     # the saved images are the kept ones: re-scoring them with the CLIP gives the reported CLIP score
     clip = clip_lib.load_clip(clip_dir)
     from PIL import Image
@@ -141,6 +144,11 @@ class _RenderingGenerator:
             out.append(self.world.render(self.scenes[c]))
         return np.stack(out)
 
+    def roundtrip(self, images):  # a lossless "tokenizer", except for the first image, blanked
+        out = np.array(images)
+        out[0] = 0
+        return out
+
 
 def test_eval_job_on_rendered_candidates_without_clip(tmp_path):
     """With renders as the 'generated' images: keep_top 2 keeps both (no CLIP -> no reranking, said so); accuracy
@@ -159,6 +167,9 @@ def test_eval_job_on_rendered_candidates_without_clip(tmp_path):
     entry = res["scales"]["1"]
     assert entry["splits"]["validation"]["compositional"]["all"] == 0.5
     assert entry["splits"]["validation"]["compositional"]["images"] == 8
+    # The tokenizer ceiling: the 4 prompts' renders through `roundtrip`, whose first image is lost.
+    assert res["tokenizer_ceiling"]["validation"]["images"] == 4
+    assert res["tokenizer_ceiling"]["validation"]["all"] == 0.75
     assert entry["clip_score"]["clip_score"] is None and "clip_checkpoint" in entry["clip_score"]["note"]
     assert entry["fid"]["value"] is None and entry["fid"]["note"]
     assert any("FID/KID not computed" in n for n in res["notes"])

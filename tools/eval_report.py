@@ -39,6 +39,12 @@ def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "") ->
         for split, e in entry["splits"].items():
             comp = e.get("compositional", {})
             lines.append(f"| {scale} | {split} | " + " | ".join(_f(comp.get(a), True) for a in ATTRS) + " |")
+    if metrics.get("tokenizer_ceiling"):
+        lines += ["", "Ceiling set by the image tokenizer: the same prompts' own scenes rendered, then encoded and decoded "
+                  "by the model's VQGAN, judged by the same analyzer (no text-to-image model can beat this row):", "",
+                  "| | split | " + " | ".join(ATTRS) + " |", "|---|---|" + "---|" * len(ATTRS)]
+        for split, comp in metrics["tokenizer_ceiling"].items():
+            lines.append(f"| VQGAN round trip | {split} | " + " | ".join(_f(comp.get(a), True) for a in ATTRS) + " |")
     lines += ["", "## CLIP score and FID across guidance scales", "",
               "| guidance scale | CLIP score (all splits) | " + " | ".join(
                   f"CLIP score {sp}" for sp in metrics["prompts"]["splits"]) + " | FID | KID |",

@@ -79,6 +79,11 @@ class Generator:
             vqgan_checkpoint=ev.vqgan_checkpoint)
         self.config, self.data, self.model, self.ev = self.gen.config, self.gen.config.data, self.gen.model, ev
 
+    def roundtrip(self, images: np.ndarray) -> np.ndarray:
+        """VQGAN encode + decode: what the best possible token sequence would look like after decoding."""
+        vq = self.gen.vqgan
+        return np.concatenate([vq.decode(vq.encode(images[i:i + 64])) for i in range(0, len(images), 64)])
+
     def __call__(self, captions: Sequence[str], scale: float, rng: Any) -> np.ndarray:
         ev = self.ev
         return self.gen.images(list(captions), num_images=ev.num_candidates, seed=rng, condition_scale=float(scale),
@@ -214,6 +219,9 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
             notes.append("no eval.fid_reference and the prompts have no scenes to render: FID/KID not computed")
 
     results: dict[str, Any] = {"scales": {}}
+    ceiling = tokenizer_ceiling(ev, gen, prompts, splits, data)
+    if ceiling is not None:
+        results["tokenizer_ceiling"] = ceiling
     plot_points = []
     rng = jax.random.PRNGKey(ev.seed)
     total = len(ev.condition_scales) * math.ceil(len(prompts) / ev.batch_size)
@@ -271,6 +279,22 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True, default=_json_default)
     return results
+
+
+def tokenizer_ceiling(ev, gen, prompts, splits, data) -> dict[str, Any] | None:
+    """Compositional accuracy of the prompts' own scenes after the image tokenizer's round trip, per split: the
+    most a text-to-image model decoding through this VQGAN can score (None without scenes or a tokenizer)."""
+    from dalle.eval import compositional
+
+    if ("compositional" not in ev.metrics or data is None or not hasattr(gen, "roundtrip")
+            or not all(p.scene is not None and p.request is not None for p in prompts)):
+        return None
+    out = {}
+    for split in splits:
+        sub = [p for p in prompts if p.split == split]
+        out[split] = compositional.accuracy(gen.roundtrip(compositional.render_prompts(data, sub)),
+                                            [p.request for p in sub], data)
+    return out
 
 
 def _json_default(x):
