@@ -90,9 +90,10 @@ def _fmt(v) -> str:
     return str(v)
 
 
-# The demo model's eval sweep (EVAL.md) is best at guidance 1-2: strong guidance on this small model trades
-# shape accuracy away.
-SAMPLE_CONDITION_SCALE = 2.0
+# As configs/eval/shapes.py samples, where the demo model's sweep (EVAL.md) is best: guidance 1-2 (strong guidance
+# on this small model trades shape accuracy away) and temperature 0.7.
+SAMPLE_CONDITION_SCALE = 1.5
+SAMPLE_TEMPERATURE = 0.7
 
 
 def write_samples(checkpoint: str, out_dir: str, prompts: Sequence[str] = EXAMPLE_PROMPTS, n: int = 4) -> None:
@@ -103,7 +104,8 @@ def write_samples(checkpoint: str, out_dir: str, prompts: Sequence[str] = EXAMPL
 
     os.makedirs(out_dir, exist_ok=True)
     gen = generation.Generator.from_checkpoint(checkpoint)
-    images = gen.images(list(prompts), num_images=n, seed=0, top_k=8, condition_scale=SAMPLE_CONDITION_SCALE)
+    images = gen.images(list(prompts), num_images=n, seed=0, top_k=8, condition_scale=SAMPLE_CONDITION_SCALE,
+                        temperature=SAMPLE_TEMPERATURE)
     rows = []
     for i, prompt in enumerate(prompts):
         grid = generation.make_grid(images[i * n:(i + 1) * n], cols=n)
@@ -113,7 +115,7 @@ def write_samples(checkpoint: str, out_dir: str, prompts: Sequence[str] = EXAMPL
                         scale=4)
     with open(os.path.join(out_dir, "prompts.json"), "w") as f:
         json.dump({"prompts": list(prompts), "images_per_prompt": n, "top_k": 8,
-                   "condition_scale": SAMPLE_CONDITION_SCALE}, f,
+                   "condition_scale": SAMPLE_CONDITION_SCALE, "temperature": SAMPLE_TEMPERATURE}, f,
                   indent=2)
 
 

@@ -40,8 +40,10 @@ def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "") ->
             comp = e.get("compositional", {})
             lines.append(f"| {scale} | {split} | " + " | ".join(_f(comp.get(a), True) for a in ATTRS) + " |")
     if metrics.get("tokenizer_ceiling"):
-        lines += ["", "Ceiling set by the image tokenizer: the same prompts' own scenes rendered, then encoded and decoded "
-                  "by the model's VQGAN, judged by the same analyzer (no text-to-image model can beat this row):", "",
+        lines += ["", "What the image tokenizer alone loses: the prompts' own reference scenes rendered, encoded and "
+                  "decoded by the model's VQGAN, judged by the same analyzer. Not a strict ceiling: a prompt fixes "
+                  "only what it names, and a model may draw an easier scene (e.g. a larger shape) than the reference:",
+                  "",
                   "| | split | " + " | ".join(ATTRS) + " |", "|---|---|" + "---|" * len(ATTRS)]
         for split, comp in metrics["tokenizer_ceiling"].items():
             lines.append(f"| VQGAN round trip | {split} | " + " | ".join(_f(comp.get(a), True) for a in ATTRS) + " |")

@@ -282,8 +282,9 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
 
 
 def tokenizer_ceiling(ev, gen, prompts, splits, data) -> dict[str, Any] | None:
-    """Compositional accuracy of the prompts' own scenes after the image tokenizer's round trip, per split: the
-    most a text-to-image model decoding through this VQGAN can score (None without scenes or a tokenizer)."""
+    """Compositional accuracy of the prompts' own scenes after the image tokenizer's round trip, per split: what
+    decoding through this VQGAN alone costs on these scenes (None without scenes or a tokenizer). Not a strict
+    bound on generated images, which may draw easier scenes than the references for the same prompt."""
     from dalle.eval import compositional
 
     if ("compositional" not in ev.metrics or data is None or not hasattr(gen, "roundtrip")
