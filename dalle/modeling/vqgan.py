@@ -306,6 +306,10 @@ def nearest_codes(z: jax.Array, embeddings: jax.Array) -> jax.Array:
     return jnp.argmin(d, axis=-1).astype(jnp.int32)
 
 
+def l2_normalize(v: jax.Array) -> jax.Array:
+    return v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, axis=-1, keepdims=True), 1e-12))
+
+
 class VectorQuantizer(hk.Module):
     """Nearest codebook vector by L2, straight-through estimator, codebook + commitment losses."""
 
@@ -318,14 +322,13 @@ class VectorQuantizer(hk.Module):
         return hk.get_parameter("embeddings", (n, self.cfg.embed_dim),
                                 init=hk.initializers.RandomUniform(-1.0 / n, 1.0 / n))
 
-    def _maybe_normalize(self, v: jax.Array) -> jax.Array:
-        if not self.cfg.l2_norm_codes:
-            return v
-        return v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, axis=-1, keepdims=True), 1e-12))
+    def normalize(self, v: jax.Array) -> jax.Array:
+        """Vectors in the space codes are matched and decoded in (unit length with `l2_norm_codes`)."""
+        return l2_normalize(v) if self.cfg.l2_norm_codes else v
 
     def __call__(self, z: jax.Array) -> QuantizerOutput:
-        e = self._maybe_normalize(self.embeddings().astype(jnp.float32))
-        z = self._maybe_normalize(z.astype(jnp.float32))
+        e = self.normalize(self.embeddings().astype(jnp.float32))
+        z = self.normalize(z.astype(jnp.float32))
         codes = nearest_codes(z, e)
         q = jnp.take(e, codes, axis=0)
         codebook_loss = jnp.mean(jnp.square(q - jax.lax.stop_gradient(z)))
@@ -338,7 +341,7 @@ class VectorQuantizer(hk.Module):
         return QuantizerOutput(z_q, codes, codebook_loss, commit_loss, loss)
 
     def lookup(self, codes: jax.Array) -> jax.Array:
-        return jnp.take(self._maybe_normalize(self.embeddings()), codes, axis=0)
+        return jnp.take(self.normalize(self.embeddings()), codes, axis=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -405,7 +408,7 @@ class VQGAN:
         z, q = m.encode(x, train)
         decoder_in = q.z_q
         if quantize is not True:  # a traced flag: decode the (normalized) encoder output itself while False
-            decoder_in = jnp.where(quantize, q.z_q, m.quantize._maybe_normalize(z))
+            decoder_in = jnp.where(quantize, q.z_q, m.quantize.normalize(z))
         recon, h = m.decode(decoder_in, train)
         return ForwardOutput(recon, h, z, q)
 

@@ -218,7 +218,7 @@ class VQGANTask(Task):
         n = self.cfg.n_embed
         seed_now = step == self.lc.quantize_start - 1
         if self.cfg.l2_norm_codes:
-            z_flat = z_flat * jax.lax.rsqrt(jnp.maximum(jnp.sum(z_flat * z_flat, -1, keepdims=True), 1e-12))
+            z_flat = vqgan_lib.l2_normalize(z_flat)
         seeds = jax.lax.cond(seed_now, lambda: losses.kmeans_plus_plus(z_flat, n, rng),
                              lambda: emb.astype(jnp.float32))
         emb = jnp.where(seed_now, seeds, emb)
