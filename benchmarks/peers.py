@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from typing import Callable
@@ -132,6 +134,14 @@ def serve(setup: Callable[[dict], tuple[Callable[[], None], dict]]) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # Driver side
 # --------------------------------------------------------------------------------------------------------------
+class WorkerTimeout(RuntimeError):
+    """A worker call ran past its time limit; `seconds` is how long it had run (a lower bound on its time)."""
+
+    def __init__(self, name: str, op: str, seconds: float):
+        super().__init__(f"worker {name}: {op} still running after {seconds:.1f} s")
+        self.seconds = seconds
+
+
 class Worker:
     """A running worker process (`argv`), e.g. [DALLE_MINI_PYTHON, 'benchmarks/peer_dalle_mini.py']."""
 
@@ -144,12 +154,29 @@ class Worker:
         self._err = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._err, text=True, env=e)
+        # A reader thread, so that a call can give up after a time limit without blocking on readline().
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read_stdout, daemon=True).start()
 
-    def call(self, **req) -> dict:
+    def _read_stdout(self) -> None:
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # EOF
+
+    def call(self, timeout_s: float | None = None, **req) -> dict:
+        """Sends one request and waits for its answer; past `timeout_s` the worker is killed (WorkerTimeout)."""
+        start = time.perf_counter()
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         while True:
-            line = self.proc.stdout.readline()
+            left = None if timeout_s is None else timeout_s - (time.perf_counter() - start)
+            try:
+                if left is not None and left <= 0:
+                    raise queue.Empty
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                self.proc.kill()
+                raise WorkerTimeout(self.name, req.get("op", "?"), time.perf_counter() - start) from None
             if not line:
                 raise RuntimeError(f"worker {self.name} died; its log ({self.stderr_path}):\n{self._tail()}")
             if line.startswith(MARK):
@@ -190,12 +217,15 @@ def _median(xs: list[float]) -> float | None:
 
 def compare(ours: tuple[list[str], dict], peer: tuple[list[str], dict] | None, *, repeats: int = 3,
             warmup: int = 1, peer_repeats: int | None = None, peer_warmup: int | None = None,
-            concurrent: bool = True, log=print) -> dict:
+            concurrent: bool = True, peer_limit_x: float | None = None, log=print) -> dict:
     """Times ours and the peer interleaved (ours, peer, ours, peer, ...), each compiled ahead of time first.
 
     ours / peer: (worker argv, setup request). concurrent=True keeps both workers alive and alternates single runs;
     False (when both would not fit in memory together) runs `repeats` rounds of [ours worker: setup, warm-up, one
     run; peer worker: the same], so compile is repeated and its median reported.
+    peer_limit_x (concurrent only): a peer run still going after `peer_limit_x` times ours' median so far is stopped
+    and its elapsed time kept as a lower bound (`res["peer"]["stopped_after"]`, median None): proves a speed-up goal
+    without waiting the best part of an hour for a peer that needs minutes per call.
     Returns {"ours": {...}, "peer": {...}} with the median seconds, every run, and compile seconds.
     """
     peer_repeats = repeats if peer_repeats is None else peer_repeats
@@ -212,7 +242,15 @@ def compare(ours: tuple[list[str], dict], peer: tuple[list[str], dict] | None, *
         log(f"  {name}: compiled in {res[name]['compile'][-1]:.2f} s {info}")
 
     def run(name, w, record=True):
-        t = w.call(op="run")["seconds"]
+        limit = None
+        if name == "peer" and peer_limit_x and res["ours"]["runs"]:
+            limit = peer_limit_x * _median(res["ours"]["runs"])
+        try:
+            t = w.call(op="run", timeout_s=limit)["seconds"]
+        except WorkerTimeout as e:
+            res[name]["stopped_after"] = e.seconds
+            log(f"  {name}: stopped after {e.seconds:.1f} s ({peer_limit_x:g}x ours' median); kept as a lower bound")
+            raise
         if record:
             res[name]["runs"].append(t)
         log(f"  {name}: {'run' if record else 'warm-up'} {t:.3f} s")
@@ -228,8 +266,11 @@ def compare(ours: tuple[list[str], dict], peer: tuple[list[str], dict] | None, *
                     run(name, workers[name], record=False)
             for i in range(max(reps[n] for n in sides)):
                 for name in sides:
-                    if i < reps[name]:
-                        run(name, workers[name])
+                    if i < reps[name] and "stopped_after" not in res[name]:
+                        try:
+                            run(name, workers[name])
+                        except WorkerTimeout:
+                            pass
         finally:
             for w in workers.values():
                 w.close()

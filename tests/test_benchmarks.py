@@ -37,6 +37,17 @@ def test_compare_interleaves_and_takes_medians(concurrent):
     assert len(res["ours"]["compile"]) == (1 if concurrent else 3)
 
 
+def test_a_slow_peer_is_stopped_and_kept_as_a_lower_bound():
+    log = []
+    res = peers.compare((FAKE_WORKER, dict(sleep=0.05, who="ours")), (FAKE_WORKER, dict(sleep=30.0, who="peer")),
+                        repeats=2, warmup=0, peer_repeats=2, peer_limit_x=10, log=log.append)
+    assert len(res["ours"]["runs"]) == 2  # ours goes on after the peer was stopped
+    assert res["peer"]["runs"] == [] and res["peer"]["median"] is None
+    # stopped at 10x ours' median (~0.5 s), long before its 30 s run would end
+    assert 0.5 <= res["peer"]["stopped_after"] < 5
+    assert sum("stopped after" in line for line in log) == 1
+
+
 def test_worker_errors_reach_the_driver():
     with pytest.raises(RuntimeError, match="asked to fail"):
         peers.compare((FAKE_WORKER, dict(sleep=0.0, who="ours", fail=True)), None, repeats=1, log=lambda _: None)
@@ -86,10 +97,10 @@ def test_run_all_quick_writes_well_formed_tables(tmp_path):
     r = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--quick", "--no-setup", "--out", str(tmp_path)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    expected = {"generation": 4, "train_step": 4, "vqgan_speed": 2, "generate_latency": 2}
+    expected = {"generation_mini": 2, "generation_shapes_tiny": 2, "train_step": 4, "vqgan_speed": 2, "generate_latency": 2}
     for name, n in expected.items():
         text = (tmp_path / f"{name}.md").read_text()
         assert "Command: `" in text and "Measured " in text
         assert _check_table(text) == n, name
-    assert "dalle-mini" in (tmp_path / "generation.md").read_text()
+    assert "dalle-mini" in (tmp_path / "generation_mini.md").read_text()
     assert not (tmp_path / "dry_run.md").exists()
