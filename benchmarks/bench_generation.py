@@ -95,7 +95,7 @@ def _our_setup(req: dict):
 
     key = jax.random.PRNGKey(req.get("seed", 0))
     t = time.perf_counter()
-    compiled = jax.jit(gen).lower(params, text, key).compile()
+    compiled = jax.jit(gen, compiler_options=sampling.decode_compiler_options()).lower(params, text, key).compile()
     compile_s = time.perf_counter() - t
     state = {"key": key}
 

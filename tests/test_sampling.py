@@ -116,6 +116,30 @@ def test_filter_logits_top_k_top_p_temperature():
     np.testing.assert_allclose(freq, [0.625, 0.375, 0, 0], atol=0.03)
 
 
+@pytest.mark.parametrize("k", [1, 2, 5, 50, 64])
+def test_kth_largest_equals_top_k(k):
+    rng = np.random.RandomState(k)
+    x = rng.randn(4, 64).astype(np.float32) * 30
+    x[0, :10] = 7.0  # ties
+    x[1, ::3] = -np.inf  # filtered entries
+    x[2, :4] = [0.0, -0.0, 1e-30, -1e-30]  # signed zeros and tiny values next to each other
+    x[3] = np.round(x[3])  # many ties
+    got = np.asarray(jax.jit(sampling.kth_largest, static_argnums=1)(x, k))
+    np.testing.assert_array_equal(got, np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0][:, -1:]))
+
+
+def test_generate_inside_a_callers_jit_equals_generate(bart):
+    model, params = bart
+    text = batch_for(model.config, batch=2)["text_tokens"]
+    kw = dict(top_k=5, condition_scale=3.0)
+    direct = np.asarray(sampling.generate(model, params, text, jax.random.PRNGKey(2), **kw))
+    wrapped = jax.jit(lambda p, t: sampling.generate(model, p, t, jax.random.PRNGKey(2), **kw),
+                      compiler_options=sampling.decode_compiler_options())
+    np.testing.assert_array_equal(np.asarray(wrapped(params, text)), direct)
+    if jax.default_backend() == "cpu":
+        assert sampling.decode_compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
 def test_argument_errors(bart):
     model, params = bart
     text = batch_for(model.config, batch=1)["text_tokens"]

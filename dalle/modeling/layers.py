@@ -320,8 +320,10 @@ class Attention(hk.Module):
                 key_mask = jnp.concatenate(
                     [key_mask, jax.lax.dynamic_slice_in_dim(key_mask, cache_index, s_len, axis=1)], axis=1)
 
+        single_query = q.shape[1] == 1  # a cached decode step
         logits = jnp.concatenate(
-            [jnp.einsum("bqhd,bkhd->bhqk", q, pk, preferred_element_type=jnp.float32) for pk, _ in parts], axis=-1)
+            [_single_query_logits(q, pk) if single_query else
+             jnp.einsum("bqhd,bkhd->bhqk", q, pk, preferred_element_type=jnp.float32) for pk, _ in parts], axis=-1)
         if spec.use_cosine_attention:
             logits = logits / spec.tau_init
         else:
@@ -361,7 +363,8 @@ class Attention(hk.Module):
         out, start = 0.0, 0
         for pk, pv in parts:
             w = weights[..., start:start + pk.shape[1]]
-            out = out + jnp.einsum("bhqk,bkhd->bqhd", w.astype(pv.dtype), pv)
+            out = out + (_single_query_values(w.astype(pv.dtype), pv) if single_query else
+                         jnp.einsum("bhqk,bkhd->bqhd", w.astype(pv.dtype), pv))
             start += pk.shape[1]
         if spec.use_head_scale:
             scale = hk.get_parameter("head_scale", [spec.num_heads], jnp.float32, init=jnp.ones)
@@ -370,6 +373,23 @@ class Attention(hk.Module):
         if spec.positions == "subln" and not self.is_cross:
             out = Norm(spec.ln_type, use_scale=True, name="mid_norm")(out)
         return proj("out_proj", out, std * gain), new_kv
+
+
+def _single_query_logits(q: jax.Array, k: jax.Array) -> jax.Array:
+    """`[B, 1, H, D] x [B, K, H, D] -> [B, H, 1, K]` as a multiply-and-reduce over D.
+
+    The einsum form makes XLA:CPU transpose the whole `[B, K, H, D]` KV cache into dot layout (`[B, H, D, K]`)
+    every decode step, for every layer; this reads it once, in place (config/mini at batch 8: the transposes were
+    the biggest non-matmul cost of a step).
+    """
+    logits = jnp.sum(q.astype(jnp.float32) * k.astype(jnp.float32), axis=-1)  # [B, K, H]
+    return jnp.transpose(logits, (0, 2, 1))[:, :, None, :]
+
+
+def _single_query_values(w: jax.Array, v: jax.Array) -> jax.Array:
+    """`[B, H, 1, K] x [B, K, H, D] -> [B, 1, H, D]`, the weighted sum of the values read in place (see above)."""
+    wt = jnp.transpose(w[:, :, 0, :], (0, 2, 1))[..., None]  # [B, K, H, 1]
+    return jnp.sum(wt * v, axis=1, dtype=jnp.float32).astype(v.dtype)[:, None]
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
