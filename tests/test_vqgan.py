@@ -113,6 +113,25 @@ def _quantize(z, e, beta=0.25, legacy=False, l2_norm=False):
     return lambda z, e: q.apply({"quantize": {"embeddings": e}}, z)
 
 
+def test_group_norm_keeps_precision_on_a_large_offset():
+    # Two-pass statistics: a mean 1000x the spread must not cancel the variance away.
+    x = (1000.0 + np.random.default_rng(2).normal(size=(1, 4, 4, 64))).astype(np.float32)
+    g = x.reshape(1, 4, 4, 32, 2).astype(np.float64)
+    ref = ((g - g.mean(axis=(1, 2, 4), keepdims=True)) / np.sqrt(g.var(axis=(1, 2, 4), keepdims=True) + 1e-6))
+    got = vqgan_lib.group_norm(jnp.asarray(x), jnp.ones(64), jnp.zeros(64), 32, 1e-6)
+    np.testing.assert_allclose(got, ref.reshape(x.shape), atol=2e-3)
+
+
+def test_nearest_codes_take_the_first_of_tied_codes():
+    e = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], np.float32)  # codes 0/2 and 1/3 are equal
+    z = np.array([[[[0.9, 0.1], [0.1, 0.9]], [[2.0, 0.0], [-1.0, 3.0]]]], np.float32)
+    np.testing.assert_array_equal(vqgan_lib.nearest_codes(jnp.asarray(z), jnp.asarray(e)), [[[0, 1], [0, 1]]])
+    rng = np.random.default_rng(3)
+    z, e = rng.normal(size=(2, 3, 3, 8)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)
+    brute = np.argmin(((z[..., None, :] - e) ** 2).sum(-1), axis=-1)
+    np.testing.assert_array_equal(vqgan_lib.nearest_codes(jnp.asarray(z), jnp.asarray(e)), brute)
+
+
 def test_quantizer_codes_and_loss_on_a_fixed_input():
     e = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], np.float32)
     z = np.array([[[[0.2, 0.1], [0.9, -0.3]], [[0.1, 1.5], [0.6, 0.0]]]], np.float32)  # [1, 2, 2, 2]

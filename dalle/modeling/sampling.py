@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dalle import sharding
+from dalle import compiler_options, sharding
 
 
 def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: jax.Array | float | None = None,
@@ -150,14 +150,10 @@ def _build(model, *, batch: int, text_length: int, num_images: int, prompt_lengt
 
 
 def decode_compiler_options() -> dict:
-    """XLA options for a jit that runs the decode loop (pass them when you wrap `generate` in your own `jax.jit`).
-
-    On CPU: plain (Eigen) dots instead of YNNPACK fusions. Each step multiplies a handful of rows by every weight
-    matrix; YNNPACK's kernels re-read the weights per block of rows there (config/mini at batch 8: 20-25% slower
-    per step). Other jits (training, the VQGAN) keep XLA's defaults."""
-    if jax.default_backend() != "cpu":
-        return {}
-    return {"xla_cpu_experimental_ynn_fusion_type": ""}
+    """XLA options for a jit that runs the decode loop (pass them when you wrap `generate` in your own `jax.jit`):
+    on CPU, Eigen dots instead of YNNPACK's, whose kernels re-read every weight matrix per block of the few rows a
+    step multiplies (config/mini at batch 8: 20-25% slower per step)."""
+    return compiler_options.eigen_kernels_on_cpu()
 
 
 def generate(

@@ -142,14 +142,29 @@ class GroupNorm(hk.Module):
                              f"(model.norm_groups)")
         scale = hk.get_parameter("scale", (c,), init=jnp.ones)
         offset = hk.get_parameter("offset", (c,), init=jnp.zeros)
-        dtype = x.dtype
-        xf = x.astype(jnp.float32)
-        g = xf.reshape(*x.shape[:-1], self.groups, c // self.groups)
-        axes = tuple(range(1, g.ndim - 2)) + (g.ndim - 1,)
-        mean = jnp.mean(g, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(g - mean), axis=axes, keepdims=True)
-        g = (g - mean) * jax.lax.rsqrt(var + self.eps)
-        return (g.reshape(x.shape) * scale + offset).astype(dtype)
+        return group_norm(x, scale, offset, self.groups, self.eps)
+
+
+def group_norm(x: jax.Array, scale: jax.Array, offset: jax.Array, groups: int, eps: float) -> jax.Array:
+    """GroupNorm over `[B, ..., C]` in float32, with statistics taken as per-channel sums first.
+
+    Reducing `[B, N, C]` over N keeps channels in the fast axis (one vectorised pass); the textbook form, a reduce
+    over `[B, N, G, C/G]`'s axes (1, 3), is 2x slower on XLA:CPU (f16 VQGAN: 41 vs 19 ms a norm at 256 px).
+    Two passes (mean, then squared deviations) keep taming's numerics.
+    """
+    b, c = x.shape[0], x.shape[-1]
+    per_group = c // groups
+    xf = x.astype(jnp.float32).reshape(b, -1, c)
+    count = xf.shape[1] * per_group
+
+    def per_channel(group_stat: jax.Array) -> jax.Array:  # [B, G] -> [B, 1, C]
+        return jnp.repeat(group_stat, per_group, axis=1)[:, None, :]
+
+    mean = per_channel(jnp.sum(xf, axis=1).reshape(b, groups, per_group).sum(-1) / count)
+    d = xf - mean
+    var = jnp.sum(d * d, axis=1).reshape(b, groups, per_group).sum(-1) / count
+    y = d * (per_channel(jax.lax.rsqrt(var + eps)) * scale) + offset
+    return y.reshape(x.shape).astype(x.dtype)
 
 
 def swish(x: jax.Array) -> jax.Array:
@@ -298,12 +313,21 @@ class QuantizerOutput(NamedTuple):
 
 
 def nearest_codes(z: jax.Array, embeddings: jax.Array) -> jax.Array:
-    """argmin_k ||z - e_k||^2 computed as taming does (||z||^2 + ||e||^2 - 2 z.e), so near-ties break alike."""
-    z = z.astype(jnp.float32)
+    """argmin_k ||z - e_k||^2 computed as taming does (||z||^2 + ||e||^2 - 2 z.e, first index on ties), so near-ties
+    break alike.
+
+    Laid out as `[codes, vectors]`: the dot is then a plain GEMM and both minimum passes reduce over the major axis
+    with the vectors in the fast one, which XLA:CPU vectorises (2.7x faster than `argmin` over a `[vectors, 16384]`
+    distance matrix on Eigen).
+    """
+    zf = z.astype(jnp.float32).reshape(-1, z.shape[-1])
     e = embeddings.astype(jnp.float32)
-    d = (jnp.sum(z * z, axis=-1, keepdims=True) + jnp.sum(e * e, axis=-1)
-         - 2.0 * jnp.einsum("...d,kd->...k", z, e, precision=jax.lax.Precision.HIGHEST))
-    return jnp.argmin(d, axis=-1).astype(jnp.int32)
+    d = (jnp.sum(e * e, axis=-1, keepdims=True) + jnp.sum(zf * zf, axis=-1)[None, :]
+         - 2.0 * jnp.einsum("kd,nd->kn", e, zf, precision=jax.lax.Precision.HIGHEST))
+    best = jnp.min(d, axis=0, keepdims=True)
+    index = jax.lax.broadcasted_iota(jnp.int32, d.shape, 0)
+    codes = jnp.min(jnp.where(d == best, index, d.shape[0]), axis=0)  # the first code at the minimum
+    return codes.reshape(z.shape[:-1])
 
 
 def l2_normalize(v: jax.Array) -> jax.Array:
