@@ -21,6 +21,7 @@ from benchmarks import common, peers
 # (result name, module, takes --quick, runs in quick mode)
 BENCHMARKS = (
     ("generation", "benchmarks.bench_generation", True, True),
+    ("decode_floor", "benchmarks.decode_floor", True, True),
     ("train_step", "benchmarks.bench_train_step", True, True),
     ("vqgan_speed", "benchmarks.bench_vqgan", True, True),
     ("vqgan_quality", "benchmarks.bench_vqgan_quality", False, False),  # ~10 min of VQGAN training; full only

@@ -48,6 +48,18 @@ def test_a_slow_peer_is_stopped_and_kept_as_a_lower_bound():
     assert sum("stopped after" in line for line in log) == 1
 
 
+def test_decode_floor_counts_what_a_step_must_read():
+    from benchmarks import bench_generation, decode_floor
+
+    cfg = bench_generation.model_configs(quick=False)["mini"]
+    parts = decode_floor.bytes_per_step(cfg, rows=16)
+    # config/mini: 12 decoder layers of 8 d^2 attention + 3 d*ffn GLU weights, plus the 16391-way head, in fp32
+    assert parts["weights"] == 4 * (12 * (8 * 1024 ** 2 + 3 * 1024 * 4096) + 1024 * 16391)
+    assert parts["self_cache"] == 4 * 12 * 2 * 16 * 257 * 1024
+    assert parts["cross"] == 4 * 12 * 2 * 16 * 64 * 1024
+    assert decode_floor.read_bandwidth(mib=8, repeats=1) > 0
+
+
 def test_worker_errors_reach_the_driver():
     with pytest.raises(RuntimeError, match="asked to fail"):
         peers.compare((FAKE_WORKER, dict(sleep=0.0, who="ours", fail=True)), None, repeats=1, log=lambda _: None)
@@ -97,7 +109,7 @@ def test_run_all_quick_writes_well_formed_tables(tmp_path):
     r = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--quick", "--no-setup", "--out", str(tmp_path)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    expected = {"generation_mini": 2, "generation_shapes_tiny": 2, "train_step": 4, "vqgan_speed": 2, "generate_latency": 2}
+    expected = {"generation_mini": 2, "generation_shapes_tiny": 2, "decode_floor": 2, "train_step": 4, "vqgan_speed": 2, "generate_latency": 2}
     for name, n in expected.items():
         text = (tmp_path / f"{name}.md").read_text()
         assert "Command: `" in text and "Measured " in text
