@@ -65,7 +65,7 @@ def kth_largest(x: jax.Array, k: int) -> jax.Array:
     `lax.top_k(x, k)[0][..., -1:]`).
 
     Bisection over the 32-bit order key: 32 fused compare-and-count passes over the row. On XLA:CPU `lax.top_k`
-    is a full sort of the row, ~10 ms per step for 8 x 16384 logits (config/mini at batch 8), about 20x slower.
+    is a full sort of the row: 21 vs 1.9 ms for 8 x 16384 logits (config/mini at batch 8), 11x slower.
     """
     key = _order_key(x.astype(jnp.float32))
     lo = jnp.zeros(x.shape[:-1] + (1,), jnp.uint32)  # invariant: count(key >= lo) >= k
