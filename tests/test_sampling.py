@@ -136,6 +136,8 @@ def test_generate_inside_a_callers_jit_equals_generate(bart):
     wrapped = jax.jit(lambda p, t: sampling.generate(model, p, t, jax.random.PRNGKey(2), **kw),
                       compiler_options=sampling.decode_compiler_options())
     np.testing.assert_array_equal(np.asarray(wrapped(params, text)), direct)
+    params_only = jax.jit(lambda p: sampling.generate(model, p, text, jax.random.PRNGKey(2), **kw))  # text concrete
+    np.testing.assert_array_equal(np.asarray(params_only(params)), direct)
     if jax.default_backend() == "cpu":
         assert sampling.decode_compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
 

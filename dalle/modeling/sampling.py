@@ -215,9 +215,14 @@ def generate(
     static = dict(batch=batch, text_length=text_length, num_images=int(num_images), prompt_length=prompt_length,
                   guided=(float(condition_scale) != 1.0) if guidance is None else bool(guidance), greedy=float(temperature) == 0.0, top_k=int(top_k),
                   use_top_p=float(top_p) < 1.0, compute_dtype=compute_dtype, return_logits=bool(return_logits),
-                  unroll_layers=bool(unroll_layers), nested=isinstance(text_tokens, jax.core.Tracer))
+                  unroll_layers=bool(unroll_layers), nested=_traced(params, text_tokens, image_prompt, rng))
     return _generate(model, params, text_tokens, uncond_tokens, image_prompt, rng, condition_scale, temperature,
                      top_p, static)
+
+
+def _traced(*args) -> bool:
+    """Whether any input is a tracer, i.e. `generate` runs inside a caller's jit (any argument may be the traced one)."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(args))
 
 
 def _generate(model, params, text_tokens, uncond_tokens, image_prompt, rng, condition_scale, temperature, top_p,
