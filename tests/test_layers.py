@@ -81,14 +81,14 @@ def test_cached_attention_equals_full_and_is_causal(variant):
     params = jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(3), p.shape), params)
     ref = f.apply(params, None, x)
 
-    cache = layers.KV(jnp.zeros((2, seq, 2, 8)), jnp.zeros((2, seq, 2, 8)))
-    # a 2-token prefill then one token at a time
-    out0, kv = g.apply(params, None, x[:, :2], 0, cache)
-    cache = layers.KV(*(jax.lax.dynamic_update_slice(c, n, (0, 0, 0, 0)) for c, n in zip(cache, kv)))
+    cache = layers.KV(jnp.zeros((2, 2, seq, 8)), jnp.zeros((2, 2, seq, 8)))  # heads-major [B, H, T, D]
+    # a 2-token prefill then one token at a time; the layer writes its new keys into the cache it returns
+    out0, cache = g.apply(params, None, x[:, :2], 0, cache)
+    assert cache.k.shape == (2, 2, seq, 8)
+    assert not np.any(np.asarray(cache.k[:, :, 2:])), "positions not yet decoded stay untouched"
     outs = [out0]
     for t in range(2, seq):
-        out, kv = g.apply(params, None, x[:, t:t + 1], t, cache)
-        cache = layers.KV(*(jax.lax.dynamic_update_slice(c, n, (0, t, 0, 0)) for c, n in zip(cache, kv)))
+        out, cache = g.apply(params, None, x[:, t:t + 1], t, cache)
         outs.append(out)
     np.testing.assert_allclose(jnp.concatenate(outs, 1), ref, atol=1e-5)
 

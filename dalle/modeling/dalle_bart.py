@@ -87,11 +87,12 @@ def make_spec(cfg: ConfigDict, part: str) -> layers.TransformerSpec:
 
 
 class DecoderCache(NamedTuple):
-    """Everything the decode loop carries: self K/V `[L, B, image_length, H, D]`, cross K/V `[L, B, Lt, H, D]`,
-    and the text padding mask `[B, Lt]`."""
+    """Everything the decode loop carries: heads-major self K/V (`[B, H, image_length, D]` per layer) and cross
+    K/V (`[B, H, Lt, D]`), `layers.PerLayer` (or stacked `[L, ...]` for a scanned stack), and the text padding mask
+    `[B, Lt]`."""
 
-    self_kv: layers.KV
-    cross_kv: layers.KV
+    self_kv: Any
+    cross_kv: Any
     text_mask: jax.Array
 
 
@@ -134,7 +135,8 @@ class _Stack(hk.Module):
                     cross_key_mask=cache.text_mask, output_norm=out_norm, is_training=is_training)
                 return out.x, out.self_kv
             per_layer = [flags, cache.self_kv, cache.cross_kv]
-        x, ys = layers.stack_layers(layer, n, x, per_layer, scan=cfg.scan_layers, remat=cfg.remat and is_training)
+        x, ys = layers.stack_layers(layer, n, x, per_layer, scan=cfg.scan_layers, remat=cfg.remat and is_training,
+                                    per_layer_outputs=cache is not None)
         use_final_ln = cfg.use_final_ln_encoder if enc_side else cfg.use_final_ln_decoder
         if use_final_ln and spec.positions != "postln":  # post-LN already ends every layer with a norm
             x = layers.Norm(cfg.ln_type, use_scale=cfg.force_ln_scale, name="final_ln")(x)
@@ -193,25 +195,19 @@ class DalleBart:
         x, (self_kv, cross_kv) = _Stack(self.cfg, self.policy, self.dec_spec, "decoder")(
             image_inputs, positions, enc=enc, enc_mask=mask, collect_kv=True)
         logits = self._lm_head(x[:, -1:])[:, 0]
-        pad = cache_length - image_inputs.shape[1]
-
-        def grow(a):  # [L, B, S, H, D] -> [L, B * repeats, T, H, D], zeros beyond the prefix
-            a = jnp.repeat(jnp.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0))), repeats, axis=1)
-            return sharding.constrain(a, ("layers", "batch", "length", "heads", "kv"))
-
-        def rep(a):
-            return jnp.repeat(a, repeats, axis=1)
-
-        cache = DecoderCache(layers.KV(grow(self_kv.k), grow(self_kv.v)),
-                             layers.KV(rep(cross_kv.k), rep(cross_kv.v)), jnp.repeat(mask, repeats, axis=0))
+        per_layer = not self.cfg.scan_layers
+        cache = DecoderCache(layers.decode_cache(self_kv, cache_length, repeats, per_layer),
+                             layers.decode_cache(cross_kv, cross_kv.k.shape[2], repeats, per_layer),
+                             jnp.repeat(mask, repeats, axis=0))
         return jnp.repeat(logits, repeats, axis=0), cache
 
-    def decode_step(self, tokens: jax.Array, index: jax.Array, cache: "DecoderCache") -> tuple[jax.Array, layers.KV]:
-        """`[B, S]` tokens at positions `index..index+S-1` -> (logits `[B, S, V]`, new self K/V `[L, B, S, H, D]`)."""
+    def decode_step(self, tokens: jax.Array, index: jax.Array, cache: "DecoderCache") -> tuple[jax.Array, Any]:
+        """`[B, S]` tokens at positions `index..index+S-1` -> (logits `[B, S, V]`, the updated self-attention
+        cache)."""
         positions = index + jnp.arange(tokens.shape[1])
-        x, new_kv = _Stack(self.cfg, self.policy, self.dec_spec, "decoder")(
+        x, self_kv = _Stack(self.cfg, self.policy, self.dec_spec, "decoder")(
             tokens, positions, cache=cache, cache_index=index)
-        return self._lm_head(x), new_kv
+        return self._lm_head(x), self_kv
 
 
 def param_rules(prefix: str = "dalle_bart") -> tuple[tuple[str, tuple], ...]:

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +62,7 @@ def make_spec(cfg: ConfigDict) -> layers.TransformerSpec:
 
 
 class Cache(NamedTuple):
-    self_kv: layers.KV  # [L, B, Lt + Li, H, D]
+    self_kv: Any  # heads-major `[B, H, Lt + Li, D]` per layer (layers.PerLayer), or stacked `[L, ...]` if scanned
     key_mask: jax.Array  # [B, Lt + Li] bool (text padding is False)
 
 
@@ -92,7 +92,7 @@ class DecoderOnly:
                 return out.x, out.self_kv
             per_layer = [flags, cache.self_kv]
         x, ys = layers.stack_layers(layer, cfg.num_layers, x, per_layer, scan=cfg.scan_layers,
-                                    remat=cfg.remat and is_training)
+                                    remat=cfg.remat and is_training, per_layer_outputs=cache is not None)
         if cfg.use_final_ln and spec.positions != "postln":
             x = layers.Norm(cfg.ln_type, use_scale=cfg.force_ln_scale, name="final_ln")(x)
         return x, ys
@@ -149,21 +149,18 @@ class DecoderOnly:
         x, kv = self._trunk(x, positions, key_mask, collect_kv=True)
         logits = self._image_head(x[:, -1:])[:, 0]
         pad = lt + cache_length - x.shape[1]
-
-        def grow(a):
-            a = jnp.repeat(jnp.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0))), repeats, axis=1)
-            return sharding.constrain(a, ("layers", "batch", "length", "heads", "kv"))
-
         full_mask = jnp.pad(key_mask, ((0, 0), (0, pad)), constant_values=True)
-        cache = Cache(layers.KV(grow(kv.k), grow(kv.v)), jnp.repeat(full_mask, repeats, axis=0))
+        self_kv = layers.decode_cache(kv, lt + cache_length, repeats, per_layer=not self.cfg.scan_layers)
+        cache = Cache(self_kv, jnp.repeat(full_mask, repeats, axis=0))
         return jnp.repeat(logits, repeats, axis=0), cache
 
-    def decode_step(self, tokens: jax.Array, index: jax.Array, cache: Cache) -> tuple[jax.Array, layers.KV]:
-        """`[B, S]` image-side tokens at image positions `index..` -> (image logits `[B, S, Vi]`, new K/V)."""
+    def decode_step(self, tokens: jax.Array, index: jax.Array, cache: Cache) -> tuple[jax.Array, Any]:
+        """`[B, S]` image-side tokens at image positions `index..` -> (image logits `[B, S, Vi]`, the updated
+        self-attention cache)."""
         lt = self.cfg.max_text_length
         x, positions = self._embed(None, tokens, lt + index, False)
-        x, new_kv = self._trunk(x, positions, cache.key_mask, cache=cache, cache_index=lt + index)
-        return self._image_head(x), new_kv
+        x, self_kv = self._trunk(x, positions, cache.key_mask, cache=cache, cache_index=lt + index)
+        return self._image_head(x), self_kv
 
 
 def param_rules() -> tuple[tuple[str, tuple], ...]:

@@ -12,10 +12,12 @@ Conventions, chosen so that published dalle-mini weights convert one to one (see
     prompt) then gives uniform attention instead of NaNs, and rows with at least one valid key are bitwise the
     same as with -inf.
 
-Incremental decoding uses a pre-allocated KV cache held *outside* the modules as stacked arrays
-`[layers, batch, length, heads, head_dim]`: a block receives its layer's slice, attends over it with the new keys
-written in, and returns only the new keys/values; the caller writes them back with one `dynamic_update_slice`
-per step (in place inside the decode loop).
+Incremental decoding uses a pre-allocated KV cache held *outside* the modules, heads-major
+(`[batch, heads, length, head_dim]` per layer: a one-token step's attention is then a batched matrix-vector product
+that reads the cache in place). A block writes its new keys/values into its layer's cache with one
+`dynamic_update_slice`, attends over the whole cache (positions not yet written are masked) and returns the
+updated cache. An unrolled stack keeps one cache array per layer (`PerLayer`), so every write is in place inside
+the decode loop; a scanned stack keeps them stacked with a leading layer axis.
 """
 
 from __future__ import annotations
@@ -230,10 +232,39 @@ def dropout(x: jax.Array, rate: float, is_training: bool) -> jax.Array:
 # Attention
 # ------------------------------------------------------------------------------------------------------------------
 class KV(NamedTuple):
-    """Keys and values `[batch, length, heads, head_dim]` (one layer), or stacked with a leading layer axis."""
+    """Keys and values of one layer: `[batch, length, heads, head_dim]` as projected, or heads-major
+    `[batch, heads, length, head_dim]` in a decode cache; stacked with a leading layer axis, or `PerLayer`."""
 
     k: jax.Array
     v: jax.Array
+
+
+class PerLayer(tuple):
+    """One value per layer of an unrolled stack (e.g. each layer's own KV cache array).
+
+    A stacked `[layers, ...]` cache would be sliced for every layer and re-stacked after each decode step, which
+    makes XLA copy the whole cache every step; separate arrays are updated in place.
+    """
+
+
+jax.tree_util.register_pytree_node(PerLayer, lambda t: (tuple(t), None), lambda _, children: PerLayer(children))
+
+
+def decode_cache(kv: KV, length: int, repeats: int, per_layer: bool) -> KV | PerLayer:
+    """Prefix keys/values `[layers, B, S, H, D]` -> a heads-major cache of `length` positions (zeros beyond the
+    prefix), every row repeated `repeats` times: stacked `[layers, B * repeats, H, length, D]` or `PerLayer`."""
+
+    def grow(a: jax.Array) -> jax.Array:
+        a = jnp.swapaxes(a, 2, 3)
+        a = jnp.pad(a, ((0, 0), (0, 0), (0, 0), (0, length - a.shape[3]), (0, 0)))
+        return jnp.repeat(a, repeats, axis=1)
+
+    k, v = grow(kv.k), grow(kv.v)
+    if not per_layer:
+        axes = ("layers", "batch", "heads", "length", "kv")
+        return KV(sharding.constrain(k, axes), sharding.constrain(v, axes))
+    axes = ("batch", "heads", "length", "kv")
+    return PerLayer(KV(sharding.constrain(k[i], axes), sharding.constrain(v[i], axes)) for i in range(k.shape[0]))
 
 
 def key_mask_bias(key_mask: jax.Array) -> jax.Array:
@@ -276,10 +307,11 @@ class Attention(hk.Module):
     ) -> tuple[jax.Array, KV]:
         """Attends from `x` `[B, S, d]` (absolute positions `q_positions` `[S]`).
 
-        Keys come from `kv` (precomputed, e.g. cross-attention during decoding), else from `kv_input` (defaults to
-        `x`). With `cache` (`[B, T, H, D]`, filled below `cache_index`), attention runs over the cache's valid
-        part and the new keys (at positions `cache_index...`), reading the cache in place. Returns the output and
-        the *new* keys/values, which the caller writes into the cache.
+        Keys come from `kv` (precomputed and heads-major `[B, H, K, D]`, e.g. cross-attention during decoding),
+        else from `kv_input` (defaults to `x`). With `cache` (heads-major `[B, H, T, D]`, filled below
+        `cache_index`; self-attention only) the new keys/values are written in at `cache_index` and the queries
+        attend over the whole cache (causally: later positions are masked). Returns the output and the keys/values
+        the caller keeps: the updated cache, else the new `[B, S, H, D]` keys/values (what a prefill collects).
         """
         spec = self.spec
         gain = spec.cross_init_gain if self.is_cross else spec.init_gain
@@ -294,6 +326,9 @@ class Attention(hk.Module):
         q = split(proj("q_proj", x, std))
         if spec.use_cosine_attention:
             q = _l2_normalize(q)
+        kv_is_given = kv is not None
+        if cache is not None and (self.is_cross or kv_is_given):
+            raise ValueError("a KV cache is for self-attention keys computed from the input")
         if kv is None:
             # Cosine attention normalises keys here, once, before they are cached.
             source = x if kv_input is None else kv_input
@@ -302,28 +337,23 @@ class Attention(hk.Module):
                 k = _l2_normalize(k)
             kv = KV(sharding.constrain(k, ("batch", "length", "heads", "kv")),
                     sharding.constrain(split(proj("v_proj", source, std * gain)), ("batch", "length", "heads", "kv")))
+        heads_major = cache is not None or kv_is_given
         new_kv = kv
-        k, v = kv.k.astype(q.dtype), kv.v.astype(q.dtype)
-        s_len = k.shape[1]
-        if cache is None:
-            k_positions = q_positions if not self.is_cross else jnp.arange(s_len)
-            parts = [(k, v)]
-            valid = None
-        else:
-            # Attend over [cache (T positions, valid below cache_index), new keys] without writing the new keys
-            # into a copy of the cache: the caller writes them once into the stacked cache.
-            t_len = cache.k.shape[1]
-            k_positions = jnp.concatenate([jnp.arange(t_len), cache_index + jnp.arange(s_len)])
-            valid = jnp.concatenate([jnp.arange(t_len) < cache_index, jnp.ones((s_len,), bool)])
-            parts = [(cache.k.astype(q.dtype), cache.v.astype(q.dtype)), (k, v)]
-            if key_mask is not None:
-                key_mask = jnp.concatenate(
-                    [key_mask, jax.lax.dynamic_slice_in_dim(key_mask, cache_index, s_len, axis=1)], axis=1)
+        k_positions = q_positions if not self.is_cross else jnp.arange(kv.k.shape[2 if heads_major else 1])
+        if cache is not None:
+            # Write the new keys in first, then read the whole cache: the write is in place and nothing copies it.
+            def write(c: jax.Array, a: jax.Array) -> jax.Array:
+                a = jnp.swapaxes(a, 1, 2).astype(c.dtype)
+                return jax.lax.dynamic_update_slice(c, a, (0, 0, cache_index, 0))
 
-        single_query = q.shape[1] == 1  # a cached decode step
-        logits = jnp.concatenate(
-            [_single_query_logits(q, pk) if single_query else
-             jnp.einsum("bqhd,bkhd->bhqk", q, pk, preferred_element_type=jnp.float32) for pk, _ in parts], axis=-1)
+            new_kv = KV(write(cache.k, kv.k), write(cache.v, kv.v))
+            kv = new_kv
+            k_positions = jnp.arange(cache.k.shape[2])
+        k, v = kv.k.astype(q.dtype), kv.v.astype(q.dtype)
+        if heads_major:
+            logits = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+        else:
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         if spec.use_cosine_attention:
             logits = logits / spec.tau_init
         else:
@@ -331,8 +361,6 @@ class Attention(hk.Module):
         bias = jnp.zeros((), jnp.float32)
         if key_mask is not None:
             bias = bias + key_mask_bias(key_mask)
-        if valid is not None:
-            bias = bias + jnp.where(valid, 0.0, MASK_VALUE)[None, None, None, :]
         if self.causal:
             allowed = k_positions[None, :] <= q_positions[:, None]
             bias = bias + jnp.where(allowed, 0.0, MASK_VALUE).astype(jnp.float32)[None, None]
@@ -360,12 +388,8 @@ class Attention(hk.Module):
             keep = jax.random.bernoulli(hk.next_rng_key(), 1.0 - spec.attention_dropout, weights.shape[-2:])
             weights = weights * keep / (1.0 - spec.attention_dropout)
 
-        out, start = 0.0, 0
-        for pk, pv in parts:
-            w = weights[..., start:start + pk.shape[1]]
-            out = out + (_single_query_values(w.astype(pv.dtype), pv) if single_query else
-                         jnp.einsum("bhqk,bkhd->bqhd", w.astype(pv.dtype), pv))
-            start += pk.shape[1]
+        w = weights.astype(v.dtype)
+        out = (jnp.einsum("bhqk,bhkd->bqhd", w, v) if heads_major else jnp.einsum("bhqk,bkhd->bqhd", w, v))
         if spec.use_head_scale:
             scale = hk.get_parameter("head_scale", [spec.num_heads], jnp.float32, init=jnp.ones)
             out = out * self.policy.cast_to_compute(scale)[None, None, :, None]
@@ -373,23 +397,6 @@ class Attention(hk.Module):
         if spec.positions == "subln" and not self.is_cross:
             out = Norm(spec.ln_type, use_scale=True, name="mid_norm")(out)
         return proj("out_proj", out, std * gain), new_kv
-
-
-def _single_query_logits(q: jax.Array, k: jax.Array) -> jax.Array:
-    """`[B, 1, H, D] x [B, K, H, D] -> [B, H, 1, K]` as a multiply-and-reduce over D.
-
-    The einsum form makes XLA:CPU transpose the whole `[B, K, H, D]` KV cache into dot layout (`[B, H, D, K]`)
-    every decode step, for every layer; this reads it once, in place (config/mini at batch 8: the transposes were
-    the biggest non-matmul cost of a step).
-    """
-    logits = jnp.sum(q.astype(jnp.float32) * k.astype(jnp.float32), axis=-1)  # [B, K, H]
-    return jnp.transpose(logits, (0, 2, 1))[:, :, None, :]
-
-
-def _single_query_values(w: jax.Array, v: jax.Array) -> jax.Array:
-    """`[B, H, 1, K] x [B, K, H, D] -> [B, 1, H, D]`, the weighted sum of the values read in place (see above)."""
-    wt = jnp.transpose(w[:, :, 0, :], (0, 2, 1))[..., None]  # [B, K, H, 1]
-    return jnp.sum(wt * v, axis=1, dtype=jnp.float32).astype(v.dtype)[:, None]
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
@@ -453,7 +460,7 @@ def _sublayer(spec: TransformerSpec, x: jax.Array, prefix: str, fn: Callable[[ja
 
 class BlockOutput(NamedTuple):
     x: jax.Array
-    self_kv: KV  # new self-attention keys/values (what a KV cache stores)
+    self_kv: KV  # the updated self-attention cache, or without one the new keys/values (what a prefill collects)
     cross_kv: KV | None  # cross-attention keys/values (computed once per prompt)
 
 
@@ -535,6 +542,7 @@ def stack_layers(
     *,
     scan: bool,
     remat: bool,
+    per_layer_outputs: bool = False,
     name: str = "layers",
 ) -> tuple[jax.Array, Any]:
     """Runs `layer_fn(x, *per_layer[i]) -> (x, ys_i)` for each layer and returns `(x, stacked ys)`.
@@ -543,7 +551,9 @@ def stack_layers(
     once, whatever the depth. `scan=False` unrolls a Python loop (parameters `layer_0`, `layer_1`, ...), which is
     what unscanned dalle-mini checkpoints look like. `remat` recomputes each layer's activations in the backward
     pass (`hk.remat`), trading compute for memory. The layer function must build its modules with the name
-    "layer" (it is called inside a scope that gives each layer its own parameters).
+    "layer" (it is called inside a scope that gives each layer its own parameters). Unrolled, a `PerLayer`
+    input gives layer i its i-th element, and `per_layer_outputs` returns the outputs as `PerLayer` instead of
+    stacking them (decode caches: see `PerLayer`).
     """
     fn = hk.remat(layer_fn) if remat else layer_fn
     if scan:
@@ -552,10 +562,15 @@ def stack_layers(
     with hk.name_scope(name):
         for i in range(num_layers):
             with hk.name_scope(f"layer_{i}"):
-                x, y = fn(x, *jax.tree_util.tree_map(lambda a: a[i], tuple(per_layer)))
+                inputs = jax.tree_util.tree_map(lambda a: a[i], tuple(per_layer),
+                                                is_leaf=lambda a: isinstance(a, PerLayer))
+                x, y = fn(x, *inputs)
             ys.append(y)
-    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ys) if ys and ys[0] is not None else None
-    return x, stacked
+    if not ys or ys[0] is None:
+        return x, None
+    if per_layer_outputs:
+        return x, PerLayer(ys)
+    return x, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ys)
 
 
 def block_param_rules() -> tuple[tuple[str, tuple], ...]:

@@ -190,17 +190,8 @@ class _Model:
     def decode_step(self, params: Params, tokens: jax.Array, index: jax.Array, cache,
                     compute_dtype: str = "float32"):
         """`tokens` `[B, S]` at image positions `index..index+S-1` -> (code logits `[B, S, V]`, updated cache)."""
-        logits, new_kv = self.apply(params, "decode_step", tokens, index, cache, compute_dtype=compute_dtype)
-        return logits[..., : self.image_vocab_size].astype(jnp.float32), self._write(cache, new_kv, index)
-
-    def _cache_offset(self) -> int:
-        return 0
-
-    def _write(self, cache, new_kv: layers.KV, index: jax.Array):
-        idx = (0, 0, self._cache_offset() + index, 0, 0)
-        kv = layers.KV(jax.lax.dynamic_update_slice(cache.self_kv.k, new_kv.k.astype(cache.self_kv.k.dtype), idx),
-                       jax.lax.dynamic_update_slice(cache.self_kv.v, new_kv.v.astype(cache.self_kv.v.dtype), idx))
-        return cache._replace(self_kv=kv)
+        logits, self_kv = self.apply(params, "decode_step", tokens, index, cache, compute_dtype=compute_dtype)
+        return logits[..., : self.image_vocab_size].astype(jnp.float32), cache._replace(self_kv=self_kv)
 
 
 class DalleBartModel(_Model):
@@ -302,9 +293,6 @@ class DecoderOnlyModel(_Model):
     def embedding_param_filter(self, path: Any) -> bool:
         return bool(re.search(r"(text_embed|image_embed|embed_positions|layernorm_embedding|final_ln|image_head|"
                               r"text_head)/", _path(path)))
-
-    def _cache_offset(self) -> int:
-        return self.config.max_text_length
 
 
 Model = _Model
