@@ -154,11 +154,14 @@ def generate() -> dict[str, str]:
                     + f"    deps = {_fmt_list(dep_list)},\n)\n"
                 )
             else:
+                native = f[:-3] + ".cc"  # a C++ source the module compiles at run time (dalle/kernels)
+                data = f'    data = ["{native}"],\n' if os.path.exists(os.path.join(ROOT, pkg, native)) else ""
                 blocks.append(
                     "py_library(\n"
                     f'    name = "{name}",\n'
                     f'    srcs = ["{f}"],\n'
-                    f"    deps = {_fmt_list(dep_list)},\n)\n"
+                    + data
+                    + f"    deps = {_fmt_list(dep_list)},\n)\n"
                 )
         files[os.path.join(pkg, "BUILD")] = "\n".join(blocks)
     files["configs/BUILD"] = (

@@ -22,6 +22,7 @@ the decode loop; a scanned stack keeps them stacked with a leading layer axis.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, NamedTuple, Sequence
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 import jmp
 
 from dalle import sharding
+from dalle.kernels import panel_gemm
 
 MASK_VALUE = -1e9  # finite "minus infinity" for attention logits (always float32)
 NORM_EPS = 1e-5  # dalle-mini uses 1e-5 for every LayerNorm / RMSNorm
@@ -196,6 +198,14 @@ class Dense(hk.Module):
         self.stddev = stddev
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if _PANEL_KERNELS and x.dtype == jnp.float32:
+            # Decoding (see `panel_kernels`): the weight was packed once per call, next to the kernel.
+            panels = hk.get_parameter("kernel_panels", list(panel_gemm.packed_shape(x.shape[-1], self.features)),
+                                      jnp.float32)
+            y = panel_gemm.matmul(x, panels, self.features)
+            if self.use_bias:
+                y = y + hk.get_parameter("bias", [self.features], jnp.float32, init=jnp.zeros)
+            return y
         kernel = hk.get_parameter("kernel", [x.shape[-1], self.features], jnp.float32,
                                   init=hk.initializers.RandomNormal(self.stddev))
         # A 2-D matmul: XLA:CPU runs the backward of a [batch, length, d] contraction several times slower.
@@ -204,6 +214,33 @@ class Dense(hk.Module):
         if self.use_bias:
             y = y + self.policy.cast_to_compute(hk.get_parameter("bias", [self.features], jnp.float32, init=jnp.zeros))
         return y
+
+
+_PANEL_KERNELS: list[bool] = []  # non-empty while tracing inside `panel_kernels()`
+
+
+@contextlib.contextmanager
+def panel_kernels():
+    """While tracing inside, float32 `Dense` layers multiply with `dalle.kernels.panel_gemm` against the
+    `kernel_panels` parameters that `with_panel_kernels` adds (decode steps: a few rows against every weight)."""
+    _PANEL_KERNELS.append(True)
+    try:
+        yield
+    finally:
+        _PANEL_KERNELS.pop()
+
+
+def with_panel_kernels(params: Any) -> Any:
+    """Adds `kernel_panels` (the packed `kernel`) to every module with a 2-D `kernel`. Packs every such weight;
+    XLA drops the packing of those the traced function never reads."""
+    out = {}
+    for module, leaves in params.items():
+        leaves = dict(leaves)
+        kernel = leaves.get("kernel")
+        if kernel is not None and getattr(kernel, "ndim", 0) == 2:
+            leaves["kernel_panels"] = panel_gemm.pack(kernel)
+        out[module] = leaves
+    return out
 
 
 class Embed(hk.Module):

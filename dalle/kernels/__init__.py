@@ -1,0 +1,1 @@
+"""Native XLA:CPU kernels for the few places where XLA's own are far from the machine's limits."""

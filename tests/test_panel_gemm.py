@@ -1,0 +1,62 @@
+"""The panel-packed few-row matmul kernel (dalle/kernels/panel_gemm) against jnp.dot, and decoding with it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dalle.kernels import panel_gemm
+from dalle.modeling import model as model_lib
+from dalle.modeling import presets, sampling
+
+pytestmark = pytest.mark.skipif(not panel_gemm.available(), reason="panel kernel needs XLA:CPU and a C++ compiler")
+
+
+def test_pack_layout():
+    w = jnp.arange(3 * 20, dtype=jnp.float32).reshape(3, 20)
+    p = panel_gemm.pack(w)
+    assert p.shape == (2, 3, 16) == panel_gemm.packed_shape(3, 20)
+    np.testing.assert_array_equal(p[1, 2, :4], w[2, 16:20])
+    np.testing.assert_array_equal(p[1, :, 4:], 0.0)  # padding columns
+    np.testing.assert_array_equal(p[0, 1], w[1, :16])
+
+
+@pytest.mark.parametrize("rows,k,n", [(1, 64, 16), (2, 37, 50), (5, 128, 33), (16, 96, 100), (17, 64, 48),
+                                      (40, 16, 7)])
+def test_matmul_equals_dot(rows, k, n):
+    rs = np.random.RandomState(rows * 1000 + n)
+    x = jnp.asarray(rs.randn(rows, k).astype(np.float32))
+    w = jnp.asarray(rs.randn(k, n).astype(np.float32))
+    got = jax.jit(lambda x, p: panel_gemm.matmul(x, p, n))(x, panel_gemm.pack(w))
+    np.testing.assert_allclose(got, np.asarray(x) @ np.asarray(w), rtol=1e-5, atol=1e-4)
+
+
+def test_matmul_keeps_leading_axes_and_checks_shapes():
+    x = jnp.ones((2, 3, 8))
+    w = jnp.full((8, 20), 0.5)
+    out = panel_gemm.matmul(x, panel_gemm.pack(w), 20)
+    assert out.shape == (2, 3, 20)
+    np.testing.assert_allclose(out, 4.0)
+    with pytest.raises(ValueError, match="do not match"):
+        panel_gemm.matmul(x, panel_gemm.pack(w), 40)
+
+
+def test_build_reports_a_missing_compiler(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    with pytest.raises(panel_gemm.KernelUnavailable, match="no-such-compiler-xyz"):
+        panel_gemm.build()
+
+
+@pytest.mark.parametrize("kind", ["dalle_bart", "decoder_only"])
+def test_generate_with_panel_kernels_matches_xla_dot(kind):
+    cfg = presets.tiny() if kind == "dalle_bart" else presets.tiny_decoder_only()
+    model = model_lib.build_model(cfg)
+    params = model_lib.random_params(model, seed=0)
+    text = jnp.asarray(np.random.RandomState(1).randint(1, 50, (2, model.max_text_length)), jnp.int32)
+    kw = dict(condition_scale=3.0, temperature=0.0, return_logits=True)
+    ref_codes, ref_logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), panel_kernels=False, **kw)
+    codes, logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), panel_kernels=True, **kw)
+    np.testing.assert_array_equal(codes, ref_codes)
+    np.testing.assert_allclose(logits, ref_logits, atol=2e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="panel_kernels=True needs float32"):
+        sampling.generate(model, params, text, jax.random.PRNGKey(0), panel_kernels=True, compute_dtype="bfloat16")
