@@ -24,3 +24,13 @@ def eigen_kernels_on_cpu() -> dict:
     if jax.default_backend() != "cpu":
         return {}
     return dict(_NO_YNNPACK)
+
+
+def decode_loop_on_cpu() -> dict:
+    """`eigen_kernels_on_cpu()` plus no tree-reduction rewrite: XLA:CPU splits every long reduction (each
+    LayerNorm's mean and variance over d_model) into a reduce-window and a reduce, two kernels where one does;
+    a config/mini decode step runs ~290 of them (2% of the step at batch 8). fp32 sums of <= 16k terms stay
+    accurate without the tree."""
+    if jax.default_backend() != "cpu":
+        return {}
+    return dict(_NO_YNNPACK, xla_disable_hlo_passes="tree_reduction_rewriter")

@@ -1,5 +1,7 @@
 """Shared transformer pieces: norms, activations, attention with a KV cache, layer stacks, mixed precision."""
 
+import contextlib
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import jmp
 import numpy as np
 import pytest
 
+from dalle.kernels import cache_attention
 from dalle.modeling import layers
 
 F32 = jmp.Policy(jnp.float32, jnp.float32, jnp.float32)
@@ -60,8 +63,11 @@ ATTN_VARIANTS = {
 }
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["xla", "native"])
 @pytest.mark.parametrize("variant", sorted(ATTN_VARIANTS))
-def test_cached_attention_equals_full_and_is_causal(variant):
+def test_cached_attention_equals_full_and_is_causal(variant, native):
+    if native and not cache_attention.available():
+        pytest.skip("native cache attention needs XLA:CPU and a C++ compiler")
     spec = _spec(**ATTN_VARIANTS[variant])
     seq = 6
 
@@ -69,8 +75,10 @@ def test_cached_attention_equals_full_and_is_causal(variant):
         return layers.Attention(spec, F32, is_cross=False, causal=True, name="a")(x, q_positions=jnp.arange(seq))[0]
 
     def step(x, t, cache):
-        out, kv = layers.Attention(spec, F32, is_cross=False, causal=True, name="a")(
-            x, q_positions=t + jnp.arange(x.shape[1]), cache=cache, cache_index=t)
+        # native: one-token steps read the cache with dalle.kernels.cache_attention (only its filled part)
+        with layers.native_decode_kernels() if native else contextlib.nullcontext():
+            out, kv = layers.Attention(spec, F32, is_cross=False, causal=True, name="a")(
+                x, q_positions=t + jnp.arange(x.shape[1]), cache=cache, cache_index=t)
         return out, kv
 
     x = jax.random.normal(jax.random.PRNGKey(1), (2, seq, 16))
@@ -83,12 +91,13 @@ def test_cached_attention_equals_full_and_is_causal(variant):
 
     cache = layers.KV(jnp.zeros((2, 2, seq, 8)), jnp.zeros((2, 2, seq, 8)))  # heads-major [B, H, T, D]
     # a 2-token prefill then one token at a time; the layer writes its new keys into the cache it returns
-    out0, cache = g.apply(params, None, x[:, :2], 0, cache)
+    step_params = layers.with_panel_kernels(params) if native else params  # native Dense reads packed weights
+    out0, cache = g.apply(step_params, None, x[:, :2], 0, cache)
     assert cache.k.shape == (2, 2, seq, 8)
     assert not np.any(np.asarray(cache.k[:, :, 2:])), "positions not yet decoded stay untouched"
     outs = [out0]
     for t in range(2, seq):
-        out, cache = g.apply(params, None, x[:, t:t + 1], t, cache)
+        out, cache = g.apply(step_params, None, x[:, t:t + 1], t, cache)
         outs.append(out)
     np.testing.assert_allclose(jnp.concatenate(outs, 1), ref, atol=1e-5)
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dalle.kernels import panel_gemm
+from dalle.kernels import native, panel_gemm
 from dalle.modeling import model as model_lib
 from dalle.modeling import presets, sampling
 
@@ -43,8 +43,8 @@ def test_matmul_keeps_leading_axes_and_checks_shapes():
 
 def test_build_reports_a_missing_compiler(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")
-    with pytest.raises(panel_gemm.KernelUnavailable, match="no-such-compiler-xyz"):
-        panel_gemm.build()
+    with pytest.raises(native.KernelUnavailable, match="no-such-compiler-xyz"):
+        native.build(native.os.path.join(native._HERE, "panel_gemm.cc"))
 
 
 @pytest.mark.parametrize("kind", ["dalle_bart", "decoder_only"])
@@ -54,9 +54,9 @@ def test_generate_with_panel_kernels_matches_xla_dot(kind):
     params = model_lib.random_params(model, seed=0)
     text = jnp.asarray(np.random.RandomState(1).randint(1, 50, (2, model.max_text_length)), jnp.int32)
     kw = dict(condition_scale=3.0, temperature=0.0, return_logits=True)
-    ref_codes, ref_logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), panel_kernels=False, **kw)
-    codes, logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), panel_kernels=True, **kw)
+    ref_codes, ref_logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), native_kernels=False, **kw)
+    codes, logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), native_kernels=True, **kw)
     np.testing.assert_array_equal(codes, ref_codes)
     np.testing.assert_allclose(logits, ref_logits, atol=2e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="panel_kernels=True needs float32"):
-        sampling.generate(model, params, text, jax.random.PRNGKey(0), panel_kernels=True, compute_dtype="bfloat16")
+    with pytest.raises(ValueError, match="native_kernels=True needs float32"):
+        sampling.generate(model, params, text, jax.random.PRNGKey(0), native_kernels=True, compute_dtype="bfloat16")

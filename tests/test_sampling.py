@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dalle import sharding
+from dalle import compiler_options, sharding
 from dalle.modeling import model as model_lib
 from dalle.modeling import presets, sampling
 from tests.test_dalle_bart import batch_for, random_params
@@ -81,6 +81,19 @@ def test_guidance_scale_1_equals_conditional_and_formula(bart):
     np.testing.assert_allclose(logits, lu + 3.0 * (lc - lu), atol=2e-4)
 
 
+def test_one_unconditional_prompt_is_encoded_once_for_all_rows(bart):
+    model, params = bart
+    text = batch_for(model.config, batch=2)["text_tokens"]
+    rng = jax.random.PRNGKey(3)
+    kw = dict(top_k=10, condition_scale=3.0, num_images=2, return_logits=True)
+    for uncond in (jnp.zeros_like(text[0]), text[1]):  # the default (padding) prompt, and a real one
+        once, once_logits = sampling.generate(model, params, text, rng, uncond_tokens=uncond, **kw)
+        rows, rows_logits = sampling.generate(model, params, text, rng, uncond_tokens=jnp.stack([uncond, uncond]),
+                                              **kw)  # given per row: every row is encoded
+        np.testing.assert_allclose(once_logits, rows_logits, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(once), np.asarray(rows))
+
+
 def test_seeds_reproducible_and_distinct_rows(bart):
     model, params = bart
     text = batch_for(model.config, batch=2)["text_tokens"]
@@ -139,7 +152,8 @@ def test_generate_inside_a_callers_jit_equals_generate(bart):
     params_only = jax.jit(lambda p: sampling.generate(model, p, text, jax.random.PRNGKey(2), **kw))  # text concrete
     np.testing.assert_array_equal(np.asarray(params_only(params)), direct)
     if jax.default_backend() == "cpu":
-        assert sampling.decode_compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
+        assert sampling.decode_compiler_options() == compiler_options.decode_loop_on_cpu()
+        assert sampling.decode_compiler_options()["xla_cpu_experimental_ynn_fusion_type"] == ""
 
 
 def test_argument_errors(bart):

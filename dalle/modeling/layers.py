@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import jmp
 
 from dalle import sharding
-from dalle.kernels import panel_gemm
+from dalle.kernels import cache_attention, panel_gemm
 
 MASK_VALUE = -1e9  # finite "minus infinity" for attention logits (always float32)
 NORM_EPS = 1e-5  # dalle-mini uses 1e-5 for every LayerNorm / RMSNorm
@@ -198,8 +198,8 @@ class Dense(hk.Module):
         self.stddev = stddev
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if _PANEL_KERNELS and x.dtype == jnp.float32:
-            # Decoding (see `panel_kernels`): the weight was packed once per call, next to the kernel.
+        if _NATIVE_DECODE and x.dtype == jnp.float32:
+            # Decoding (see `native_decode_kernels`): the weight was packed once per call, next to the kernel.
             panels = hk.get_parameter("kernel_panels", list(panel_gemm.packed_shape(x.shape[-1], self.features)),
                                       jnp.float32)
             y = panel_gemm.matmul(x, panels, self.features)
@@ -216,18 +216,19 @@ class Dense(hk.Module):
         return y
 
 
-_PANEL_KERNELS: list[bool] = []  # non-empty while tracing inside `panel_kernels()`
+_NATIVE_DECODE: list[bool] = []  # non-empty while tracing inside `native_decode_kernels()`
 
 
 @contextlib.contextmanager
-def panel_kernels():
-    """While tracing inside, float32 `Dense` layers multiply with `dalle.kernels.panel_gemm` against the
-    `kernel_panels` parameters that `with_panel_kernels` adds (decode steps: a few rows against every weight)."""
-    _PANEL_KERNELS.append(True)
+def native_decode_kernels():
+    """While tracing inside (a decode step), float32 `Dense` layers multiply with `dalle.kernels.panel_gemm`
+    against the `kernel_panels` parameters that `with_panel_kernels` adds, and one-query attention over a
+    heads-major cache uses `dalle.kernels.cache_attention` (reads only the filled positions)."""
+    _NATIVE_DECODE.append(True)
     try:
         yield
     finally:
-        _PANEL_KERNELS.pop()
+        _NATIVE_DECODE.pop()
 
 
 def with_panel_kernels(params: Any) -> Any:
@@ -285,6 +286,16 @@ class PerLayer(tuple):
 
 
 jax.tree_util.register_pytree_node(PerLayer, lambda t: (tuple(t), None), lambda _, children: PerLayer(children))
+
+
+def take_rows(x: Any, rows: jax.Array) -> Any:
+    """Batch rows `rows` of a decode-cache part: a `PerLayer` of KV (`[B, ...]` each), stacked KV
+    (`[layers, B, ...]`) or a per-row array (`[B, ...]`, e.g. a padding mask)."""
+    if isinstance(x, PerLayer):
+        return PerLayer(KV(kv.k[rows], kv.v[rows]) for kv in x)
+    if isinstance(x, KV):
+        return KV(x.k[:, rows], x.v[:, rows])
+    return x[rows]
 
 
 def decode_cache(kv: KV, length: int, repeats: int, per_layer: bool) -> KV | PerLayer:
@@ -387,7 +398,12 @@ class Attention(hk.Module):
             kv = new_kv
             k_positions = jnp.arange(cache.k.shape[2])
         k, v = kv.k.astype(q.dtype), kv.v.astype(q.dtype)
-        if heads_major:
+        # Native one-query products read only the filled cache positions (`filled`: how many are valid).
+        native = bool(_NATIVE_DECODE) and heads_major and q.shape[1] == 1 and q.dtype == jnp.float32
+        filled = cache_index + q.shape[1] if cache is not None else k.shape[2]
+        if native:
+            logits = cache_attention.scores(q[:, 0], k, filled)[:, :, None, :]
+        elif heads_major:
             logits = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         else:
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
@@ -426,7 +442,12 @@ class Attention(hk.Module):
             weights = weights * keep / (1.0 - spec.attention_dropout)
 
         w = weights.astype(v.dtype)
-        out = (jnp.einsum("bhqk,bhkd->bqhd", w, v) if heads_major else jnp.einsum("bhqk,bkhd->bqhd", w, v))
+        if native:
+            out = cache_attention.mix(w[:, :, 0], v, filled)[:, None]
+        elif heads_major:
+            out = jnp.einsum("bhqk,bhkd->bqhd", w, v)
+        else:
+            out = jnp.einsum("bhqk,bkhd->bqhd", w, v)
         if spec.use_head_scale:
             scale = hk.get_parameter("head_scale", [spec.num_heads], jnp.float32, init=jnp.ones)
             out = out * self.policy.cast_to_compute(scale)[None, None, :, None]

@@ -187,6 +187,10 @@ class _Model:
                                    compute_dtype=compute_dtype)
         return logits[..., : self.image_vocab_size].astype(jnp.float32), cache
 
+    def take_cache_rows(self, cache, rows: jax.Array):
+        """The cache of batch rows `rows` (e.g. one encoded unconditional prompt repeated for every image)."""
+        return type(cache)(*(layers.take_rows(part, rows) for part in cache))
+
     def decode_step(self, params: Params, tokens: jax.Array, index: jax.Array, cache,
                     compute_dtype: str = "float32"):
         """`tokens` `[B, S]` at image positions `index..index+S-1` -> (code logits `[B, S, V]`, updated cache)."""

@@ -30,9 +30,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dalle import compiler_options, sharding
-from dalle.kernels import panel_gemm
+from dalle.kernels import cache_attention, panel_gemm
 from dalle.modeling import layers
 
 
@@ -96,7 +97,7 @@ def sample_tokens(logits: jax.Array, rng: jax.Array, step: jax.Array, *, greedy:
 
 def _build(model, *, batch: int, text_length: int, num_images: int, prompt_length: int, guided: bool,
            greedy: bool, top_k: int, use_top_p: bool, compute_dtype: str, return_logits: bool, unroll_layers: bool,
-           panel_kernels: bool, nested: bool):
+           native_kernels: bool, shared_uncond: bool, nested: bool):
     length = model.image_length
     stacked_model = model
     if unroll_layers:
@@ -105,10 +106,14 @@ def _build(model, *, batch: int, text_length: int, num_images: int, prompt_lengt
     def run(params, text_tokens, uncond_tokens, image_prompt, rng, condition_scale, temperature, top_p):
         if unroll_layers:
             params = stacked_model.unstack_params(params)  # once per call, outside the decode loop
-        if panel_kernels:
+        if native_kernels:
             params = layers.with_panel_kernels(params)  # packed once per call, read by every step
         rows = batch * num_images
-        if guided:
+        if guided and shared_uncond:
+            # Every unconditional row is the same prompt with the same (BOS-only) prefix: encode it once.
+            text_all = jnp.concatenate([text_tokens, uncond_tokens[:1]], axis=0)
+            prompt_all = jnp.concatenate([image_prompt, image_prompt[:1]], axis=0)
+        elif guided:
             text_all = jnp.concatenate([text_tokens, uncond_tokens], axis=0)
             prompt_all = jnp.concatenate([image_prompt, image_prompt], axis=0)
         else:
@@ -117,6 +122,9 @@ def _build(model, *, batch: int, text_length: int, num_images: int, prompt_lengt
         prefix = jnp.concatenate([bos, prompt_all], axis=1)
         # Rows: [cond prompt 0 x n, cond prompt 1 x n, ..., uncond prompt 0 x n, ...].
         logits, cache = model.prefill(params, text_all, prefix, num_images, compute_dtype)
+        if guided and shared_uncond:
+            rows_idx = jnp.concatenate([jnp.arange(rows), rows + jnp.tile(jnp.arange(num_images), batch)])
+            logits, cache = logits[rows_idx], model.take_cache_rows(cache, rows_idx)
 
         def combine(step_logits):
             if not guided:
@@ -140,7 +148,7 @@ def _build(model, *, batch: int, text_length: int, num_images: int, prompt_lengt
             codes = jax.lax.dynamic_update_slice(codes, token[:, None], (0, t))
             feed = jnp.concatenate([token, token]) if guided else token
             # Code t is the decoder input at position t + 1 (position 0 holds BOS).
-            with layers.panel_kernels() if panel_kernels else contextlib.nullcontext():
+            with layers.native_decode_kernels() if native_kernels else contextlib.nullcontext():
                 step_logits, cache = model.decode_step(params, feed[:, None], t + 1, cache, compute_dtype)
             return codes, step_logits[:, 0], cache, all_logits
 
@@ -158,8 +166,9 @@ def _build(model, *, batch: int, text_length: int, num_images: int, prompt_lengt
 def decode_compiler_options() -> dict:
     """XLA options for a jit that runs the decode loop (pass them when you wrap `generate` in your own `jax.jit`):
     on CPU, Eigen dots instead of YNNPACK's, whose kernels re-read every weight matrix per block of the few rows a
-    step multiplies (config/mini at batch 8: 20-25% slower per step)."""
-    return compiler_options.eigen_kernels_on_cpu()
+    step multiplies (config/mini at batch 8: 20-25% slower per step), and no tree-reduction rewrite (see
+    `compiler_options.decode_loop_on_cpu`)."""
+    return compiler_options.decode_loop_on_cpu()
 
 
 def generate(
@@ -179,7 +188,7 @@ def generate(
     guidance: bool | None = None,
     return_logits: bool = False,
     unroll_layers: bool = True,
-    panel_kernels: bool | None = None,
+    native_kernels: bool | None = None,
 ) -> jax.Array:
     """Samples `num_images` code grids per prompt -> int32 `[B * num_images, image_length]` (prompt-major rows).
 
@@ -194,9 +203,10 @@ def generate(
     return_logits: also return the (guided) logits each code was drawn from, `[rows, image_length, V]` (tests).
     unroll_layers: decode with one module per layer on per-layer weights (default; 2x faster per token on CPU
       than scanning over stacked weights, see `Model.unrolled`) instead of `hk.layer_stack`.
-    panel_kernels: decode steps multiply with `dalle.kernels.panel_gemm` (weights packed once per call; 1.6-2.3x
-      faster matmuls on CPU). None: wherever it can run (float32 compute, XLA:CPU with the kernel built, no
-      multi-device mesh); True insists (error if it cannot), False uses XLA's dot.
+    native_kernels: decode steps use `dalle.kernels`' CPU kernels: matmuls against weights packed once per call
+      (`panel_gemm`, 1.6-2.3x faster than XLA's at 2-16 rows) and attention that reads only the filled part of
+      the KV cache (`cache_attention`). None: wherever they can run (float32 compute, XLA:CPU with the kernels
+      built, no multi-device mesh); True insists (error if they cannot), False uses XLA's own ops.
     Works under `dalle.sharding.use_mesh(mesh)` with sharded params; compiled functions are cached per shape.
     """
     text_tokens = jnp.asarray(text_tokens, jnp.int32)
@@ -213,6 +223,9 @@ def generate(
     prompt_length = image_prompt.shape[1]
     if prompt_length >= model.image_length:
         raise ValueError(f"image_prompt has {prompt_length} codes; the image has only {model.image_length}")
+    # One unconditional prompt for all rows (the default, or a single row given) is encoded once.
+    shared_uncond = prompt_length == 0 and (uncond_tokens is None or np.ndim(uncond_tokens) == 1
+                                            or np.shape(uncond_tokens)[0] == 1)
     if uncond_tokens is None:
         uncond_tokens = jnp.zeros_like(text_tokens)
     uncond_tokens = jnp.broadcast_to(jnp.asarray(uncond_tokens, jnp.int32), text_tokens.shape)
@@ -222,16 +235,18 @@ def generate(
         raise ValueError(f"top_p = {top_p} must be in (0, 1]")
     if temperature < 0:
         raise ValueError(f"temperature = {temperature} must be >= 0")
-    panels_possible = compute_dtype == "float32" and _single_device() and panel_gemm.available()
-    if panel_kernels and not panels_possible:
-        raise ValueError("panel_kernels=True needs float32 compute, no multi-device mesh and the CPU kernel "
-                         f"(compute_dtype={compute_dtype!r}, mesh={sharding.current_mesh()}, "
-                         f"kernel available: {panel_gemm.available()})")
+    native_possible = (compute_dtype == "float32" and _single_device() and panel_gemm.available()
+                       and cache_attention.available())
+    if native_kernels and not native_possible:
+        raise ValueError("native_kernels=True needs float32 compute, no multi-device mesh and the CPU kernels "
+                         f"(compute_dtype={compute_dtype!r}, mesh={sharding.current_mesh()}, kernels built: "
+                         f"{panel_gemm.available() and cache_attention.available()})")
     static = dict(batch=batch, text_length=text_length, num_images=int(num_images), prompt_length=prompt_length,
                   guided=(float(condition_scale) != 1.0) if guidance is None else bool(guidance), greedy=float(temperature) == 0.0, top_k=int(top_k),
                   use_top_p=float(top_p) < 1.0, compute_dtype=compute_dtype, return_logits=bool(return_logits),
                   unroll_layers=bool(unroll_layers),
-                  panel_kernels=panels_possible if panel_kernels is None else bool(panel_kernels), nested=_traced(params, text_tokens, image_prompt, rng))
+                  native_kernels=native_possible if native_kernels is None else bool(native_kernels),
+                  shared_uncond=shared_uncond, nested=_traced(params, text_tokens, image_prompt, rng))
     return _generate(model, params, text_tokens, uncond_tokens, image_prompt, rng, condition_scale, temperature,
                      top_p, static)
 

@@ -1,0 +1,100 @@
+"""Builds and registers the C++ XLA:CPU custom calls in this package (compiled on first use, then cached).
+
+Each `<name>.cc` here is compiled with the system C++ compiler (`$CXX`, default `g++`, `-O3 -march=native`) into
+`$DALLE_KERNEL_CACHE` (default `~/.cache/dalle/kernels`, else a temporary directory), keyed by a hash of the
+source, the flags and the jax version, and its FFI handlers are registered with XLA:CPU. Where that cannot work
+(another backend, no compiler, a failed build, `DALLE_NATIVE_KERNELS=0`) `available(name)` is False and the reason
+is logged once; callers then stay on XLA's own ops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+
+import jax
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-w")
+
+log = logging.getLogger(__name__)
+
+
+class KernelUnavailable(RuntimeError):
+    pass
+
+
+def _cache_dir() -> str:
+    for d in (os.environ.get("DALLE_KERNEL_CACHE"), os.path.join(os.path.expanduser("~"), ".cache", "dalle", "kernels"),
+              os.path.join(tempfile.gettempdir(), f"dalle-kernels-{os.getuid()}")):
+        if not d:
+            continue
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(d, os.W_OK):
+            return d
+    raise KernelUnavailable("no writable directory for compiled kernels (set DALLE_KERNEL_CACHE)")
+
+
+def build(source: str) -> str:
+    """Compiles `source` into a shared library (once per source/flags/jax version) and returns its path."""
+    compiler = os.environ.get("CXX", "g++")
+    cxx = shutil.which(compiler)
+    if cxx is None:
+        raise KernelUnavailable(f"no C++ compiler: {compiler!r} is not on PATH")
+    with open(source, "rb") as f:
+        text = f.read()
+    key = hashlib.sha256(text + " ".join((cxx,) + _FLAGS).encode() + jax.__version__.encode()).hexdigest()[:16]
+    out_dir = _cache_dir()
+    lib = os.path.join(out_dir, f"{os.path.splitext(os.path.basename(source))[0]}-{key}.so")
+    if os.path.exists(lib):
+        return lib
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    os.close(fd)
+    cmd = [cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", source, "-o", tmp]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        os.unlink(tmp)
+        raise KernelUnavailable(f"compiling {source} failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+    os.replace(tmp, lib)  # atomic: concurrent builders (several processes) all end with a complete file
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str, targets: tuple[tuple[str, str], ...]) -> str:
+    """Builds `<name>.cc` and registers `(target, symbol)` handlers; '' on success, else why not."""
+    if os.environ.get("DALLE_NATIVE_KERNELS", "1") == "0":
+        return "disabled by DALLE_NATIVE_KERNELS=0"
+    if jax.default_backend() != "cpu":
+        return f"the default backend is {jax.default_backend()}, not cpu"
+    try:
+        lib = ctypes.cdll.LoadLibrary(build(os.path.join(_HERE, f"{name}.cc")))
+        for target, symbol in targets:
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    except (KernelUnavailable, OSError, AttributeError) as e:
+        return str(e)
+    return ""
+
+
+_warned: set[str] = set()
+
+
+def available(name: str, targets: tuple[tuple[str, str], ...]) -> bool:
+    """Whether the kernels of `<name>.cc` can run here (built and registered on the first call)."""
+    reason = _load(name, targets)
+    if reason and name not in _warned:
+        _warned.add(name)
+        log.warning("native kernel %s unavailable, XLA's own ops are used instead: %s", name, reason)
+    return not reason
+
+
+def why_unavailable(name: str, targets: tuple[tuple[str, str], ...]) -> str:
+    return _load(name, targets)
