@@ -60,3 +60,17 @@ def test_generate_with_panel_kernels_matches_xla_dot(kind):
     np.testing.assert_allclose(logits, ref_logits, atol=2e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="native_kernels=True needs float32"):
         sampling.generate(model, params, text, jax.random.PRNGKey(0), native_kernels=True, compute_dtype="bfloat16")
+
+
+def test_generate_on_scanned_layers_with_panel_kernels():
+    """`unroll_layers=False` decodes through the layer scan: the stacked weights are packed per layer."""
+    model = model_lib.build_model(presets.tiny())
+    assert model.config.scan_layers
+    params = model_lib.random_params(model, seed=1)
+    text = jnp.asarray(np.random.RandomState(2).randint(1, 50, (1, model.max_text_length)), jnp.int32)
+    kw = dict(condition_scale=2.0, temperature=0.0, return_logits=True)
+    ref_codes, ref_logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), native_kernels=False, **kw)
+    codes, logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), native_kernels=True,
+                                      unroll_layers=False, **kw)
+    np.testing.assert_array_equal(codes, ref_codes)
+    np.testing.assert_allclose(logits, ref_logits, atol=2e-4, rtol=1e-4)

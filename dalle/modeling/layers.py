@@ -232,14 +232,18 @@ def native_decode_kernels():
 
 
 def with_panel_kernels(params: Any) -> Any:
-    """Adds `kernel_panels` (the packed `kernel`) to every module with a 2-D `kernel`. Packs every such weight;
-    XLA drops the packing of those the traced function never reads."""
+    """Adds `kernel_panels` (the packed `kernel`) to every Dense module: 2-D kernels, and 3-D ones stacked by a
+    scanned layer stack (packed per layer). Packs every such weight; XLA drops the packing of those the traced
+    function never reads."""
     out = {}
     for module, leaves in params.items():
         leaves = dict(leaves)
         kernel = leaves.get("kernel")
-        if kernel is not None and getattr(kernel, "ndim", 0) == 2:
+        ndim = getattr(kernel, "ndim", 0)
+        if ndim == 2:
             leaves["kernel_panels"] = panel_gemm.pack(kernel)
+        elif ndim == 3 and "/layers/layer/" in module:
+            leaves["kernel_panels"] = jax.vmap(panel_gemm.pack)(kernel)
         out[module] = leaves
     return out
 
