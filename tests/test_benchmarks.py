@@ -53,9 +53,11 @@ def test_decode_floor_counts_what_a_step_must_read():
 
     cfg = bench_generation.model_configs(quick=False)["mini"]
     parts = decode_floor.bytes_per_step(cfg, rows=16)
-    # config/mini: 12 decoder layers of 8 d^2 attention + 3 d*ffn GLU weights, plus the 16391-way head, in fp32
-    assert parts["weights"] == 4 * (12 * (8 * 1024 ** 2 + 3 * 1024 * 4096) + 1024 * 16391)
-    assert parts["self_cache"] == 4 * 12 * 2 * 16 * 257 * 1024
+    # config/mini: 12 decoder layers of 4 d^2 self-attention + 2 d^2 cross-attention (q, out: the text's keys and
+    # values are projected once per prompt) + 3 d*ffn GLU weights, plus the 16391-way head, in fp32
+    assert parts["weights"] == 4 * (12 * (6 * 1024 ** 2 + 3 * 1024 * 4096) + 1024 * 16391)
+    # a step at position t reads t + 1 cached positions: 129 on average over positions 1..255
+    assert parts["self_cache"] == 4 * 12 * 2 * 16 * 129 * 1024
     assert parts["cross"] == 4 * 12 * 2 * 16 * 64 * 1024
     assert decode_floor.read_bandwidth(mib=8, repeats=1) > 0
 
