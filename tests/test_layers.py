@@ -192,3 +192,17 @@ def test_bf16_policy_keeps_fp32_params():
     y16 = t16.apply(p, None, x)
     assert y16.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(y16, np.float32), t32.apply(p, None, x), atol=0.1)
+
+
+def test_native_decode_scope_is_per_thread():
+    """A server tracing a decode step in one thread must not switch another thread's trace to native kernels."""
+    import threading
+
+    seen = []
+    with layers.native_decode_kernels():
+        assert layers._NATIVE_DECODE.get()
+        t = threading.Thread(target=lambda: seen.append(layers._NATIVE_DECODE.get()))
+        t.start()
+        t.join()
+    assert seen == [False]
+    assert not layers._NATIVE_DECODE.get()

@@ -23,6 +23,7 @@ the decode loop; a scanned stack keeps them stacked with a leading layer axis.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import math
 from typing import Any, Callable, NamedTuple, Sequence
@@ -198,7 +199,7 @@ class Dense(hk.Module):
         self.stddev = stddev
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if _NATIVE_DECODE and x.dtype == jnp.float32:
+        if _NATIVE_DECODE.get() and x.dtype == jnp.float32:
             # Decoding (see `native_decode_kernels`): the weight was packed once per call, next to the kernel.
             panels = hk.get_parameter("kernel_panels", list(panel_gemm.packed_shape(x.shape[-1], self.features)),
                                       jnp.float32)
@@ -216,7 +217,8 @@ class Dense(hk.Module):
         return y
 
 
-_NATIVE_DECODE: list[bool] = []  # non-empty while tracing inside `native_decode_kernels()`
+# True while tracing inside `native_decode_kernels()` (a context variable: each thread traces with its own).
+_NATIVE_DECODE: contextvars.ContextVar[bool] = contextvars.ContextVar("native_decode_kernels", default=False)
 
 
 @contextlib.contextmanager
@@ -224,11 +226,11 @@ def native_decode_kernels():
     """While tracing inside (a decode step), float32 `Dense` layers multiply with `dalle.kernels.panel_gemm`
     against the `kernel_panels` parameters that `with_panel_kernels` adds, and one-query attention over a
     heads-major cache uses `dalle.kernels.cache_attention` (reads only the filled positions)."""
-    _NATIVE_DECODE.append(True)
+    token = _NATIVE_DECODE.set(True)
     try:
         yield
     finally:
-        _NATIVE_DECODE.pop()
+        _NATIVE_DECODE.reset(token)
 
 
 def with_panel_kernels(params: Any) -> Any:
@@ -403,7 +405,7 @@ class Attention(hk.Module):
             k_positions = jnp.arange(cache.k.shape[2])
         k, v = kv.k.astype(q.dtype), kv.v.astype(q.dtype)
         # Native one-query products read only the filled cache positions (`filled`: how many are valid).
-        native = bool(_NATIVE_DECODE) and heads_major and q.shape[1] == 1 and q.dtype == jnp.float32
+        native = _NATIVE_DECODE.get() and heads_major and q.shape[1] == 1 and q.dtype == jnp.float32
         filled = cache_index + q.shape[1] if cache is not None else k.shape[2]
         if native:
             logits = cache_attention.scores(q[:, 0], k, filled)[:, :, None, :]
