@@ -155,7 +155,10 @@ def generate() -> dict[str, str]:
                 )
             else:
                 native = f[:-3] + ".cc"  # a C++ source the module compiles at run time (dalle/kernels)
-                data = f'    data = ["{native}"],\n' if os.path.exists(os.path.join(ROOT, pkg, native)) else ""
+                data = ""
+                if os.path.exists(os.path.join(ROOT, pkg, native)):
+                    headers = sorted(h for h in os.listdir(os.path.join(ROOT, pkg)) if h.endswith(".h"))
+                    data = f"    data = {_fmt_list([native] + headers)},\n"
                 blocks.append(
                     "py_library(\n"
                     f'    name = "{name}",\n'

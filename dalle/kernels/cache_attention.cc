@@ -9,30 +9,21 @@
 // masked anyway (causal attention), so these read only the written part. Masking, scaling and the softmax stay in
 // JAX. (b, h) pairs are split between the threads of XLA's intra-op pool. Built by cache_attention.py.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <thread>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
+// body(i) for every (b, h) pair i, split between the pool's threads.
 template <typename F>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, F&& body) {
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), n));
-  const int64_t per = (n + threads - 1) / threads;
-  std::atomic<int64_t> pending(threads - 1);
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t i0 = std::min(n, t * per), i1 = std::min(n, i0 + per);
-    pool.Schedule([&body, &pending, i0, i1] {
-      for (int64_t i = i0; i < i1; ++i) body(i);
-      pending.fetch_sub(1, std::memory_order_release);
-    });
-  }
-  for (int64_t i = 0; i < std::min(n, per); ++i) body(i);
-  while (pending.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+void ForEachPair(ffi::ThreadPool& pool, int64_t n, const F& body) {
+  dalle_kernels::ParallelRanges(pool, n, [&body](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) body(i);
+  });
 }
 
 int64_t ClampLength(const ffi::Buffer<ffi::S32>& length, int64_t t_len) {
@@ -52,7 +43,7 @@ ffi::Error CacheScores(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffe
   const float* qp = q.typed_data();
   const float* kp = k.typed_data();
   float* sp = s->typed_data();
-  ParallelFor(pool, qd[0] * qd[1], [=](int64_t bh) {
+  ForEachPair(pool, qd[0] * qd[1], [=](int64_t bh) {
     const float* qv = qp + bh * D;
     const float* kb = kp + bh * T * D;
     float* out = sp + bh * T;
@@ -81,7 +72,7 @@ ffi::Error CacheMix(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w, ffi::Buffer<f
   const float* wp = w.typed_data();
   const float* vp = v.typed_data();
   float* op = o->typed_data();
-  ParallelFor(pool, wd[0] * wd[1], [=](int64_t bh) {
+  ForEachPair(pool, wd[0] * wd[1], [=](int64_t bh) {
     const float* wr = wp + bh * T;
     const float* vb = vp + bh * T * D;
     float* out = op + bh * D;

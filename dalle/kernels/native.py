@@ -2,7 +2,7 @@
 
 Each `<name>.cc` here is compiled with the system C++ compiler (`$CXX`, default `g++`, `-O3 -march=native`) into
 `$DALLE_KERNEL_CACHE` (default `~/.cache/dalle/kernels`, else a temporary directory), keyed by a hash of the
-source, the flags and the jax version, and its FFI handlers are registered with XLA:CPU. Where that cannot work
+source and the package's headers, the flags and the jax version, and its FFI handlers are registered with XLA:CPU. Where that cannot work
 (another backend, no compiler, a failed build, `DALLE_NATIVE_KERNELS=0`) `available(name)` is False and the reason
 is logged once; callers then stay on XLA's own ops.
 """
@@ -50,8 +50,12 @@ def build(source: str) -> str:
     cxx = shutil.which(compiler)
     if cxx is None:
         raise KernelUnavailable(f"no C++ compiler: {compiler!r} is not on PATH")
-    with open(source, "rb") as f:
-        text = f.read()
+    # The source and the headers next to it (e.g. parallel.h) make the cache key.
+    text = b""
+    folder = os.path.dirname(source)
+    for path in [source] + sorted(os.path.join(folder, h) for h in os.listdir(folder) if h.endswith(".h")):
+        with open(path, "rb") as f:
+            text += f.read()
     key = hashlib.sha256(text + " ".join((cxx,) + _FLAGS).encode() + jax.__version__.encode()).hexdigest()[:16]
     out_dir = _cache_dir()
     lib = os.path.join(out_dir, f"{os.path.splitext(os.path.basename(source))[0]}-{key}.so")

@@ -8,15 +8,14 @@
 // accumulator per row; panels are split between the threads of XLA's intra-op pool. Built by panel_gemm.py.
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cstdint>
-#include <thread>
 #include <utility>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -90,18 +89,8 @@ ffi::Error PanelGemm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   const float* xt = x.typed_data();
   const float* wp = packed.typed_data();
   float* op = out->typed_data();
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), panels));
-  const int64_t per = (panels + threads - 1) / threads;
-  std::atomic<int64_t> pending(threads - 1);
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t p0 = std::min(panels, t * per), p1 = std::min(panels, p0 + per);
-    pool.Schedule([=, &pending] {
-      PanelRange(xt, M, K, wp, op, N, p0, p1);
-      pending.fetch_sub(1, std::memory_order_release);
-    });
-  }
-  PanelRange(xt, M, K, wp, op, N, 0, std::min(panels, per));
-  while (pending.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+  dalle_kernels::ParallelRanges(pool, panels,
+                                [=](int64_t p0, int64_t p1) { PanelRange(xt, M, K, wp, op, N, p0, p1); });
   return ffi::Error::Success();
 }
 

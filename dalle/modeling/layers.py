@@ -381,8 +381,9 @@ class Attention(hk.Module):
         if spec.use_cosine_attention:
             q = _l2_normalize(q)
         kv_is_given = kv is not None
-        if cache is not None and (self.is_cross or kv_is_given):
-            raise ValueError("a KV cache is for self-attention keys computed from the input")
+        if cache is not None and (self.is_cross or kv_is_given or not self.causal):
+            # Causal masking is what hides the cache positions not written yet.
+            raise ValueError("a KV cache is for causal self-attention keys computed from the input")
         if kv is None:
             # Cosine attention normalises keys here, once, before they are cached.
             source = x if kv_input is None else kv_input
