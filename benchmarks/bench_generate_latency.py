@@ -35,9 +35,10 @@ def tiny_checkpoint(directory: str) -> str:
     builds them, minus the encoded data), saved as a model dir that `dalle generate` accepts."""
     from ml_collections import ConfigDict
 
-    from dalle import checkpoint
+    from dalle import model_dir as checkpoint
     from dalle import config as config_lib
-    from dalle.data import build, tokenizer
+    from dalle.data import build
+    from dalle.tokenizers import sentencepiece as tokenizer
     from dalle.modeling import model as model_lib
     from tests import data_helpers, tiny_pipeline
 

@@ -156,7 +156,7 @@ def main(argv=None) -> int:
             ours = (OUR_WORKER, dict(common_req, model=cfg.to_dict()))
             peer = None if args.no_peer else (PEER_WORKER, dict(common_req, task="generate",
                                                                  config=dalle_mini_kwargs(cfg)))
-            slow_peer = name == "mini"  # minutes per call (REFERENCE §1: 641 s at batch 1); quick takes this path too
+            slow_peer = name == "mini"  # minutes per call (one complete batch-1 call took 641 s); quick takes this path too
             res = peers.compare(ours, peer, repeats=repeats, warmup=1, peer_repeats=1 if slow_peer else repeats,
                                 peer_warmup=0 if slow_peer and not args.quick else 1, concurrent=True,
                                 peer_limit_x=(args.peer_limit_x or None) if slow_peer and not args.quick else None)
@@ -196,8 +196,8 @@ def _write(name, cfg, args, rows, raw, verdicts, stopped, lengths, res) -> None:
              f"{res['ours']['info'].get('jax', '?')}). Goal: >= 10x.\n")
     if stopped:
         body += (f"\nA `>` marks a lower bound: dalle-mini's single run was stopped once it had taken "
-                 f"{args.peer_limit_x:g}x ours' median ({', '.join(stopped)}; REFERENCE.md §1 measured 641 s for "
-                 f"one batch-1 call on this kind of machine), which proves the goal without waiting for it.\n")
+                 f"{args.peer_limit_x:g}x ours' median ({', '.join(stopped)}; one complete batch-1 call took 641 s "
+                 f"when run to the end once on this kind of machine), which proves the goal without waiting for it.\n")
     if verdicts:
         body += "\nGoal >= 10x faster than dalle-mini: " + "; ".join(verdicts) + ".\n"
     body += "\nRaw seconds (ours; peer): " + "; ".join(f"{n} b{b}: {o} ; {q}" for n, b, o, q in raw) + "\n"

@@ -78,8 +78,9 @@ def main(argv=None) -> int:
 
     import jax
 
-    from dalle.modeling import convert_vqgan, vqgan as vqgan_lib
-    from dalle.modeling.vqgan_api import VQGANTokenizer
+    from dalle.modeling.vqgan import convert as convert_vqgan
+    from dalle.modeling.vqgan import model as vqgan_lib
+    from dalle.modeling.vqgan.api import VQGANTokenizer
     from dalle import sharding
 
     dd = SMALL if args.small else F16

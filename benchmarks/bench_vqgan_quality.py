@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def evaluate(model_dir: str, data_config, n: int = 1000) -> dict:
     from dalle.data import shapes
-    from dalle.modeling import vqgan_api
+    from dalle.modeling.vqgan import api as vqgan_api
     from dalle import sharding
 
     mesh = sharding.make_mesh(("data",), (1,))
@@ -49,7 +49,8 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--workdir", default="outputs/bench/vqgan_f4_32")
     args = p.parse_args()
-    from dalle import checkpoint, cli, generation
+    from dalle import cli, generation
+    from dalle import model_dir as checkpoint
 
     t0 = time.time()
     if not os.path.exists(os.path.join(args.workdir, "model", "config.json")):

@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.matmul_peak [--quick]
 
 Square fp32 matmuls of a few sizes, jitted and compiled first; each size is timed `repeats` times and the best
-GFLOP/s over sizes and runs is the peak (2 n^3 FLOPs per product). REFERENCE §5 saw ~110-160 GFLOP/s on 2 cores.
+GFLOP/s over sizes and runs is the peak (2 n^3 FLOPs per product). The last measured peak is in
+benchmarks/results/train_step.md (BENCHMARKS.md).
 """
 
 from __future__ import annotations

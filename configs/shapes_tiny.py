@@ -4,7 +4,8 @@
 
 Needs the demo's earlier stages (or `make demo`, which runs them): the tokenizer (data.tokenizer_path), the CPU
 VQGAN (data.vqgan_checkpoint, configs/vqgan_f4_32.py) and the pre-encoded data (data.encoded_dir, `dalle encode`).
-Expected (REFERENCE.md §8 sized this): ~0.9 of single-object validation prompts fully correct after <= 15 minutes.
+Expected: ~0.9 of single-object validation prompts fully correct after <= 15 minutes (a throwaway prototype of the
+same world sized this model; EVAL.md has what this config measures).
 
 Variants: `decoder_only` (default: the single-stream DALL·E/CogView model, d 128, 4 layers), `dalle_bart`
 (the encoder-decoder, same width), `multi` (1-3 objects per image, longer captions). Append `,root=DIR` to put

@@ -14,12 +14,11 @@ import ast
 import difflib
 import importlib
 import importlib.util
+import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
-
-from dalle import config_registry
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -27,7 +26,7 @@ ConfigDict = ml_collections.ConfigDict
 SCHEMA_MODULES = (
     "dalle.train.schema",
     "dalle.modeling.schema",
-    "dalle.modeling.vqgan_schema",
+    "dalle.modeling.vqgan.schema",
     "dalle.data.schema",
     "dalle.eval.schema",
 )
@@ -37,13 +36,41 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the offending key."""
 
 
-# Schema modules register here (see dalle/config_registry.py); re-exported for convenience.
-register_schema = config_registry.register_schema
-register_global_check = config_registry.register_global_check
-_SCHEMAS = config_registry.SCHEMAS
-_GLOBAL_CHECKS = config_registry.GLOBAL_CHECKS
-_schema_for = config_registry.schema_for
-_Schema = config_registry.Schema
+# ----------------------------------------------------------------------------------------------------------------
+# Schema registry: each module that owns a config section declares its defaults and checks here
+# ----------------------------------------------------------------------------------------------------------------
+Check = Callable[[ConfigDict, ConfigDict], Iterable[str]]  # (section, whole config) -> error messages
+
+
+@dataclasses.dataclass
+class Schema:
+    defaults: Callable[[], ConfigDict]
+    check: Check | None
+
+
+# section -> kind (None when the section has no `kind`) -> schema; section "" holds the root keys.
+SCHEMAS: dict[str, dict[str | None, Schema]] = {}
+GLOBAL_CHECKS: list[Check] = []
+
+
+def register_schema(section: str, defaults: Callable[[], ConfigDict], check: Check | None = None,
+                    kind: str | None = None) -> None:
+    """Declares the keys, default values and consistency checks of one config section (or one `kind` of it)."""
+    SCHEMAS.setdefault(section, {})[kind] = Schema(defaults, check)
+
+
+def register_global_check(check: Check) -> None:
+    """A check that looks across sections (e.g. the model's vocabulary against the data's tokenizer)."""
+    GLOBAL_CHECKS.append(check)
+
+
+def schema_for(section: str, value: Any) -> Schema | None:
+    kinds = SCHEMAS.get(section, {})
+    if None in kinds:
+        return kinds[None]
+    kind = value.get("kind") if isinstance(value, ConfigDict) else None
+    return kinds.get(kind)
+
 
 
 def _load_schemas() -> None:
@@ -199,9 +226,9 @@ def _schema_default(config: ConfigDict, parts: Sequence[str]) -> Any:
     """Default value of a dotted key according to the schema (None when unknown: validate will complain)."""
     _load_schemas()
     section = parts[0]
-    if section not in _SCHEMAS:
+    if section not in SCHEMAS:
         return None
-    node = _schema_for(section, config.get(section))
+    node = schema_for(section, config.get(section))
     if node is None:
         return None
     node = node.defaults()
@@ -268,15 +295,15 @@ def validate(config: ConfigDict) -> ConfigDict:
     _load_schemas()
     errors: list[str] = []
     out = ConfigDict()
-    root = _SCHEMAS.get("", {}).get(None)
+    root = SCHEMAS.get("", {}).get(None)
     root_defaults = root.defaults() if root else ConfigDict()
     for key in config.keys():
         value = config[key]
-        if key in _SCHEMAS:
-            schema = _schema_for(key, value)
+        if key in SCHEMAS:
+            schema = schema_for(key, value)
             if schema is None:
                 kind = value.get("kind") if isinstance(value, ConfigDict) else None
-                known = sorted(k for k in _SCHEMAS[key] if k)
+                known = sorted(k for k in SCHEMAS[key] if k)
                 errors.append(f"{key}.kind = {kind!r} is not one of {known}")
                 continue
             if not isinstance(value, ConfigDict):
@@ -289,10 +316,10 @@ def validate(config: ConfigDict) -> ConfigDict:
                 errors.append(f"{key!r} = {value!r} has type {type(value).__name__}, expected {type(default).__name__}")
             out[key] = value
         else:
-            known = ConfigDict({**{k: 0 for k in _SCHEMAS if k}, **root_defaults.to_dict()})
+            known = ConfigDict({**{k: 0 for k in SCHEMAS if k}, **root_defaults.to_dict()})
             errors.append(f"unknown key {key!r} ({_known_keys_msg(known, key)})")
     # Sections with a schema that every config gets (e.g. mesh) are filled in when absent.
-    for section, kinds in _SCHEMAS.items():
+    for section, kinds in SCHEMAS.items():
         if section and section not in out and None in kinds and section in _ALWAYS_PRESENT:
             out[section] = kinds[None].defaults()
     for key in root_defaults.keys():
@@ -300,11 +327,11 @@ def validate(config: ConfigDict) -> ConfigDict:
             out[key] = root_defaults[key]
     if not errors:
         for section in out.keys():
-            if section in _SCHEMAS and isinstance(out[section], ConfigDict):
-                schema = _schema_for(section, out[section])
+            if section in SCHEMAS and isinstance(out[section], ConfigDict):
+                schema = schema_for(section, out[section])
                 if schema and schema.check:
                     errors.extend(schema.check(out[section], out))
-        for check in _GLOBAL_CHECKS:
+        for check in GLOBAL_CHECKS:
             errors.extend(check(out, out))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

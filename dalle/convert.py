@@ -7,9 +7,9 @@ import sys
 from typing import Sequence
 
 CONVERTERS = {
-    "vqgan": ("dalle.modeling.convert_vqgan:main", "taming-transformers .ckpt or vqgan-jax flax checkpoint dir"),
+    "vqgan": ("dalle.modeling.vqgan.convert:main", "taming-transformers .ckpt or vqgan-jax flax checkpoint dir"),
     "dalle-mini": ("dalle.modeling.convert_dalle_mini:main", "dalle-mini config.json + flax_model.msgpack dir"),
-    "clip": ("dalle.eval.convert_clip:main", "OpenAI CLIP or open_clip state dict"),
+    "clip": ("dalle.modeling.clip.convert:main", "OpenAI CLIP or open_clip state dict"),
     "inception": ("dalle.eval.convert_inception:main", "pytorch-fid pt_inception-2015-12-05-*.pth"),
 }
 

@@ -31,7 +31,7 @@ EXAMPLE_PROMPTS = (
 # dalle.cli, which itself dispatches to this module).
 _STAGE_COMMANDS = {
     "data": "dalle.data.build",
-    "tokenizer": "dalle.data.tokenizer",
+    "tokenizer": "dalle.tokenizers.sentencepiece",
     "encode": "dalle.data.encode",
     "train": "dalle.train.main",
     "eval": "dalle.eval.main",

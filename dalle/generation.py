@@ -23,14 +23,14 @@ class GenerationError(ValueError):
 
 @functools.lru_cache(maxsize=4)
 def _vocab(path: str):
-    from dalle.data import tokenizer
+    from dalle.tokenizers import sentencepiece as tokenizer
 
     return tokenizer.load_vocabulary(path)
 
 
 @functools.lru_cache(maxsize=4)
 def _vqgan(path: str):
-    from dalle.modeling import vqgan_api
+    from dalle.modeling.vqgan import api as vqgan_api
 
     return vqgan_api.VQGANTokenizer.from_checkpoint(path)
 
@@ -73,7 +73,7 @@ class Generator:
         data = config.data
         vq_dir = vqgan_checkpoint or data.vqgan_checkpoint
         if mesh is not None:
-            from dalle.modeling import vqgan_api
+            from dalle.modeling.vqgan import api as vqgan_api
 
             vqgan = vqgan_api.VQGANTokenizer.from_checkpoint(vq_dir, mesh=mesh)
         else:
@@ -86,7 +86,7 @@ class Generator:
         """A trained workdir (its exported model or latest checkpoint) or an exported/converted model dir."""
         import os
 
-        from dalle import checkpoint
+        from dalle import model_dir as checkpoint
 
         if not os.path.exists(directory):
             raise GenerationError(

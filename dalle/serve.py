@@ -874,7 +874,7 @@ def generator_fn(gen: Any, top_p: float = 1.0) -> GenerateFn:
 
 
 def clip_scorer(clip: Any) -> RerankFn:
-    """A loaded CLIP (`dalle.eval.clip.load_clip`: `embed_images`, `embed_texts`) -> the server's rerank function,
+    """A loaded CLIP (`dalle.modeling.clip.model.load_clip`: `embed_images`, `embed_texts`) -> the server's rerank function,
     scoring with the eval job's `candidate_scores` so the demo ranks exactly as `dalle eval` does."""
     from dalle.eval import rerank
 
@@ -925,7 +925,7 @@ def build_server(args: argparse.Namespace) -> Server:
     gen = generation.Generator.from_checkpoint(args.checkpoint)
     rerank_fn = None
     if args.clip:
-        from dalle.eval import clip
+        from dalle.modeling.clip import model as clip
 
         # CLIPs trained on our data tokenize with the DALL·E model's sentencepiece model when they name none.
         rerank_fn = clip_scorer(clip.load_clip(args.clip, tokenizer_path=gen.config.data.tokenizer_path))
@@ -967,7 +967,7 @@ def main(argv: Sequence[str]) -> int:
         for noisy in ("absl", "jax", "orbax"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     print(f"dalle serve: loading {args.checkpoint} ...", file=sys.stderr, flush=True)
-    from dalle import checkpoint
+    from dalle import model_dir as checkpoint
 
     try:
         server = build_server(args)

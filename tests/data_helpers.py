@@ -33,7 +33,8 @@ FAKE_VQGAN_CONFIG = ConfigDict({"model": {"kind": "fake", "factor": 4, "n_embed"
 
 def build_tokenized_encoded_shapes(tmp_dir: str, **data_overrides) -> ConfigDict:
     """Shapes dataset + sentencepiece model + fake-encoded shards; returns the config."""
-    from dalle.data import build, encode, tokenizer
+    from dalle.data import build, encode
+    from dalle.tokenizers import sentencepiece as tokenizer
 
     config = shapes_config(tmp_dir, **data_overrides)
     build.build_dataset(config.data)

@@ -74,8 +74,9 @@ def test_golden_logits_and_greedy_decode_match_dalle_mini(path):
 
 
 def test_cli_roundtrip_and_generation_from_raw_prompts(tmp_path):
-    from dalle import checkpoint, convert
-    from dalle.modeling import bpe_vocab
+    from dalle import convert
+    from dalle import model_dir as checkpoint
+    from dalle.tokenizers import bart_bpe as bpe_vocab
 
     path = [p for p in FIXTURES if "normformer" in p][0]
     z, config, flat = load_fixture(path)
@@ -107,7 +108,7 @@ def test_cli_roundtrip_and_generation_from_raw_prompts(tmp_path):
 def test_bpe_vocabulary_swaps_pad_and_bos(tmp_path):
     from tokenizers import Tokenizer
 
-    from dalle.modeling import bpe_vocab
+    from dalle.tokenizers import bart_bpe as bpe_vocab
 
     directory = bpe_vocab.train_tiny_bpe(CAPTIONS, str(tmp_path / "tok"), vocab_size=280)
     vocab = bpe_vocab.BpeVocabulary(directory)

@@ -13,8 +13,8 @@ import types
 import numpy as np
 import pytest
 
-from dalle.modeling import convert_vqgan
-from dalle.modeling import vqgan as vqgan_lib
+from dalle.modeling.vqgan import convert as convert_vqgan
+from dalle.modeling.vqgan import model as vqgan_lib
 
 # A small architecture that still has every kind of block: nin_shortcut (32 -> 64 channels), attention in the
 # encoder and decoder (at side 8), Downsample/Upsample, mid blocks.
@@ -64,7 +64,7 @@ def _images(n=3, side=16, seed=0):
 
 def test_reference_equivalence_codes_and_images(reference, tmp_path):
     torch, model, path = reference
-    from dalle.modeling.vqgan_api import VQGANTokenizer
+    from dalle.modeling.vqgan.api import VQGANTokenizer
 
     out = tmp_path / "converted"
     assert convert_vqgan.main(["--from", path, "--out", str(out), "--resolution", "16"]) == 0

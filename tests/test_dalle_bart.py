@@ -202,7 +202,7 @@ def test_preset_param_counts_match_dalle_mini():
     for name in ("tiny", "mini", "mini_glu"):
         model = model_lib.build_model(getattr(presets, name)())
         counts[name] = model.param_count(jax.eval_shape(model.init, jax.random.PRNGKey(0)))
-    assert counts == {"tiny": 5_592_576, "mini": 538_593_280, "mini_glu": 437_903_344}  # REFERENCE §1
+    assert counts == {"tiny": 5_592_576, "mini": 538_593_280, "mini_glu": 437_903_344}  # dalle-mini's own counts
 
 
 def test_filters_and_flops():

@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dalle import checkpoint, sharding
+from dalle import sharding
+from dalle import model_dir as checkpoint
 from dalle.train import loop
 from dalle.train.tasks.dalle import DalleTask
 from tests import tiny_pipeline

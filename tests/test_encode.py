@@ -135,10 +135,11 @@ def test_dalle_encode_cli_with_cpu_vqgan(shapes, tmp_path, capsys):
     """`dalle encode` on the shapes data with a random-init configs/vqgan_f4_32.py VQGAN, then the seqio task."""
     import jax
 
-    from dalle import checkpoint
+    from dalle import model_dir as checkpoint
     from dalle import config as config_lib
-    from dalle.data import tasks, tokenizer
-    from dalle.modeling import vqgan as vqgan_lib
+    from dalle.data import tasks
+    from dalle.tokenizers import sentencepiece as tokenizer
+    from dalle.modeling.vqgan import model as vqgan_lib
 
     vq_config = config_lib.load_config("configs/vqgan_f4_32.py")
     params = vqgan_lib.VQGAN(vqgan_lib.VQGANConfig.from_config(vq_config)).init(jax.random.PRNGKey(0))
@@ -160,7 +161,7 @@ def test_dalle_encode_cli_with_cpu_vqgan(shapes, tmp_path, capsys):
     info = encode.read_info(str(tmp_path / "out"))
     assert info["codebook_size"] == 512 and info["vqgan_config_hash"] == encode.config_hash(vq_config)
     # The tokens are the VQGAN's.
-    from dalle.modeling.vqgan_api import VQGANTokenizer
+    from dalle.modeling.vqgan.api import VQGANTokenizer
 
     tok = VQGANTokenizer.from_checkpoint(ckpt)
     builder = build.load_builder(shapes.data)

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from dalle import checkpoint
+from dalle import model_dir as checkpoint
 from dalle import config as config_lib
-from dalle.data import shapes, tokenizer
-from dalle.eval import clip as clip_lib
+from dalle.data import shapes
+from dalle.tokenizers import sentencepiece as tokenizer
+from dalle.modeling.clip import model as clip_lib
 from dalle.eval import fid
 from dalle.eval import main as eval_main
 from dalle.eval import schema as eval_schema
@@ -54,7 +55,7 @@ def _save_clip(tmp_path, data: ConfigDict) -> str:
 def _save_dalle(tmp_path, data: ConfigDict) -> str:
     from dalle.modeling import model as model_lib
     from dalle.modeling import presets
-    from dalle.modeling import vqgan as vqgan_lib
+    from dalle.modeling.vqgan import model as vqgan_lib
 
     vq_config = config_lib.load_config("configs/vqgan_f4_32.py", [])
     vq = vqgan_lib.VQGAN(vqgan_lib.VQGANConfig.from_config(vq_config))

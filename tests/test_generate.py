@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dalle import checkpoint, cli, generation
+from dalle import cli, generation
+from dalle import model_dir as checkpoint
 from dalle.modeling import model as model_lib
 from tests import tiny_pipeline
 

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from dalle import checkpoint, sharding
+from dalle import sharding
+from dalle import model_dir as checkpoint
 from dalle.train import checkpointing, loop
 from tests import toy_task
 

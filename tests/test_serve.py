@@ -404,14 +404,14 @@ def make_tiny_checkpoint(root: str) -> tuple[str, str]:
     on the same tokenizer. Returns (model dir, CLIP dir)."""
     from ml_collections import ConfigDict
 
-    from dalle import checkpoint
+    from dalle import model_dir as checkpoint
     from dalle import config as config_lib
-    from dalle.data import tokenizer
-    from dalle.eval import clip as clip_lib
+    from dalle.tokenizers import sentencepiece as tokenizer
+    from dalle.modeling.clip import model as clip_lib
     from dalle.eval import schema as eval_schema
     from dalle.modeling import model as model_lib
     from dalle.modeling import presets
-    from dalle.modeling import vqgan as vqgan_lib
+    from dalle.modeling.vqgan import model as vqgan_lib
 
     tok_path = os.path.join(root, "tok", "spm.model")
     vocab = tokenizer.train_tokenizer(CAPTIONS * 4, tok_path, 48)["vocab_size"]
@@ -438,7 +438,7 @@ def test_dalle_serve_with_a_tiny_real_model_and_clip(tmp_path, monkeypatch):
     """`dalle serve`'s own setup path: loads the model once, warms up, generates reproducible images and reranks
     them with a (random) CLIP exactly as scoring them directly does."""
     from dalle import generation
-    from dalle.eval import clip as clip_lib
+    from dalle.modeling.clip import model as clip_lib
 
     ckpt, clip_dir = make_tiny_checkpoint(str(tmp_path))
     loads = []

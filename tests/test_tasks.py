@@ -7,7 +7,8 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 
-from dalle.data import build, encode, tasks, text, tokenizer
+from dalle.data import build, encode, tasks, text
+from dalle.tokenizers import sentencepiece as tokenizer
 from tests import data_helpers
 
 

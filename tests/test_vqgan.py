@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from dalle import checkpoint, config as config_lib, sharding
-from dalle.modeling import vqgan as vqgan_lib
-from dalle.modeling import vqgan_losses as losses
+from dalle import config as config_lib, sharding
+from dalle import model_dir as checkpoint
+from dalle.modeling.vqgan import model as vqgan_lib
+from dalle.modeling.vqgan import losses
 
 TINY = vqgan_lib.VQGANConfig(resolution=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
                              z_channels=8, n_embed=32, embed_dim=4, norm_groups=4)
@@ -275,7 +276,7 @@ def test_loss_schema_errors():
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tokenizer(tiny_params, tmp_path_factory):
-    from dalle.modeling.vqgan_api import VQGANTokenizer
+    from dalle.modeling.vqgan.api import VQGANTokenizer
 
     d = tmp_path_factory.mktemp("tok")
     checkpoint.save_model(str(d), tiny_params, tiny_config())
@@ -325,7 +326,7 @@ def test_api_decode_errors(tokenizer, bad, message):
 
 
 def test_api_rejects_params_of_another_architecture(tiny_params):
-    from dalle.modeling.vqgan_api import VQGANTokenizer
+    from dalle.modeling.vqgan.api import VQGANTokenizer
 
     config = tiny_config()
     config.model.n_embed = 64

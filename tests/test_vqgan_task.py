@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from dalle import checkpoint, config as config_lib, sharding
+from dalle import config as config_lib, sharding
+from dalle import model_dir as checkpoint
 from dalle.train.tasks.vqgan import ArrayImageIterator, VQGANTask, images_to_model_range
 
 # One level (f1) and no extra attention: the blocks are tested in test_vqgan.py / test_convert_vqgan.py, and a
@@ -213,7 +214,7 @@ def test_quantizer_warmup_bypasses_the_codebook_then_seeds_it_by_kmeans_plus_plu
 
 
 def test_kmeans_plus_plus_seeds_rare_distinct_points():
-    from dalle.modeling import vqgan_losses as losses
+    from dalle.modeling.vqgan import losses
 
     # 500 near-identical background vectors and 3 far apart "objects": 4 seeds must cover all 4 groups.
     rng = np.random.default_rng(0)
@@ -250,7 +251,7 @@ def test_resume_through_the_train_loop(tmp_path):
 
 
 def test_summaries_export_and_finetune_from(tmp_path, mesh):
-    from dalle.modeling.vqgan_api import VQGANTokenizer
+    from dalle.modeling.vqgan.api import VQGANTokenizer
 
     config = make_config()
     task = make_task(config)

@@ -8,7 +8,7 @@ import os
 import jax
 from ml_collections import ConfigDict
 
-from dalle import checkpoint
+from dalle import model_dir as checkpoint
 from dalle import config as config_lib
 from tests import data_helpers
 
@@ -17,7 +17,7 @@ CODES = 64  # VQGAN codebook of the tiny pipeline
 
 def tiny_vqgan(directory: str) -> str:
     """Saves a random-weight 32 px f4 VQGAN with CODES codes; returns its model dir."""
-    from dalle.modeling import vqgan
+    from dalle.modeling.vqgan import model as vqgan
 
     cfg = config_lib.load_config("configs/vqgan_f4_32.py", [
         "--config.model.ch=16", "--config.model.norm_groups=8", "--config.model.ch_mult=(1,1,1)", "--config.model.z_channels=16",
@@ -30,8 +30,9 @@ def tiny_vqgan(directory: str) -> str:
 
 def tiny_config(tmp_dir: str, kind: str = "decoder_only", **train) -> ConfigDict:
     """Shapes data encoded by a random VQGAN + a micro model of `kind` + a few-step train section."""
-    from dalle.data import build, encode, tokenizer
-    from dalle.modeling import vqgan_api
+    from dalle.data import build, encode
+    from dalle.tokenizers import sentencepiece as tokenizer
+    from dalle.modeling.vqgan import api as vqgan_api
 
     config = data_helpers.shapes_config(tmp_dir)
     vq_dir = tiny_vqgan(tmp_dir)

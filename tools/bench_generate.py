@@ -3,7 +3,8 @@
     .venv/bin/python tools/bench_generate.py --preset tiny --reps 3
     .venv/bin/python tools/bench_generate.py --preset mini --reps 1 --scales 1,10
 
-Reference (REFERENCE §1, dalle-mini on this 2-core CPU, fp32): tiny 1.05 s per image (2.06 s with
+Reference (dalle-mini 0.1.5 in its own venv on this 2-core CPU, fp32, measured once; benchmarks/bench_generation.py
+times both side by side, BENCHMARKS.md): tiny 1.05 s per image (2.06 s with
 condition_scale 10); config/mini 365 s (1.43 s/token), 641 s with condition_scale 10. The first call includes
 compilation; later calls with other seeds or float knobs reuse it.
 """

@@ -1,7 +1,8 @@
 """Golden fixtures from the real dalle-mini package: random-weight DalleBart models, their inputs, logits and
 greedy decodes, saved as small `.npz` files in tests/fixtures/ (read by tests/test_convert_dalle_mini.py).
 
-dalle-mini's pins clash with ours, so it runs in its own venv (REFERENCE §1). From the repo root:
+dalle-mini 0.1.5 needs jax 0.4.13-era APIs (the PINS below), which clash with ours, so it runs in its own venv.
+From the repo root:
 
     python tools/make_dalle_mini_fixtures.py --setup      # creates .venv-dallemini (a few minutes of pip)
     .venv-dallemini/bin/python tools/make_dalle_mini_fixtures.py

@@ -194,7 +194,7 @@ def run_encode(
     local_batch = _local_batch_size(config, process_count)
     if encoder is None:
         from dalle import sharding
-        from dalle.modeling.vqgan_api import VQGANTokenizer
+        from dalle.modeling.vqgan.api import VQGANTokenizer
 
         if not data.vqgan_checkpoint:
             raise ValueError("data.vqgan_checkpoint is empty: which VQGAN should encode the images?")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from dalle import config_registry as config_lib
+from dalle import config as config_lib
 
 # Palettes live here (not in shapes.py) so that validation can name a bad color without importing numpy/PIL.
 # Object colors were picked far apart in RGB and not on a line through black with each other (a blurred

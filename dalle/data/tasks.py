@@ -33,7 +33,7 @@ from ml_collections import ConfigDict
 
 from dalle.data import encode as encode_lib
 from dalle.data import text as text_lib
-from dalle.data import tokenizer as tokenizer_lib
+from dalle.tokenizers import sentencepiece as tokenizer_lib
 
 TEXT, IMAGE = "inputs", "targets"
 MODEL_FEATURES = ("text_tokens", "image_tokens")

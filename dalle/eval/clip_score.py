@@ -1,6 +1,7 @@
 """CLIP score (Hessel et al.; torchmetrics' definition): mean over pairs of max(100 * cos(image, text), 0).
 
-Why the backbone travels with the number: CLIP scores from different CLIPs are not comparable (REFERENCE §3),
+Why the backbone travels with the number: CLIP scores from different CLIPs are not comparable (Hessel et al. 2021,
+CLIPScore, report one backbone throughout),
 so every result dict carries `backbone`, and the eval job writes it next to the score.
 """
 
@@ -33,7 +34,7 @@ def summarize(scores: np.ndarray, backbone: str) -> dict[str, Any]:
 
 def clip_score(clip: Any, images: Any, captions: Sequence[str]) -> dict[str, Any]:
     """CLIP score of images [N, H, W, 3] (uint8 or [0, 1] float) against their captions, with a loaded CLIP
-    (`dalle.eval.clip.load_clip`)."""
+    (`dalle.modeling.clip.model.load_clip`)."""
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     if len(captions) == 0:

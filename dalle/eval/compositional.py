@@ -57,7 +57,7 @@ def judge(images: Any, requests: Sequence[Request | str], data: Mapping[str, Any
           ) -> list[dict[str, bool]]:
     """Per-image attribute matches. images: uint8 [N, H, W, 3] or float in [0, 1]; requests: `Request`s or
     their JSON (the shapes iterator's "request" field)."""
-    from dalle.eval.clip import to_uint8
+    from dalle.modeling.clip.model import to_uint8
 
     x = to_uint8(images)
     if len(x) != len(requests):

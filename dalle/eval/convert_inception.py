@@ -41,7 +41,7 @@ def main(argv: Sequence[str]) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {args.src}: {e}", file=sys.stderr)
         return 2
-    from dalle import checkpoint
+    from dalle import model_dir as checkpoint
 
     config = ConfigDict({"model": {"kind": "fid_inception", "source": os.path.basename(args.src),
                                    "feature_dim": inception.FEATURE_DIM, "input_size": inception.INPUT_SIZE}})

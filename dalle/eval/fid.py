@@ -1,6 +1,7 @@
 """FID and KID: "clean" preprocessing, feature networks, Fréchet distance in float64, reference statistics files.
 
-Why each choice (REFERENCE §3): FID is only comparable with the TF 2015-12-05 Inception (dalle/eval/inception.py)
+Why each choice (Heusel et al. 2017; mseitzer/pytorch-fid src/pytorch_fid/inception.py; Parmar et al. 2022,
+"On Aliased Resizing and Surprising Subtleties in GAN Evaluation", GaParmar/clean-fid): FID is only comparable with the TF 2015-12-05 Inception (dalle/eval/inception.py)
 and with clean-fid's "clean" resize (PIL bicubic to 299x299 on float channels, no uint8 rounding after the
 resize); other resizers and JPEG round-trips move FID a lot, so generated images are kept as PNG/uint8. When the
 Inception weights are absent, a configured feature network (our CLIP image tower) can stand in; its numbers are
@@ -34,7 +35,7 @@ def clean_resize(images: Any, size: int = 299) -> np.ndarray:
     uint8 first, as PNG storage would)."""
     from PIL import Image
 
-    from dalle.eval.clip import to_uint8
+    from dalle.modeling.clip.model import to_uint8
 
     x = to_uint8(images)
     out = np.empty((x.shape[0], size, size, 3), np.float32)

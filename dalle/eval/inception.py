@@ -253,7 +253,7 @@ def load_inception(directory: str) -> Params:
     """Params from a `dalle convert inception` directory; raises FileNotFoundError / CheckpointError naming it."""
     import os
 
-    from dalle import checkpoint
+    from dalle import model_dir as checkpoint
 
     if not directory or not os.path.isdir(directory):
         raise FileNotFoundError(f"FID Inception checkpoint {directory!r} does not exist: make it with "

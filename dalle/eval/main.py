@@ -179,7 +179,7 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
     DALL·E + VQGAN stack: any callable (captions, scale, rng) -> uint8 [P * N, H, W, 3]."""
     import jax
 
-    from dalle.eval import clip as clip_lib
+    from dalle.modeling.clip import model as clip_lib
     from dalle.eval import clip_score as clip_score_lib
     from dalle.eval import compositional, fid, rerank
 
@@ -380,7 +380,7 @@ def read_image_folder(directory: str) -> np.ndarray:
     ims = [np.asarray(Image.open(os.path.join(directory, n)).convert("RGB")) for n in names]
     sizes = {im.shape for im in ims}
     if len(sizes) > 1:
-        from dalle.eval.clip import resize_center_crop
+        from dalle.modeling.clip.model import resize_center_crop
 
         side = min(min(s[:2]) for s in sizes)
         ims = [resize_center_crop(im, side) for im in ims]
@@ -390,8 +390,8 @@ def read_image_folder(directory: str) -> np.ndarray:
 def make_reference(config: ConfigDict, out: str, checkpoint_dir: str = "", images_dir: str = "") -> dict[str, Any]:
     """Writes reference statistics (mu, sigma, features) of a folder of images or of the renders of the eval
     prompts (shapes world of the checkpoint's data config) with the configured feature network."""
-    from dalle import checkpoint
-    from dalle.eval import clip as clip_lib
+    from dalle import model_dir as checkpoint
+    from dalle.modeling.clip import model as clip_lib
     from dalle.eval import compositional, fid
 
     ev = config.eval

@@ -1,6 +1,6 @@
 """Schemas of the config sections owned by dalle.eval (see dalle/config.py: register_schema).
 
-  * `model` of kind "clip": the CLIP architecture (dalle/eval/clip.py), its tokenizer, and its preprocessing.
+  * `model` of kind "clip": the CLIP architecture (dalle/modeling/clip/model.py), its tokenizer, and its preprocessing.
   * `eval`: the evaluation job (`dalle eval`, dalle/eval/main.py): prompts, guidance sweep, reranking, metrics.
 
 Light on purpose: no jax import (validation must stay cheap).
@@ -12,7 +12,7 @@ import math
 
 from ml_collections import ConfigDict
 
-from dalle import config_registry as config_lib
+from dalle import config as config_lib
 
 CLIP_ACTIVATIONS = ("quick_gelu", "gelu")
 CLIP_POOLS = ("argmax", "eos")

@@ -2,7 +2,7 @@
 
 DIR holds dalle-mini's `config.json` and `flax_model.msgpack` (scanned `use_scan` layout or one module per
 layer), and usually its BART tokenizer (`tokenizer.json` or `vocab.json` + `merges.txt`), which is copied to
-OUT/tokenizer and recorded as `data.tokenizer_path` (read with `dalle.modeling.bpe_vocab.BpeVocabulary`).
+OUT/tokenizer and recorded as `data.tokenizer_path` (read with `dalle.tokenizers.bart_bpe.BpeVocabulary`).
 
 What changes on the way (the function computed does not):
   * layer parameters are stacked for `hk.layer_stack` whatever the source layout; per-layer norms that dalle-mini
@@ -304,7 +304,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", required=True, help="output model directory")
     parser.add_argument("--vqgan", default="", help="converted VQGAN model directory to record as data.vqgan_checkpoint")
     args = parser.parse_args(list(argv))
-    from dalle import checkpoint
+    from dalle import model_dir as checkpoint
 
     try:
         config_json, flat = read_dalle_mini_dir(args.src)

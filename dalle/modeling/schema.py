@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from dalle import config_registry as config_lib
+from dalle import config as config_lib
 
 LN_POSITIONS = ("normformer", "swinv2", "cogview", "sandwich", "preln", "postln", "deepnet", "subln")
 LN_TYPES = ("layernorm", "rmsnorm")

@@ -4,7 +4,7 @@ Layout of a workdir:
     config.json             the full validated config of the run (resume refuses an incompatible one)
     checkpoints/<step>/     orbax: `state` (sharded pytree: params, optimizer, step, ...) + `meta` (JSON: step,
                             data iterator position, counters)
-    model/                  exported params + config at the end (dalle.checkpoint format)
+    model/                  exported params + config at the end (dalle.model_dir format)
     tensorboard/            summaries
 
 Orbax writes each step to a temporary directory and renames it when complete, so `kill -9` at any moment leaves

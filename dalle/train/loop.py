@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from dalle import checkpoint as model_checkpoint
+from dalle import model_dir as model_checkpoint
 from dalle import sharding
 from dalle.train import checkpointing, reporting
 from dalle.train.task import Task

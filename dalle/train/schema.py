@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from dalle import config_registry as config_lib
+from dalle import config as config_lib
 
 
 def root_defaults() -> ConfigDict:

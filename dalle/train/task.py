@@ -95,5 +95,5 @@ class Task(abc.ABC):
         return {}
 
     def export_params(self, state: State) -> tuple[Any, ConfigDict]:
-        """(params, config) to save as a model checkpoint (dalle.checkpoint) when training ends."""
+        """(params, config) to save as a model checkpoint (dalle.model_dir) when training ends."""
         raise NotImplementedError

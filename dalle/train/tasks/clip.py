@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from dalle import sharding
-from dalle.eval import clip as clip_lib
+from dalle.modeling.clip import model as clip_lib
 from dalle.train import optim
 from dalle.train.task import Batch, DataIterator, Metrics, State, Task
 
@@ -50,7 +50,7 @@ class CLIPTask(Task):
         m = config.model.to_dict()
         self._tokenize = None
         if m.get("text_pool") == "eos" and int(m.get("eos_id", -1)) < 0:
-            from dalle.data.tokenizer import EOS_ID
+            from dalle.tokenizers.sentencepiece import EOS_ID
 
             m = clip_lib.resolve_eos(m, EOS_ID)
         self.model_config = ConfigDict(m)

@@ -62,7 +62,7 @@ class DalleTask(Task):
         path = self.config.model.get("encoder_init", "")
         if not path:
             return state
-        from dalle import checkpoint
+        from dalle import model_dir as checkpoint
 
         _, src = checkpoint.load_model(path)
         src = sharding.to_mapping(src)

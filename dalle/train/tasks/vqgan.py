@@ -19,8 +19,8 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from dalle import sharding
-from dalle.modeling import vqgan as vqgan_lib
-from dalle.modeling import vqgan_losses as losses
+from dalle.modeling.vqgan import model as vqgan_lib
+from dalle.modeling.vqgan import losses
 from dalle.train.task import Batch, DataIterator, Metrics, State, Task
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -137,7 +137,7 @@ class VQGANTask(Task):
         path = self.lc.finetune_from
         if not path:
             return state
-        from dalle import checkpoint
+        from dalle import model_dir as checkpoint
 
         config, params = checkpoint.load_model(path)
         theirs = vqgan_lib.VQGANConfig.from_config(config)
@@ -381,6 +381,6 @@ def image_grid(rows: np.ndarray, pad: int = 2) -> np.ndarray:
 
 
 def _loss_defaults() -> ConfigDict:
-    from dalle.modeling import vqgan_schema
+    from dalle.modeling.vqgan import schema as vqgan_schema
 
     return vqgan_schema.loss_defaults()

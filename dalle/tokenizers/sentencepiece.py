@@ -126,7 +126,7 @@ def load_vocabulary(model_path: str):
         raise ValueError("data.tokenizer_path is empty: train one with `dalle tokenizer train --config ...`")
     if os.path.isdir(model_path) or model_path.endswith(".json"):
         # A converted dalle-mini checkpoint's BART BPE (tokenizer.json, or vocab.json + merges.txt).
-        from dalle.modeling import bpe_vocab
+        from dalle.tokenizers import bart_bpe as bpe_vocab
 
         return bpe_vocab.BpeVocabulary(model_path)
     if not os.path.isfile(model_path):

@@ -1,4 +1,4 @@
-"""Sentencepiece training on a dataset's captions (dalle.data.tokenizer) and its use through seqio."""
+"""Sentencepiece training on a dataset's captions (dalle.tokenizers.sentencepiece) and its use through seqio."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from dalle.data import build, text, tokenizer
+from dalle.data import build, text
+from dalle.tokenizers import sentencepiece as tokenizer
 from tests import data_helpers
 
 

@@ -138,7 +138,7 @@ def _block(sd: Mapping[str, np.ndarray], src: str, dst: str, used: set[str]) -> 
 
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], model: ConfigDict) -> dict[str, dict[str, np.ndarray]]:
-    """Haiku params (dalle/eval/clip.py layout) from a torch-named state dict. Every weight must be used."""
+    """Haiku params (dalle/modeling/clip/model.py layout) from a torch-named state dict. Every weight must be used."""
     sd = _strip_prefixes(sd)
     used: set[str] = set()
 
@@ -176,7 +176,7 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="dalle convert clip", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="src", required=True, help="OpenAI .pt, open_clip .bin/.pt/.safetensors, .npz")
-    parser.add_argument("--out", required=True, help="output model directory (dalle.checkpoint format)")
+    parser.add_argument("--out", required=True, help="output model directory (dalle.model_dir format)")
     parser.add_argument("--vision_heads", type=int, default=0, help="default: vision width / 64")
     parser.add_argument("--text_heads", type=int, default=0, help="default: text width / 64")
     parser.add_argument("--activation", choices=("auto", "quick_gelu", "gelu"), default="auto",
@@ -209,7 +209,7 @@ def main(argv: Sequence[str]) -> int:
         dst = os.path.join(os.path.abspath(args.out), os.path.basename(args.tokenizer_path))
         shutil.copyfile(args.tokenizer_path, dst)
         model.tokenizer_path = dst
-    from dalle import checkpoint
+    from dalle import model_dir as checkpoint
     from dalle.eval import schema
 
     config = ConfigDict({"model": schema.complete_clip_config(model)})

@@ -114,7 +114,8 @@ def main(argv: Sequence[str]) -> int:
 
 def _load_reranker(clip_dir: str):
     """(prompt, images) -> candidate indices best first, by CLIP score (dalle/eval/rerank.py)."""
-    from dalle.eval import clip, rerank
+    from dalle.eval import rerank
+    from dalle.modeling.clip import model as clip
 
     model = clip.load_clip(clip_dir)
 

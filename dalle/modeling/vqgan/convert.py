@@ -54,7 +54,7 @@ def taming_key(module: str, param: str) -> str:
 
 def key_table(cfg) -> dict[str, tuple[str, str, tuple[int, ...]]]:
     """taming key -> (our module, our param, our shape) for every weight of the architecture."""
-    from dalle.modeling import vqgan as vqgan_lib
+    from dalle.modeling.vqgan import model as vqgan_lib
 
     table = {}
     for module, params in vqgan_lib.expected_param_shapes(cfg).items():
@@ -255,7 +255,7 @@ def load_torch_state_dict(path: str) -> dict[str, Any]:
 def load_source(src: str, taming_config: str = "", resolution: int = 256,
                 legacy_loss: bool = True) -> tuple[dict, ConfigDict, list[str]]:
     """(params, config, ignored keys) from a taming checkpoint file or a vqgan-jax directory."""
-    from dalle.modeling import vqgan as vqgan_lib
+    from dalle.modeling.vqgan import model as vqgan_lib
 
     if os.path.isdir(src):
         msgpack = os.path.join(src, "flax_model.msgpack")
@@ -299,8 +299,8 @@ def main(argv: Sequence[str]) -> int:
     except ConversionError as e:
         print(f"dalle convert vqgan: {e}", file=sys.stderr)
         return 1
-    from dalle import checkpoint
-    from dalle.modeling import vqgan as vqgan_lib
+    from dalle import model_dir as checkpoint
+    from dalle.modeling.vqgan import model as vqgan_lib
 
     checkpoint.save_model(args.out, params, config, extra={"converted_from": os.path.abspath(args.src)})
     cfg = vqgan_lib.VQGANConfig.from_config(config)

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from dalle import checkpoint, compiler_options, sharding
-from dalle.modeling import vqgan as vqgan_lib
+from dalle import compiler_options, sharding
+from dalle import model_dir as checkpoint
+from dalle.modeling.vqgan import model as vqgan_lib
 
 
 class VQGANTokenizer:

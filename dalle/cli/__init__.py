@@ -14,10 +14,10 @@ from typing import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("dalle.cli:config_main", "load, validate and print a config (with variant and overrides)"),
     "data": ("dalle.data.build:main", "build a tfds dataset (captioned shapes, image folders, webdataset, ...)"),
-    "tokenizer": ("dalle.data.tokenizer:main", "train a sentencepiece tokenizer on a dataset's captions"),
+    "tokenizer": ("dalle.tokenizers.sentencepiece:main", "train a sentencepiece tokenizer on a dataset's captions"),
     "encode": ("dalle.data.encode:main", "pre-encode a dataset's images to VQGAN tokens"),
     "train": ("dalle.train.main:main", "train a model from a config (DALL·E model, VQGAN or CLIP)"),
-    "generate": ("dalle.generate:main", "generate images for prompts"),
+    "generate": ("dalle.cli.generate:main", "generate images for prompts"),
     "eval": ("dalle.eval.main:main", "run the evaluation job (accuracy, CLIP score, FID)"),
     "serve": ("dalle.serve:main", "serve the web demo on 127.0.0.1"),
     "convert": ("dalle.convert:main", "convert published weights (vqgan, dalle-mini, clip, inception)"),

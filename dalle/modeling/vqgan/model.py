@@ -1,6 +1,6 @@
 """VQGAN image tokenizer: the taming-transformers VQModel computation in Haiku (NHWC).
 
-Images go in as floats in [-1, 1] (the range taming trains on); `dalle.modeling.vqgan_api.VQGANTokenizer` wraps
+Images go in as floats in [-1, 1] (the range taming trains on); `dalle.modeling.vqgan.api.VQGANTokenizer` wraps
 this with uint8/[0, 1] inputs, shape checks and sharding.
 
 Param paths mirror taming's state-dict keys with `.` -> `/` and numbered children joined by `_`, so conversion is a

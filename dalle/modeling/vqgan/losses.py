@@ -117,7 +117,7 @@ class _PatchConv(hk.Module):
         self.out, self.stride, self.bias = out, stride, bias
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        from dalle.modeling.vqgan import conv2d
+        from dalle.modeling.vqgan.model import conv2d
 
         w = hk.get_parameter("w", (4, 4, x.shape[-1], self.out), init=hk.initializers.RandomNormal(0.02))
         b = hk.get_parameter("b", (self.out,), init=jnp.zeros) if self.bias else None
@@ -148,7 +148,7 @@ def make_discriminator(ndf: int, n_layers: int) -> hk.Transformed:
     t = hk.without_apply_rng(hk.transform(lambda x: Discriminator(ndf, n_layers)(x)))
 
     def init(rng: jax.Array, x: jax.Array):
-        from dalle.modeling.vqgan import init_from_rules
+        from dalle.modeling.vqgan.model import init_from_rules
 
         abstract = jax.eval_shape(t.init, rng, x)
 
@@ -195,7 +195,7 @@ def load_perceptual_net(path: str) -> Callable[[jax.Array, jax.Array], jax.Array
     for k in range(len(taps)):
         key = next((c for c in (f"lin{k}.model.1.weight", f"lin{k}") if c in arrays), None)
         heads.append(None if key is None else jnp.asarray(arrays[key]).reshape(-1))
-    from dalle.modeling.vqgan import conv2d
+    from dalle.modeling.vqgan.model import conv2d
 
     def features(x):
         h = (x - _LPIPS_SHIFT) / _LPIPS_SCALE

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from dalle import config_registry as config_lib
+from dalle import config as config_lib
 
 
 def model_defaults() -> ConfigDict:

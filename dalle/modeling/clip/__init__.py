@@ -1,0 +1,1 @@
+"""CLIP (OpenAI's architecture): model and loading, and the converter of published weights."""
