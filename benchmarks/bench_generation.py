@@ -156,7 +156,7 @@ def main(argv=None) -> int:
             ours = (OUR_WORKER, dict(common_req, model=cfg.to_dict()))
             peer = None if args.no_peer else (PEER_WORKER, dict(common_req, task="generate",
                                                                  config=dalle_mini_kwargs(cfg)))
-            slow_peer = name == "mini"  # minutes per call (one complete batch-1 call took 641 s); quick takes this path too
+            slow_peer = name == "mini"  # minutes per call (a full b1 call took 641 s); quick takes this too
             res = peers.compare(ours, peer, repeats=repeats, warmup=1, peer_repeats=1 if slow_peer else repeats,
                                 peer_warmup=0 if slow_peer and not args.quick else 1, concurrent=True,
                                 peer_limit_x=(args.peer_limit_x or None) if slow_peer and not args.quick else None)

@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-jax.experimental.PartitionSpec = jax.sharding.PartitionSpec  # dalle-mini's src/dalle_mini/model/partitions.py imports the pre-0.4 name
+# dalle-mini's src/dalle_mini/model/partitions.py imports the pre-0.4 name.
+jax.experimental.PartitionSpec = jax.sharding.PartitionSpec
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.peers            # creates what is missing (idempotent), then checks both peers
 
-Peers (borisdayma/dalle-mini on PyPI as `dalle-mini`; CompVis/taming-transformers on PyPI as `taming-transformers-rom1504`):
+Peers (borisdayma/dalle-mini, PyPI `dalle-mini`; CompVis/taming-transformers, PyPI `taming-transformers-rom1504`):
   * dalle-mini 0.1.5 in its own venv `.venv-dallemini` (its pins clash with ours): `pip install --no-deps
     dalle-mini==0.1.5` plus jax 0.4.13 & co. (the same recipe as tools/make_dalle_mini_fixtures.py --setup);
   * taming-transformers-rom1504 0.0.6 with torch 2.13.0 CPU inside our `.venv` (requirements-ref.txt, as

@@ -3,9 +3,9 @@
     dalle train --config configs/dalle_mega.py --workdir gs://bucket/dalle_mega --coordinator auto  # every host
     dalle train --config configs/dalle_mega.py --dry_run                                            # on a CPU
 
-Recipe (the DALL·E Mega training journal, wandb.ai/dalle-mini/dalle-mini/reports/DALL-E-Mega-Training-Journal--VmlldzoxODMxMDI2):
-batch 4224, lr 1e-4, warmup 10k, bf16 compute / fp32 weights, model-parallel mesh
-(heads, mlp and vocab split 4 ways on `model`, weights ZeRO-sharded 8 ways on `fsdp`, 8-way data parallel).
+Recipe (the "DALL·E Mega - Training Journal" report, wandb.ai/dalle-mini/dalle-mini/reports): batch 4224, lr 1e-4,
+warmup 10k, bf16 compute / fp32 weights, model-parallel mesh (heads, mlp and vocab split 4 ways on `model`, weights
+ZeRO-sharded 8 ways on `fsdp`, 8-way data parallel).
 Variant `v3_64`: the same model on 64 cores (a smaller mesh that a CPU dry run compiles faster).
 """
 

@@ -3,8 +3,9 @@
     dalle train --config configs/dalle_mini.py --workdir gs://bucket/dalle_mini          # on the TPU VM
     dalle train --config configs/dalle_mini.py --dry_run                                 # on a CPU: fits?
 
-Recipe as dalle-mini trained it (Dayma et al., "DALL·E mini" report; borisdayma/dalle-mini tools/train/train.py): bf16 compute with fp32 weights, batch 64 per chip-core,
-gradient accumulation in the step; data = VQGAN-encoded 256 px images (16x16 = 256 tokens) with captions.
+Recipe as dalle-mini trained it (Dayma et al., "DALL·E mini" report; borisdayma/dalle-mini tools/train/train.py):
+bf16 compute with fp32 weights, batch 64 per chip-core, gradient accumulation in the step; data = VQGAN-encoded
+256 px images (16x16 = 256 tokens) with captions.
 Distributed Shampoo (dalle-mini's default) has no maintained package for this jax; adafactor is used instead.
 Variants: `mini` (default: config/mini_glu sizes), `mini_4096` (config/mini: GLU 4096, 0.54 B).
 """

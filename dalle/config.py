@@ -25,10 +25,10 @@ ConfigDict = ml_collections.ConfigDict
 # Modules that register schemas; imported lazily by `validate` (they must stay light: no jax/tf imports).
 SCHEMA_MODULES = (
     "dalle.train.schema",
-    "dalle.modeling.schema",
     "dalle.modeling.vqgan.schema",
     "dalle.data.schema",
     "dalle.eval.schema",
+    "dalle.sampling_schema",
 )
 
 
@@ -76,6 +76,9 @@ def schema_for(section: str, value: Any) -> Schema | None:
 def _load_schemas() -> None:
     for name in SCHEMA_MODULES:
         importlib.import_module(name)
+    from dalle import registry
+
+    registry.MODEL_KINDS.names()  # imports dalle/kinds/*, which register the `model` schema of each kind
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`dalle demo`: the whole pipeline on the captioned-shapes world, each stage skipped when its output exists.
 
     build shapes data -> train the CPU VQGAN -> train the tokenizer -> pre-encode -> train shapes_tiny
-    -> train the reranking CLIP -> evaluate -> outputs/demo/ (grids, metrics.json) -> the `dalle serve` command
+    -> train the reranking CLIP -> evaluate (its best guidance goes into the model's `sampling` section)
+    -> outputs/demo/ (grids, metrics.json) -> the `dalle serve` command
 
 An interrupted demo resumes: finished stages are skipped and the training stages resume from their checkpoints.
 """
@@ -78,6 +79,9 @@ def stages(config_spec: str, root: str, minutes: dict[str, float], overrides: li
         ("eval", os.path.join(dalle_dir, "eval", "metrics.json"),
          lambda: _run(["eval", "--config", f"{eval_config}{',' if ':' in eval_config else ':'}root={root}",
                        "--checkpoint", dalle_dir])),
+        # Always run (cheap): the best measured settings go into the exported model's sampling section, also for
+        # an eval that finished before the section existed.
+        ("sampling", "", lambda: write_measured_sampling(dalle_dir)),
         ("samples", os.path.join(root, "samples", "grid.png"),
          lambda: write_samples(dalle_dir, os.path.join(root, "samples"))),
     ]
@@ -90,22 +94,36 @@ def _fmt(v) -> str:
     return str(v)
 
 
-# As configs/eval/shapes.py samples, where the demo model's sweep (EVAL.md) is best: guidance 1-2 (strong guidance
-# on this small model trades shape accuracy away) and temperature 0.7.
-SAMPLE_CONDITION_SCALE = 1.5
-SAMPLE_TEMPERATURE = 0.7
+def write_measured_sampling(dalle_dir: str) -> None:
+    """The eval stage's best guidance (and the settings it sampled with) into the exported model's `sampling`
+    section, unless an eval already wrote it (`dalle eval` does so itself)."""
+    from dalle import model_dir
+    from dalle.eval import main as eval_main
+
+    metrics_path = os.path.join(dalle_dir, "eval", "metrics.json")
+    target = model_dir.exported_model_dir(dalle_dir)
+    if target is None or not os.path.isfile(metrics_path):
+        print(f"[demo] sampling: no exported model or no {metrics_path}; the model keeps its own section")
+        return
+    if model_dir.read_extra(target).get("sampling_measured"):
+        print(f"[demo] sampling: {target} already holds the measured settings")
+        return
+    with open(metrics_path) as f:
+        written = eval_main.write_best_sampling(json.load(f), dalle_dir)
+    print(f"[demo] sampling: {written['sampling'] if written['written'] else written['why']}")
 
 
 def write_samples(checkpoint: str, out_dir: str, prompts: Sequence[str] = EXAMPLE_PROMPTS, n: int = 4) -> None:
-    """A grid per prompt (n samples, top-k 8 like the prototype) plus one overview grid, all PNG."""
+    """A grid per prompt plus one overview grid, all PNG: n samples per prompt, unfiltered (the README picture),
+    with the model's sampling section otherwise (guidance, temperature, top-k, top-p)."""
     import numpy as np
 
     from dalle import generation
 
     os.makedirs(out_dir, exist_ok=True)
     gen = generation.Generator.from_checkpoint(checkpoint)
-    images = gen.images(list(prompts), num_images=n, seed=0, top_k=8, condition_scale=SAMPLE_CONDITION_SCALE,
-                        temperature=SAMPLE_TEMPERATURE)
+    settings = gen.settings({"candidates": n, "keep": 0, "clip_checkpoint": ""})
+    images = gen.images(list(prompts), num_images=n, seed=0, **settings.sampler_kwargs())
     rows = []
     for i, prompt in enumerate(prompts):
         grid = generation.make_grid(images[i * n:(i + 1) * n], cols=n)
@@ -114,9 +132,9 @@ def write_samples(checkpoint: str, out_dir: str, prompts: Sequence[str] = EXAMPL
     generation.save_png(os.path.join(out_dir, "grid.png"), generation.make_grid(np.concatenate(rows), cols=n),
                         scale=4)
     with open(os.path.join(out_dir, "prompts.json"), "w") as f:
-        json.dump({"prompts": list(prompts), "images_per_prompt": n, "top_k": 8,
-                   "condition_scale": SAMPLE_CONDITION_SCALE, "temperature": SAMPLE_TEMPERATURE}, f,
-                  indent=2)
+        json.dump({"prompts": list(prompts), "images_per_prompt": n, "top_k": settings.top_k,
+                   "top_p": settings.top_p, "condition_scale": settings.guidance,
+                   "temperature": settings.temperature}, f, indent=2)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -10,11 +10,13 @@ import dataclasses
 import functools
 import math
 import warnings
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 from ml_collections import ConfigDict
+
+from dalle import sampling_schema
 
 
 class GenerationError(ValueError):
@@ -29,10 +31,10 @@ def _vocab(path: str):
 
 
 @functools.lru_cache(maxsize=4)
-def _vqgan(path: str):
-    from dalle.modeling.vqgan import api as vqgan_api
+def _image_tokenizer(path: str):
+    from dalle import kinds
 
-    return vqgan_api.VQGANTokenizer.from_checkpoint(path)
+    return kinds.load_image_tokenizer(path)
 
 
 @dataclasses.dataclass
@@ -42,23 +44,31 @@ class Prompts:
 
 
 class Generator:
-    """Holds a model, its params, its vocabulary and its VQGAN; compiled decode loops are cached per shape."""
+    """Holds a model, its params, its vocabulary and its VQGAN; compiled decode loops are cached per shape.
 
-    def __init__(self, config: ConfigDict, params: Any, vocab: Any, vqgan: Any, mesh: Any = None):
+    `decode_kernels` ("auto" | "native" | "xla"): how decode steps run, a choice of the machine rather than the
+    model (see `dalle.modeling.sampling.generate`; "auto" = the CPU kernels wherever they can run)."""
+
+    def __init__(self, config: ConfigDict, params: Any, vocab: Any, vqgan: Any, mesh: Any = None, *,
+                 decode_kernels: str = "auto"):
         from dalle import sharding
         from dalle.modeling import model as model_lib
+        from dalle.modeling import sampling
 
+        if decode_kernels not in sampling.DECODE_KERNELS:
+            raise GenerationError(f"decode kernels = {decode_kernels!r} must be one of {sampling.DECODE_KERNELS}")
+        self.decode_kernels = decode_kernels
         self.config = config
         self.model = model_lib.build_model(config.model)
         self.vocab = vocab
         self.vqgan = vqgan
         self.mesh = mesh
+        self.rules = sharding.rules_from_config(config)  # the layout the model trained with
         self.rows_multiple = 1
         if mesh is not None:  # params sharded by the model's rules; prompt rows padded to the batch shards
-            shardings = sharding.param_shardings(params, self.model.partition_rules, sharding.DEFAULT_LOGICAL_RULES,
-                                                 mesh)
+            shardings = sharding.param_shardings(params, self.model.partition_rules, self.rules, mesh)
             params = sharding.shard_put(params, shardings)
-            self.rows_multiple = int(np.prod([mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape]))
+            self.rows_multiple = sharding.batch_shards(mesh, self.rules)
         self.params = params
         if vqgan.codebook_size != self.model.image_vocab_size:
             raise GenerationError(f"the VQGAN has {vqgan.codebook_size} codes but model.image_vocab_size is "
@@ -69,20 +79,21 @@ class Generator:
 
     @classmethod
     def from_parts(cls, config: ConfigDict, params: Any, mesh: Any = None, tokenizer_path: str = "",
-                   vqgan_checkpoint: str = "") -> "Generator":
+                   vqgan_checkpoint: str = "", *, decode_kernels: str = "auto") -> "Generator":
         data = config.data
         vq_dir = vqgan_checkpoint or data.vqgan_checkpoint
         if mesh is not None:
-            from dalle.modeling.vqgan import api as vqgan_api
+            from dalle import kinds
 
-            vqgan = vqgan_api.VQGANTokenizer.from_checkpoint(vq_dir, mesh=mesh)
+            vqgan = kinds.load_image_tokenizer(vq_dir, mesh=mesh)
         else:
-            vqgan = _vqgan(vq_dir)
-        return cls(config, params, _vocab(tokenizer_path or data.tokenizer_path), vqgan, mesh)
+            vqgan = _image_tokenizer(vq_dir)
+        return cls(config, params, _vocab(tokenizer_path or data.tokenizer_path), vqgan, mesh,
+                   decode_kernels=decode_kernels)
 
     @classmethod
     def from_checkpoint(cls, directory: str, mesh: Any = None, tokenizer_path: str = "",
-                        vqgan_checkpoint: str = "") -> "Generator":
+                        vqgan_checkpoint: str = "", *, decode_kernels: str = "auto") -> "Generator":
         """A trained workdir (its exported model or latest checkpoint) or an exported/converted model dir."""
         import os
 
@@ -99,7 +110,7 @@ class Generator:
             if not given[key] and ("data" not in config or not config.data.get(key)):
                 raise GenerationError(f"{directory}: its config has no data.{key}; it cannot turn prompts into "
                                       f"images")
-        return cls.from_parts(config, params, mesh, tokenizer_path, vqgan_checkpoint)
+        return cls.from_parts(config, params, mesh, tokenizer_path, vqgan_checkpoint, decode_kernels=decode_kernels)
 
     # --- text ------------------------------------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> Prompts:
@@ -129,24 +140,44 @@ class Generator:
         return np.repeat(blank, n, axis=0)
 
     # --- sampling --------------------------------------------------------------------------------------------
-    def codes(self, prompts: Sequence[str], *, num_images: int = 1, seed: int = 0, condition_scale: float = 1.0,
-              top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0) -> np.ndarray:
-        """int32 [len(prompts) * num_images, image_length], prompt-major."""
+    @functools.cached_property
+    def sampling(self) -> sampling_schema.Sampling:
+        """The model's `sampling` section (schema defaults for model directories exported without one): what
+        `codes` uses for every setting it is not given."""
+        return sampling_schema.resolve(self.config)
+
+    def settings(self, overrides: Mapping[str, Any] | None = None,
+                 labels: Mapping[str, str] | None = None) -> sampling_schema.Sampling:
+        """The model's sampling section with `overrides` (name -> value; None = the model's) applied and checked;
+        SamplingError names where a bad value came from (a flag, via `labels`, or the model's section)."""
+        return sampling_schema.resolve(self.config, overrides, labels)
+
+    def codes(self, prompts: Sequence[str], *, num_images: int = 1, seed: int = 0,
+              condition_scale: float | None = None, top_k: int | None = None, top_p: float | None = None,
+              temperature: float | None = None) -> np.ndarray:
+        """int32 [len(prompts) * num_images, image_length], prompt-major. Settings left None are the model's
+        (`self.sampling`)."""
         from dalle.modeling import sampling
 
+        s = self.sampling
+        condition_scale = s.guidance if condition_scale is None else condition_scale
+        top_k = s.top_k if top_k is None else top_k
+        top_p = s.top_p if top_p is None else top_p
+        temperature = s.temperature if temperature is None else temperature
         _check_numbers(num_images, condition_scale, top_k, top_p, temperature, self.model.image_vocab_size)
         n = len(prompts)
         pad = (-n) % self.rows_multiple
         p = self.tokenize(list(prompts) + [prompts[-1]] * pad)
         rng = seed if isinstance(seed, jax.Array) else jax.random.PRNGKey(seed)
         kw = dict(num_images=num_images, condition_scale=condition_scale, top_k=top_k, top_p=top_p,
-                  temperature=temperature, uncond_tokens=self.unconditional(n + pad))
+                  temperature=temperature, uncond_tokens=self.unconditional(n + pad),
+                  decode_kernels=self.decode_kernels)
         if self.mesh is None:
             out = sampling.generate(self.model, self.params, p.tokens, rng, **kw)
         else:
             from dalle import sharding
 
-            with sharding.use_mesh(self.mesh):
+            with sharding.use_mesh(self.mesh, self.rules):
                 out = sampling.generate(self.model, self.params, p.tokens, rng, **kw)
         return np.asarray(jax.device_get(out))[: n * num_images]
 

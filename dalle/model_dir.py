@@ -60,6 +60,35 @@ def read_extra(directory: str) -> dict:
     return meta
 
 
+def exported_model_dir(directory: str) -> str | None:
+    """The model directory holding `directory`'s exported model: itself, or a trainer workdir's `model/`
+    (None when training has not exported one yet)."""
+    if os.path.isdir(os.path.join(directory, PARAMS_DIR)) and os.path.isfile(os.path.join(directory, CONFIG_FILE)):
+        return directory
+    exported = os.path.join(directory, "model")
+    return exported if os.path.isfile(os.path.join(exported, CONFIG_FILE)) else None
+
+
+def set_config_section(directory: str, section: str, values: dict, extra: dict | None = None) -> str:
+    """Replaces one top-level section of a model directory's config (and sets `extra` entries next to it), e.g.
+    the `sampling` section after an eval sweep. Atomic: readers see the old file or the new one, never a partial
+    write. Returns the path written."""
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{directory!r} is not a dalle checkpoint: {CONFIG_FILE} is missing")
+    with open(path) as f:
+        meta = json.load(f)
+    if "config" not in meta:
+        raise CheckpointError(f"{path}: no 'config' entry")
+    meta["config"][section] = json.loads(json.dumps(values))
+    meta.update(extra or {})
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
 def _tuplify(x: Any) -> Any:
     """JSON turns tuples into lists; configs use tuples."""
     if isinstance(x, dict):
@@ -123,3 +152,17 @@ def load_latest_model(workdir: str) -> tuple[ConfigDict, Any]:
     state = restored["state"]
     params = state["params"] if isinstance(state, dict) and "params" in state else state
     return config, params
+
+
+def config_of(directory: str) -> ConfigDict:
+    """The config of an exported model directory or of a trainer workdir, without loading any parameter."""
+    if os.path.isdir(os.path.join(directory, PARAMS_DIR)):
+        return read_config(directory)
+    exported = os.path.join(directory, "model")
+    if os.path.isfile(os.path.join(exported, CONFIG_FILE)):
+        return read_config(exported)
+    run_config = os.path.join(directory, "config.json")
+    if not os.path.isfile(run_config):
+        raise CheckpointError(f"{directory!r} is neither a model checkpoint (no {PARAMS_DIR}/) nor a training workdir")
+    with open(run_config) as f:
+        return ConfigDict(_tuplify(json.load(f)))

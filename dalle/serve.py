@@ -95,13 +95,21 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True)
 class Defaults:
-    """The values the page starts with and the API uses for missing fields (seed None = a fresh random seed)."""
+    """The values the page starts with and the API uses for missing fields (seed None = a fresh random seed):
+    the model's `sampling` section (`from_sampling`) with the command line's overrides."""
 
-    n: int = 8
-    top: int = 0  # 0 = keep all n
-    condition_scale: float = 3.0
-    top_k: int = 0
-    temperature: float = 1.0
+    n: int
+    top: int  # 0 = keep all n
+    condition_scale: float
+    top_k: int
+    temperature: float
+
+    @classmethod
+    def from_sampling(cls, settings: Any, reranking: bool, max_images: int) -> "Defaults":
+        """From `dalle.sampling_schema.Sampling`; keeping fewer than n needs reranking."""
+        n = min(settings.candidates, max_images)
+        return cls(n=n, top=min(settings.keep, n) if reranking else 0, condition_scale=settings.guidance,
+                   top_k=settings.top_k, temperature=settings.temperature)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,10 +452,14 @@ class Server:
     (tests), `serve_forever()` in the foreground (`dalle serve`); `url` is where it listens."""
 
     def __init__(self, generate_fn: GenerateFn, *, rerank_fn: RerankFn | None = None, host: str = DEFAULT_HOST,
-                 port: int = DEFAULT_PORT, limits: Limits = Limits(), defaults: Defaults = Defaults(),
+                 port: int = DEFAULT_PORT, limits: Limits = Limits(), defaults: Defaults | None = None,
                  max_queue: int = 8, warmup: Callable[[], Any] | None = None, title: str = "dalle",
                  model_info: str = "", examples: Sequence[str] = ()):
         self.limits = limits
+        if defaults is None:  # the sampling schema's defaults (a model without its own `sampling` section)
+            from dalle import sampling_schema
+
+            defaults = Defaults.from_sampling(sampling_schema.resolve(), rerank_fn is not None, limits.max_images)
         self.defaults = dataclasses.replace(defaults, n=min(defaults.n, limits.max_images),
                                             top=defaults.top if rerank_fn is not None else 0)
         self.worker = Worker(generate_fn, rerank_fn, max_queue=max_queue, warmup=warmup)
@@ -858,9 +870,10 @@ init();
 # ----------------------------------------------------------------------------------------------------------------
 # The command
 # ----------------------------------------------------------------------------------------------------------------
-def generator_fn(gen: Any, top_p: float = 1.0) -> GenerateFn:
+def generator_fn(gen: Any, top_p: float | None = None) -> GenerateFn:
     """Adapts a `dalle.generation.Generator` to the server's generate function (same seed -> same images as
-    `dalle generate` with the same settings, since both sample all n candidates of a prompt in one call)."""
+    `dalle generate` with the same settings, since both sample all n candidates of a prompt in one call).
+    `top_p` applies to every request (None: the model's sampling section)."""
 
     def generate(prompt: str, n: int, condition_scale: float, top_k: int, temperature: float, seed: int,
                  progress: ProgressFn) -> np.ndarray:
@@ -888,54 +901,73 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dalle serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                    help=f"trained workdir or model dir (default: {DEFAULT_CHECKPOINT}, what `make demo` writes)")
-    p.add_argument("--clip", default="", help="CLIP checkpoint to rerank with (dalle convert clip / clip_shapes); "
-                                              "without it images are shown in sampling order")
+    p.add_argument("--clip", default=None, help="CLIP checkpoint to rerank with (dalle convert clip / clip_shapes); "
+                                                "'' = images in sampling order (default: sampling.clip_checkpoint)")
     p.add_argument("--host", default=DEFAULT_HOST,
                    help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 exposes the demo)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
     p.add_argument("--max-images", type=int, default=16, help="most images one request may ask for")
     p.add_argument("--max-queue", type=int, default=8, help="requests that may wait; more get HTTP 503")
-    p.add_argument("--n", type=int, default=8, help="the page's default number of images")
-    p.add_argument("--top", type=int, default=4, help="the page's default 'keep best' when reranking")
-    p.add_argument("--condition-scale", type=float, default=3.0, help="the page's default guidance")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass for every request (1 = off)")
+    # Sampling flags default to None: the model's `sampling` section (dalle/sampling_schema.py) decides.
+    p.add_argument("--n", type=int, default=None, help="the page's default number of images (sampling.candidates)")
+    p.add_argument("--top", type=int, default=None,
+                   help="the page's default 'keep best' when reranking (sampling.keep)")
+    p.add_argument("--condition-scale", type=float, default=None,
+                   help="the page's default guidance (sampling.guidance)")
+    p.add_argument("--temperature", type=float, default=None, help="the page's default temperature")
+    p.add_argument("--top-k", type=int, default=None, help="the page's default top-k")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass for every request (1 = off)")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip compiling the default request at startup (the first request then pays for it)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every HTTP request")
     return p
 
 
+# Which sampling setting each flag overrides (dalle/sampling_schema.py), and how errors name it.
+FLAG_LABELS = {"candidates": "--n", "keep": "--top", "guidance": "--condition-scale", "temperature": "--temperature",
+               "top_k": "--top-k", "top_p": "--top-p", "clip_checkpoint": "--clip"}
+
+
 def build_server(args: argparse.Namespace) -> Server:
     """Loads the model (once) and the optional CLIP, and binds the server; raises ValueError/OSError with a
     message for the user."""
-    from dalle import generation
+    from dalle import generation, sampling_schema
 
     for name in ("max_images", "max_queue", "n"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} = {getattr(args, name)} must be >= 1")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port = {args.port} must be between 0 and 65535")
-    if not 0 < args.top_p <= 1:
+    if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p = {args.top_p} must be in (0, 1]")
-    if args.top < 0:
+    if args.top is not None and args.top < 0:
         raise ValueError(f"--top = {args.top} must be >= 0 (0 = keep all)")
-    if not 0 <= args.condition_scale <= Limits.max_condition_scale:
+    if args.condition_scale is not None and not 0 <= args.condition_scale <= Limits.max_condition_scale:
         raise ValueError(f"--condition-scale = {args.condition_scale} must be between 0 and "
                          f"{Limits.max_condition_scale:g}")
     gen = generation.Generator.from_checkpoint(args.checkpoint)
+    settings = gen.settings({"candidates": args.n, "keep": args.top, "guidance": args.condition_scale,
+                             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                             "clip_checkpoint": args.clip}, FLAG_LABELS)
+    for what, value, bound in (("guidance", settings.guidance, Limits.max_condition_scale),
+                               ("temperature", settings.temperature, Limits.max_temperature)):
+        if value > bound:
+            raise ValueError(f"the default {what} {value:g} (a flag or the model's sampling section) is above the "
+                             f"page's limit {bound:g}")
     rerank_fn = None
-    if args.clip:
+    clip_dir = sampling_schema.rerank_clip(settings, from_user=args.clip is not None)
+    if clip_dir:
         from dalle.modeling.clip import model as clip
 
         # CLIPs trained on our data tokenize with the DALL·E model's sentencepiece model when they name none.
-        rerank_fn = clip_scorer(clip.load_clip(args.clip, tokenizer_path=gen.config.data.tokenizer_path))
+        rerank_fn = clip_scorer(clip.load_clip(clip_dir, tokenizer_path=gen.config.data.tokenizer_path))
     limits = Limits(max_images=args.max_images, image_codes=int(gen.model.image_vocab_size))
-    defaults = Defaults(n=min(args.n, args.max_images), top=min(args.top, args.n) if rerank_fn else 0,
-                        condition_scale=args.condition_scale)
-    fn = generator_fn(gen, top_p=args.top_p)
+    defaults = Defaults.from_sampling(settings, rerank_fn is not None, args.max_images)
+    fn = generator_fn(gen, top_p=settings.top_p)
 
     def warmup() -> None:  # compiles the default request's shapes while the page is already up
-        images = fn("a", defaults.n, defaults.condition_scale, 0, 1.0, 0, lambda f, s: None)
+        images = fn("a", defaults.n, defaults.condition_scale, defaults.top_k, defaults.temperature, 0,
+                    lambda f, s: None)
         if rerank_fn is not None:
             rerank_fn("a", images)
     examples: Sequence[str] = ()

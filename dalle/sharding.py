@@ -166,6 +166,30 @@ def logical_sharding(
     return NamedSharding(mesh, logical_to_spec(logical_axes, rules, mesh, shape))
 
 
+def config_logical_rules(config: Any) -> tuple[tuple[str, Any], ...]:
+    """A config's own `mesh.logical_rules` as tuples (JSON-loaded lists included); () without a mesh section."""
+    mesh = config.get("mesh") if config is not None and "mesh" in config else None
+    rules = mesh.get("logical_rules", ()) if mesh is not None else ()
+    return tuple((str(name), tuple(target) if isinstance(target, (list, tuple)) else target)
+                 for name, target in (rules or ()))
+
+
+def rules_from_config(*configs: Any) -> tuple[tuple[str, Any], ...]:
+    """The logical rules everything that lays out a model's arrays must use: each config's `mesh.logical_rules`
+    in the order given (the first rule for a name wins), then DEFAULT_LOGICAL_RULES.
+
+    Training, generation and encoding all call this on the config that built the params (exported model
+    configs carry `mesh.logical_rules`), so a model is laid out the same way wherever it runs."""
+    return sum((config_logical_rules(c) for c in configs), ()) + DEFAULT_LOGICAL_RULES
+
+
+def batch_shards(mesh: Mesh, rules: LogicalRules) -> int:
+    """How many ways the `batch` logical axis is split on `mesh` under `rules` (the product of the sizes of the
+    mesh axes it maps to): global batches must have a multiple of this many rows."""
+    spec = logical_to_spec(("batch",), rules, mesh)
+    return math.prod(mesh.shape[a] for a in _as_tuple(spec[0] if len(spec) else None))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Parameter rules (regex over Haiku paths)
 # --------------------------------------------------------------------------------------------------------------
@@ -183,7 +207,8 @@ def get_partition_rules(name: str) -> tuple[tuple[str, LogicalAxes], ...]:
     return _PARAM_RULES[name]
 
 
-def _path_str(path: Sequence[Any]) -> str:
+def path_str(path: Sequence[Any]) -> str:
+    """"module/submodule/param" for a jax tree path (the form partition rules and filters match against)."""
     parts = []
     for k in path:
         if isinstance(k, jax.tree_util.DictKey):
@@ -207,7 +232,7 @@ def param_logical_axes(params: Any, rules: ParamRules) -> Any:
     missing: list[str] = []
 
     def one(path, leaf):
-        name = _path_str(path)
+        name = path_str(path)
         ndim = len(np.shape(leaf))
         for regex, axes in compiled:
             if regex.search(name):
@@ -257,11 +282,11 @@ def derived_state_shardings(state: Any, params: Any, shardings: Any, mesh: Mesh)
     for (path, leaf), sh in zip(
         jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(shardings)
     ):
-        by_path[tuple(_path_str([k]) for k in path)] = (tuple(np.shape(leaf)), sh)
+        by_path[tuple(path_str([k]) for k in path)] = (tuple(np.shape(leaf)), sh)
     depth = max((len(k) for k in by_path), default=0)
 
     def one(path, leaf):
-        keys = tuple(_path_str([k]) for k in path)
+        keys = tuple(path_str([k]) for k in path)
         for n in range(min(depth, len(keys)), 0, -1):
             hit = by_path.get(keys[-n:])
             if hit is not None and hit[0] == tuple(np.shape(leaf)):
@@ -358,10 +383,10 @@ def describe(params: Any, shardings: Any) -> str:
     lines = []
     for (path, leaf), sh in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(shardings)):
         spec = sh.spec if isinstance(sh, NamedSharding) else sh
-        lines.append(f"{_path_str(path):70s} {str(tuple(np.shape(leaf))):22s} {spec}")
+        lines.append(f"{path_str(path):70s} {str(tuple(np.shape(leaf))):22s} {spec}")
     return "\n".join(lines)
 
 
 def to_mapping(tree: Any) -> Mapping[str, Any]:
     """Flat {path: leaf} view of a tree, convenient in tests and converters."""
-    return {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}

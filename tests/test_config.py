@@ -126,3 +126,37 @@ def test_variant_and_root():
         config_lib.variant_and_root("c", ("a", "b"))
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['size'\]"):
         config_lib.variant_and_root("a,size=3", ("a", "b"))
+
+
+def _model_errors(model: dict) -> str:
+    with pytest.raises(ConfigError) as e:
+        config_lib.validate(config_lib.ConfigDict({"model": model}))
+    return str(e.value)
+
+
+def test_model_sizes_have_no_silent_default():
+    from dalle.modeling import model as model_lib
+    from dalle.modeling import presets, schema
+
+    micro = presets.micro().to_dict()
+    for key in schema.DALLE_BART_SIZE_KEYS:
+        forgot = {k: v for k, v in micro.items() if k != key}
+        assert f"model.{key} is required" in _model_errors(forgot)
+        with pytest.raises(ConfigError, match=f"model.{key} is required"):
+            model_lib.complete_config(config_lib.ConfigDict(forgot))
+    msg = _model_errors({"kind": "decoder_only", "d_model": 64})
+    for key in set(schema.DECODER_ONLY_SIZE_KEYS) - {"d_model"}:
+        assert f"model.{key} is required" in msg
+    assert "model.d_model is" not in msg
+    assert "model.num_heads = -2 must be positive" in _model_errors(
+        dict(presets.tiny_decoder_only().to_dict(), num_heads=-2))
+
+
+def test_real_data_image_size_is_required_but_shapes_keeps_its_default():
+    with pytest.raises(ConfigError, match="data.image_size is required for data.source = 'folder'"):
+        config_lib.validate(config_lib.ConfigDict({"data": {"source": "folder"}}))
+    assert config_lib.validate(config_lib.ConfigDict({"data": {"source": "folder", "image_size": 128}})
+                               ).data.image_size == 128
+    assert config_lib.validate(config_lib.ConfigDict({"data": {"source": "shapes"}})).data.image_size == 32
+    c = config_lib.load_config("configs/real_data.py:csv", ["--config.data.image_size=64"])
+    assert c.data.image_size == 64

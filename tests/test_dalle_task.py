@@ -40,6 +40,28 @@ def test_trains_and_exports(base, tmp_path):
     assert sum(np.size(x) for x in jax.tree_util.tree_leaves(params)) > 1000
 
 
+def test_export_saves_the_sampling_section(base, tmp_path):
+    """Every exported model carries a complete `sampling` section (the schema's defaults when the training config
+    has none), and generation reads it back from the model directory."""
+    from dalle import config as config_lib
+    from dalle import generation, sampling_schema
+
+    task = DalleTask(base)
+    params = jax.device_get(task.init_state(jax.random.PRNGKey(0)))["params"]
+    _, exported = task.export_params({"params": params})
+    assert exported.sampling.to_dict() == sampling_schema.sampling_defaults().to_dict()
+    cfg = base.copy_and_resolve_references()
+    cfg.sampling = ml_collections.ConfigDict(dict(guidance=1.5, temperature=0.7, top_k=8))
+    cfg = config_lib.validate(cfg)
+    _, exported = DalleTask(cfg).export_params({"params": params})
+    assert exported.sampling.to_dict() == {**sampling_schema.sampling_defaults().to_dict(), "guidance": 1.5,
+                                           "temperature": 0.7, "top_k": 8}
+    saved = checkpoint.save_model(str(tmp_path / "model"), params, exported)
+    assert checkpoint.read_config(saved).sampling.guidance == 1.5
+    gen = generation.Generator.from_checkpoint(saved)
+    assert (gen.sampling.guidance, gen.sampling.temperature, gen.sampling.top_k) == (1.5, 0.7, 8)
+
+
 def test_grad_accumulation_matches_full_batch(base):
     full = DalleTask(_with(base, grad_accum_steps=1))
     accum = DalleTask(_with(base, grad_accum_steps=4))

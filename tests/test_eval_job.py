@@ -19,7 +19,7 @@ from dalle.tokenizers import sentencepiece as tokenizer
 from dalle.modeling.clip import model as clip_lib
 from dalle.eval import fid
 from dalle.eval import main as eval_main
-from dalle.eval import schema as eval_schema
+from dalle.modeling.clip import schema as clip_schema
 
 
 _WORLD: dict[str, tuple[ConfigDict, str]] = {}
@@ -43,7 +43,7 @@ def _tiny_world(tmp_path) -> tuple[ConfigDict, str]:
 
 
 def _save_clip(tmp_path, data: ConfigDict) -> str:
-    m = eval_schema.clip_defaults()
+    m = clip_schema.clip_defaults()
     m.update(dict(name="tiny-random-clip", embed_dim=16, image_size=32, patch_size=8, vision_width=32,
                   vision_layers=1, vision_heads=2, vision_mlp_dim=64, context_length=16, vocab_size=128,
                   text_width=32, text_layers=1, text_heads=2, text_mlp_dim=64, text_pool="eos", eos_id=1,
@@ -175,6 +175,41 @@ def test_eval_job_on_rendered_candidates_without_clip(tmp_path):
     assert entry["fid"]["value"] is None and entry["fid"]["note"]
     assert any("FID/KID not computed" in n for n in res["notes"])
     assert "no scale has both numbers" in (tmp_path / "out" / "fid_vs_clip.svg").read_text()
+
+
+class _GuidanceSensitiveGenerator(_RenderingGenerator):
+    """Renders the prompt's scene only at guidance 2: the sweep's best scale is known."""
+
+    def __call__(self, captions, scale, rng):
+        out = super().__call__(captions, scale, rng)
+        return out if scale == 2.0 else np.zeros_like(out)
+
+
+def test_sweep_writes_its_best_guidance_into_the_model(tmp_path):
+    """The exported model's sampling section gets the scale with the best validation accuracy and the settings the
+    job sampled with (the model's own where the eval config says None)."""
+    data, _ = _tiny_world(tmp_path)
+    work = tmp_path / "work"
+    checkpoint.save_model(str(work / "model"), {"w": np.zeros(2, np.float32)},
+                          ConfigDict({"model": {"image_vocab_size": 512},
+                                      "sampling": {"guidance": 3.0, "temperature": 0.7, "top_k": 8}}))
+    cfg = config_lib.load_config("configs/eval/shapes.py:quick", [
+        "--config.eval.clip_checkpoint=", "--config.eval.num_prompts=2", "--config.eval.keep_top=2",
+        "--config.eval.splits=('validation',)", "--config.eval.condition_scales=(1.0,2.0,3.0)",
+        f"--config.eval.inception_checkpoint={tmp_path / 'none'}", "--config.eval.progress_bar=false",
+        f"--config.eval.output_dir={tmp_path / 'out'}", "--config.eval.save_images=false"])
+    from dalle.eval import compositional
+
+    gen = _GuidanceSensitiveGenerator(data, compositional.shapes_prompts(data, "validation", 2))
+    gen.config = checkpoint.read_config(str(work / "model"))
+    res = eval_main.run(cfg, str(work), generator=gen)
+    assert res["sampling_written"]["written"] and res["sampling_written"]["guidance"] == 2.0
+    assert res["sampling"]["temperature"] == 0.7 and res["sampling"]["top_k"] == 8  # the model's own
+    section = checkpoint.read_config(str(work / "model")).sampling.to_dict()
+    assert section == dict(guidance=2.0, temperature=0.7, top_k=8, top_p=1.0, candidates=2, keep=2,
+                           clip_checkpoint="")
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["sampling_written"]["by_scale"] == \
+        {"1": 0.0, "2": 0.5, "3": 0.0}
 
 
 def test_fid_clip_svg_places_points():

@@ -69,3 +69,54 @@ def test_bad_numbers_and_long_prompt(model_dir, capsys, tmp_path):
     code = cli.main(["generate", long, "--checkpoint", model_dir, "--n", "1", "--out", str(tmp_path / "g.png")])
     assert code == 0
     assert "truncated" in capsys.readouterr().err
+
+
+def _with_sampling(src: str, dst, section: dict) -> str:
+    """A copy of a model dir whose config carries `section` as its sampling section."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    checkpoint.set_config_section(str(dst), "sampling", section)
+    return str(dst)
+
+
+TUNED = dict(guidance=1.5, temperature=0.7, top_k=8, candidates=2, keep=1)
+
+
+def test_generator_samples_with_the_model_sampling_section(model_dir, tmp_path):
+    from dalle import sampling_schema
+
+    assert generation.Generator.from_checkpoint(model_dir).sampling == sampling_schema.resolve(None)  # no section
+    gen = generation.Generator.from_checkpoint(_with_sampling(model_dir, tmp_path / "tuned", TUNED))
+    s = gen.sampling
+    assert (s.guidance, s.temperature, s.top_k, s.top_p, s.candidates, s.kept) == (1.5, 0.7, 8, 1.0, 2, 1)
+    implicit = gen.codes(["a red circle"], num_images=2, seed=1)
+    explicit = gen.codes(["a red circle"], num_images=2, seed=1, condition_scale=1.5, temperature=0.7, top_k=8,
+                         top_p=1.0)
+    other = gen.codes(["a red circle"], num_images=2, seed=1, condition_scale=3.0, temperature=1.0, top_k=0)
+    assert np.array_equal(implicit, explicit) and not np.array_equal(implicit, other)
+
+
+def test_flags_override_the_model_sampling_section(model_dir, tmp_path, monkeypatch, capsys):
+    tuned = _with_sampling(model_dir, tmp_path / "tuned", {**TUNED, "clip_checkpoint": str(tmp_path / "no_clip")})
+    calls = []
+    original = generation.Generator.images
+
+    def recording(self, prompts, **kw):
+        calls.append(kw)
+        return original(self, prompts, **kw)
+
+    monkeypatch.setattr(generation.Generator, "images", recording)
+    out = tmp_path / "g.png"
+    base = ["generate", "a red circle", "--checkpoint", tuned, "--out", str(out), "--scale", "1"]
+    assert cli.main(base) == 0  # no flags: the model's section
+    err = capsys.readouterr().err
+    assert "sampling.clip_checkpoint" in err and "not reranked" in err  # its CLIP is missing: a warning, no rerank
+    assert calls[-1] == dict(num_images=2, seed=0, condition_scale=1.5, temperature=0.7, top_k=8, top_p=1.0)
+    assert np.asarray(Image.open(out)).shape == (32 + 2 * 2, 32 + 2 * 2, 3)  # keep 1
+    assert cli.main(base + ["--n", "3", "--top", "0", "--condition-scale", "2", "--top-k", "0", "--clip", ""]) == 0
+    assert "warning" not in capsys.readouterr().err  # --clip '': reranking off on purpose
+    assert calls[-1] == dict(num_images=3, seed=0, condition_scale=2.0, temperature=0.7, top_k=0, top_p=1.0)
+    assert np.asarray(Image.open(out)).shape == (32 + 2 * 2, 3 * 32 + 4 * 2, 3)  # all 3 kept
+    assert cli.main(base + ["--top", "3"]) == 2
+    assert "--top = 3 must be between 0 (keep all) and the model's sampling.candidates = 2" in capsys.readouterr().err

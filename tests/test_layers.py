@@ -1,6 +1,6 @@
 """Shared transformer pieces: norms, activations, attention with a KV cache, layer stacks, mixed precision."""
 
-import contextlib
+import dataclasses
 
 import haiku as hk
 import jax
@@ -9,7 +9,7 @@ import jmp
 import numpy as np
 import pytest
 
-from dalle.kernels import cache_attention
+from dalle.kernels import cache_attention, panel_gemm
 from dalle.modeling import layers
 
 F32 = jmp.Policy(jnp.float32, jnp.float32, jnp.float32)
@@ -74,11 +74,12 @@ def test_cached_attention_equals_full_and_is_causal(variant, native):
     def full(x):
         return layers.Attention(spec, F32, is_cross=False, causal=True, name="a")(x, q_positions=jnp.arange(seq))[0]
 
+    # native: one-token steps read the cache with dalle.kernels.cache_attention (only its filled part)
+    step_spec = dataclasses.replace(spec, decode_kernels="native" if native else "xla")
+
     def step(x, t, cache):
-        # native: one-token steps read the cache with dalle.kernels.cache_attention (only its filled part)
-        with layers.native_decode_kernels() if native else contextlib.nullcontext():
-            out, kv = layers.Attention(spec, F32, is_cross=False, causal=True, name="a")(
-                x, q_positions=t + jnp.arange(x.shape[1]), cache=cache, cache_index=t)
+        out, kv = layers.Attention(step_spec, F32, is_cross=False, causal=True, name="a")(
+            x, q_positions=t + jnp.arange(x.shape[1]), cache=cache, cache_index=t)
         return out, kv
 
     x = jax.random.normal(jax.random.PRNGKey(1), (2, seq, 16))
@@ -194,15 +195,23 @@ def test_bf16_policy_keeps_fp32_params():
     np.testing.assert_allclose(np.asarray(y16, np.float32), t32.apply(p, None, x), atol=0.1)
 
 
-def test_native_decode_scope_is_per_thread():
-    """A server tracing a decode step in one thread must not switch another thread's trace to native kernels."""
-    import threading
-
-    seen = []
-    with layers.native_decode_kernels():
-        assert layers._NATIVE_DECODE.get()
-        t = threading.Thread(target=lambda: seen.append(layers._NATIVE_DECODE.get()))
-        t.start()
-        t.join()
-    assert seen == [False]
-    assert not layers._NATIVE_DECODE.get()
+def test_dense_decode_kernels_are_an_explicit_choice():
+    """Only a Dense built with decode_kernels="native" reads the packed `kernel_panels` (no ambient switch: a
+    server tracing decode steps in several threads cannot change another trace's kernels)."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8))
+    xla = hk.transform(lambda x: layers.Dense(20, F32, name="d")(x))
+    params = xla.init(jax.random.PRNGKey(0), x)
+    assert set(params["d"]) == {"kernel"}
+    ref = x @ params["d"]["kernel"]
+    packed = layers.with_panel_kernels(params)
+    assert set(packed["d"]) == {"kernel", "kernel_panels"}
+    np.testing.assert_allclose(xla.apply(packed, None, x), ref, rtol=1e-5, atol=1e-5)
+    if panel_gemm.available():
+        native = hk.transform(lambda x: layers.Dense(20, F32, name="d", decode_kernels="native")(x))
+        only_panels = {"d": {"kernel_panels": packed["d"]["kernel_panels"]}}
+        np.testing.assert_allclose(native.apply(only_panels, None, x), ref, rtol=1e-5, atol=1e-5)
+    bad = hk.transform(lambda x: layers.Dense(20, F32, decode_kernels="fast")(x))
+    with pytest.raises(ValueError, match="unknown decode_kernels 'fast'"):
+        bad.init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="unknown decode_kernels 'fast'"):
+        _spec(decode_kernels="fast")

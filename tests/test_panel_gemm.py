@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dalle.kernels import native, panel_gemm
+from dalle.kernels import cache_attention, native, panel_gemm
 from dalle.modeling import model as model_lib
 from dalle.modeling import presets, sampling
 
@@ -54,12 +54,12 @@ def test_generate_with_panel_kernels_matches_xla_dot(kind):
     params = model_lib.random_params(model, seed=0)
     text = jnp.asarray(np.random.RandomState(1).randint(1, 50, (2, model.max_text_length)), jnp.int32)
     kw = dict(condition_scale=3.0, temperature=0.0, return_logits=True)
-    ref_codes, ref_logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), native_kernels=False, **kw)
-    codes, logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), native_kernels=True, **kw)
+    ref_codes, ref_logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), decode_kernels="xla", **kw)
+    codes, logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), decode_kernels="native", **kw)
     np.testing.assert_array_equal(codes, ref_codes)
     np.testing.assert_allclose(logits, ref_logits, atol=2e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="native_kernels=True needs float32"):
-        sampling.generate(model, params, text, jax.random.PRNGKey(0), native_kernels=True, compute_dtype="bfloat16")
+    with pytest.raises(ValueError, match="decode_kernels='native' needs float32"):
+        sampling.generate(model, params, text, jax.random.PRNGKey(0), decode_kernels="native", compute_dtype="bfloat16")
 
 
 def test_generate_on_scanned_layers_with_panel_kernels():
@@ -69,8 +69,17 @@ def test_generate_on_scanned_layers_with_panel_kernels():
     params = model_lib.random_params(model, seed=1)
     text = jnp.asarray(np.random.RandomState(2).randint(1, 50, (1, model.max_text_length)), jnp.int32)
     kw = dict(condition_scale=2.0, temperature=0.0, return_logits=True)
-    ref_codes, ref_logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), native_kernels=False, **kw)
-    codes, logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), native_kernels=True,
+    ref_codes, ref_logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), decode_kernels="xla", **kw)
+    codes, logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), decode_kernels="native",
                                       unroll_layers=False, **kw)
     np.testing.assert_array_equal(codes, ref_codes)
     np.testing.assert_allclose(logits, ref_logits, atol=2e-4, rtol=1e-4)
+
+
+def test_decode_kernels_auto_picks_native_where_it_runs():
+    # This module runs only where panel_gemm builds; "auto" also wants the cache-attention kernel.
+    assert sampling.resolve_decode_kernels("auto") == ("native" if cache_attention.available() else "xla")
+    assert sampling.resolve_decode_kernels("auto", compute_dtype="bfloat16") == "xla"
+    assert sampling.resolve_decode_kernels("xla") == "xla"
+    with pytest.raises(ValueError, match="decode_kernels = 'fast' is not one of"):
+        sampling.resolve_decode_kernels("fast")

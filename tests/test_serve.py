@@ -408,7 +408,7 @@ def make_tiny_checkpoint(root: str) -> tuple[str, str]:
     from dalle import config as config_lib
     from dalle.tokenizers import sentencepiece as tokenizer
     from dalle.modeling.clip import model as clip_lib
-    from dalle.eval import schema as eval_schema
+    from dalle.modeling.clip import schema as clip_schema
     from dalle.modeling import model as model_lib
     from dalle.modeling import presets
     from dalle.modeling.vqgan import model as vqgan_lib
@@ -425,7 +425,7 @@ def make_tiny_checkpoint(root: str) -> tuple[str, str]:
     params = model_lib.random_params(model_lib.build_model(m), seed=1)
     config = ConfigDict({"model": m, "data": {"tokenizer_path": tok_path, "vqgan_checkpoint": vq_dir,
                                               "source": "shapes"}})
-    clip_config = eval_schema.clip_defaults()
+    clip_config = clip_schema.clip_defaults()
     clip_config.update(dict(embed_dim=16, image_size=16, patch_size=8, vision_width=32, vision_layers=1,
                             vision_heads=2, vision_mlp_dim=64, context_length=16, vocab_size=vocab, text_width=32,
                             text_layers=1, text_heads=2, text_mlp_dim=64, text_pool="eos", eos_id=1, activation="gelu"))
@@ -492,3 +492,27 @@ def test_bad_command_line_values_are_refused(capsys):
     assert "--port = 70000 must be between 0 and 65535" in capsys.readouterr().err
     assert serve.main(["--max-queue", "0"]) == 2
     assert "--max-queue = 0 must be >= 1" in capsys.readouterr().err
+
+
+def test_page_defaults_come_from_the_model_sampling_section_and_flags_override_them(tmp_path):
+    from dalle import model_dir as checkpoint
+
+    ckpt, clip_dir = make_tiny_checkpoint(str(tmp_path))
+    checkpoint.set_config_section(ckpt, "sampling", dict(guidance=1.5, temperature=0.7, top_k=8, candidates=4,
+                                                         keep=1, clip_checkpoint=clip_dir))
+
+    def build(*flags: str) -> serve.Server:
+        args = serve._parser().parse_args(["--checkpoint", ckpt, "--port", "0", "--no-warmup", *flags])
+        server = serve.build_server(args)
+        server.httpd.server_close()  # never started: only its settings are looked at
+        return server
+
+    server = build()
+    assert server.reranking  # the model's CLIP, without --clip
+    assert server.defaults == serve.Defaults(n=4, top=1, condition_scale=1.5, top_k=8, temperature=0.7)
+    server = build("--n", "3", "--top", "2", "--condition-scale", "2", "--temperature", "1", "--top-k", "0",
+                   "--clip", "")
+    assert not server.reranking and server.defaults == serve.Defaults(n=3, top=0, condition_scale=2.0, top_k=0,
+                                                                     temperature=1.0)
+    with pytest.raises(ValueError, match="--top = 5 must be between 0 .* the model's sampling.candidates = 4"):
+        build("--top", "5")

@@ -86,3 +86,38 @@ def test_opt_state_shardings_follow_params():
     osh = sharding.derived_state_shardings(state, params, sh, mesh)
     assert osh[0].mu["head"]["w"].spec == P(None, "model")
     assert osh[0].count.spec == P()
+
+
+def test_rules_from_config_puts_each_configs_rules_before_the_defaults():
+    from ml_collections import ConfigDict
+
+    model = ConfigDict({"mesh": {"logical_rules": (("embed", None), ("batch", ["data"]))}})  # JSON gives lists
+    rules = sharding.rules_from_config(model)
+    assert rules == (("embed", None), ("batch", ("data",))) + sharding.DEFAULT_LOGICAL_RULES
+    for bare in (ConfigDict({"model": {"kind": "toy"}}), {"mesh": {"axes": ("data",)}}, None):
+        assert sharding.rules_from_config(bare) == sharding.DEFAULT_LOGICAL_RULES
+    mesh = sharding.make_mesh(("data", "fsdp", "model"), (2, 2, 2))
+    assert sharding.logical_to_spec(("embed",), rules, mesh) == P()  # the config's rule won over ("embed", "fsdp")
+    job = {"mesh": {"logical_rules": (("embed", "model"),)}}
+    assert sharding.logical_to_spec(("embed",), sharding.rules_from_config(job, model), mesh) == P("model")
+
+
+def test_batch_shards_counts_the_mesh_axes_batch_maps_to():
+    mesh = sharding.make_mesh(("data", "fsdp", "model"), (2, 2, 2))
+    rules = sharding.DEFAULT_LOGICAL_RULES
+    assert sharding.batch_shards(mesh, rules) == 4
+    assert sharding.batch_shards(mesh, (("batch", "data"),) + rules) == 2
+    assert sharding.batch_shards(mesh, (("batch", None),) + rules) == 1
+    assert sharding.batch_shards(mesh, (("batch", ("model", "data", "fsdp")),)) == 8
+    # Axes of size 1 or missing from the mesh split nothing.
+    assert sharding.batch_shards(sharding.make_mesh(("data", "model"), (4, 2)), rules) == 4
+    assert sharding.batch_shards(sharding.make_mesh(("data", "fsdp"), (8, 1)), rules) == 8
+    # It is exactly how batch_sharding splits rows.
+    x = jax.device_put(np.zeros((8, 3)), sharding.batch_sharding(mesh, 2, (("batch", "data"),) + rules))
+    assert {s.data.shape[0] for s in x.addressable_shards} == {8 // 2}
+
+
+def test_path_str_joins_tree_keys():
+    tree = {"decoder/~/layer": {"w": np.zeros(1)}, "list": [np.zeros(1), {"b": np.zeros(1)}]}
+    paths = [sharding.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    assert paths == ["decoder/~/layer/w", "list/0", "list/1/b"]

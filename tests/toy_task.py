@@ -9,7 +9,6 @@ import optax
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
-from dalle import sharding
 from dalle.train import optim
 from dalle.train.task import DataIterator, Task
 from tests import toy_sharded
@@ -41,23 +40,15 @@ class ToyTask(Task):
     def __init__(self, config: ConfigDict, nan_steps=(), trainable=None):
         super().__init__(config)
         self.nan_steps = jnp.asarray(sorted(nan_steps) or [-1], jnp.int32)
-        abstract = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
+        abstract = jax.eval_shape(self.init_params, jax.random.PRNGKey(0))
         self.tx = optim.make_optimizer(config.train, abstract, trainable)
 
-    def _init_params(self, rng):
+    # State and its shardings: the Task defaults over these two.
+    def init_params(self, rng):
         return toy_sharded.model.init(rng, jnp.zeros((1, LENGTH, toy_sharded.D)))
 
-    def init_state(self, rng):
-        params = self._init_params(rng)
-        return {"params": params, "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
-
-    def state_shardings(self, abstract_state, mesh):
-        rules = tuple(tuple(r) for r in self.config.mesh.logical_rules) + sharding.DEFAULT_LOGICAL_RULES
-        p = sharding.param_shardings(abstract_state["params"], toy_sharded.PARAM_RULES, rules, mesh)
-        return {"params": p,
-                "opt_state": sharding.derived_state_shardings(abstract_state["opt_state"], abstract_state["params"],
-                                                              p, mesh),
-                "step": sharding.replicated(mesh)}
+    def partition_rules(self):
+        return toy_sharded.PARAM_RULES
 
     def train_step(self, state, batch, rng):
         loss, grads = jax.value_and_grad(toy_sharded.loss_fn)(state["params"], batch["x"], batch["y"])

@@ -1,8 +1,11 @@
 """Writes (or checks) the Bazel BUILD files from the Python sources, like gazelle does for Go.
 
 Every module becomes a `py_library` whose `deps` are the project modules it imports; every `tests/test_*.py`
-becomes a `py_test` run by pytest. `--check` fails when a committed BUILD file is missing or stale, i.e. when a
-module or test has no target.
+becomes a `py_test` run by pytest. Modules imported lazily by name (a string such as "dalle.train.schema" or
+"dalle.data.build:main", or a registry package such as "dalle.kinds", whose public modules dalle/registry.py imports
+to discover built-ins) are not deps of the library that names them: they often import it back (a cycle, which Bazel
+rejects). Each test lists them instead, for every library it reaches, so they are in its runfiles. `--check`
+fails when a committed BUILD file is missing or stale, i.e. when a module or test has no target.
 
     python tools/gen_build.py          # rewrite BUILD files
     python tools/gen_build.py --check  # CI: exit 1 and list the stale files
@@ -46,10 +49,51 @@ def _target(path: str) -> str:
     return f"//{pkg}:{name}"
 
 
+def _package_modules(init: str) -> list[str]:
+    """What `pkgutil.iter_modules` + import (dalle/registry.py's discovery) loads of a package: its public
+    modules and the `__init__.py` of its public sub-packages."""
+    pkg = os.path.dirname(init)
+    out = []
+    for entry in sorted(os.listdir(os.path.join(ROOT, pkg))):
+        if entry.startswith("_"):
+            continue
+        if entry.endswith(".py"):
+            out.append(os.path.join(pkg, entry))
+        elif os.path.isfile(os.path.join(ROOT, pkg, entry, "__init__.py")):
+            out.append(os.path.join(pkg, entry, "__init__.py"))
+    return out
+
+
 def _imports(path: str, known: dict[str, str]) -> set[str]:
+    """Project files a module imports (its Bazel deps)."""
+    return _scan(path, known)[0]
+
+
+def _lazy_imports(path: str, known: dict[str, str]) -> set[str]:
+    """Project files a module imports only by name at run time (a registry package: all its public modules)."""
+    out: set[str] = set()
+    for p in _scan(path, known)[1]:
+        out.add(p)
+        if p.endswith("__init__.py"):
+            out.update(_package_modules(p))
+    return out
+
+
+_SCANNED: dict[str, tuple[set[str], set[str]]] = {}  # path -> (_scan result); cleared by each generate/check
+
+
+def _scan(path: str, known: dict[str, str]) -> tuple[set[str], set[str]]:
+    """(files imported by an import statement, files named by a string) of one module."""
+    if path not in _SCANNED:
+        _SCANNED[path] = _parse(path, known)
+    return _SCANNED[path]
+
+
+def _parse(path: str, known: dict[str, str]) -> tuple[set[str], set[str]]:
     with open(os.path.join(ROOT, path)) as fh:
         tree = ast.parse(fh.read(), path)
     found: set[str] = set()
+    lazy: set[str] = set()
     pkg = _module_name(path) if path.endswith("__init__.py") else _module_name(path).rsplit(".", 1)[0]
     for node in ast.walk(tree):
         names: list[str] = []
@@ -63,17 +107,31 @@ def _imports(path: str, known: dict[str, str]) -> set[str]:
                 base = ".".join(parts + ([base] if base else []))
             names = [base] + [f"{base}.{a.name}" for a in node.names]
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            # Lazy imports by name ("dalle.train.schema", "dalle.data.build:main") count as dependencies.
+            # Lazy imports by name ("dalle.train.schema", "dalle.data.build:main"): run-time deps of the tests.
             text = node.value.split(":")[0]
             if text in known and text.startswith(PACKAGES):
-                names = [text]
+                lazy.add(known[text])
         for n in names:
             # The longest project module that is a prefix of the imported name.
             while n and n not in known:
                 n = n.rpartition(".")[0]
             if n:
                 found.add(known[n])
-    return found
+    return found, lazy - found
+
+
+def _runtime_deps(path: str, known: dict[str, str]) -> set[str]:
+    """Every module imported lazily somewhere in the import closure of `path` (static and lazy edges)."""
+    seen, todo, lazy = {path}, [path], set()
+    while todo:
+        p = todo.pop()
+        late = _lazy_imports(p, known)
+        lazy |= late
+        for q in _imports(p, known) | late:
+            if q not in seen:
+                seen.add(q)
+                todo.append(q)
+    return lazy
 
 
 def _fmt_list(items: list[str], indent: int = 8) -> str:
@@ -92,6 +150,7 @@ def _rel(label: str, pkg: str) -> str:
 
 def dependency_cycles() -> list[list[str]]:
     """Import cycles between project modules: Bazel refuses them, so the check reports them by name."""
+    _SCANNED.clear()
     sources = [m for top in PACKAGES for m in _modules(top)]
     known = {_module_name(p): p for p in sources}
     graph = {p: sorted(q for q in _imports(p, known) if q != p) for p in sources}
@@ -115,6 +174,7 @@ def dependency_cycles() -> list[list[str]]:
 
 
 def generate() -> dict[str, str]:
+    _SCANNED.clear()
     sources = [m for top in PACKAGES for m in _modules(top)]
     known = {_module_name(p): p for p in sources}
     by_pkg: dict[str, list[str]] = {}
@@ -137,6 +197,8 @@ def generate() -> dict[str, str]:
             name = _target(path).split(":")[1]
             is_test = pkg == "tests" and f.startswith("test_")
             if is_test:
+                deps |= {_target(p) for p in _runtime_deps(path, known) if p != path}
+                dep_list = sorted(_rel(d, pkg) for d in deps)
                 with open(os.path.join(ROOT, path)) as fh:
                     text = fh.read()
                 tags = ' tags = ["manual"],\n' if "# bazel: manual" in text else ""

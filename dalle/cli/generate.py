@@ -5,7 +5,9 @@
 
 Samples `--n` candidates per prompt with super-conditioning, keeps the `--top` best by CLIP when a CLIP
 checkpoint is given (`--clip DIR`; otherwise the first `--top` in sampling order), decodes them with the model's
-VQGAN and writes the grid (one row per prompt) and each image.
+VQGAN and writes the grid (one row per prompt) and each image. Every sampling flag left out takes the model's
+`sampling` section (saved with the model; `dalle eval` writes the guidance it measured best), so a bare
+`dalle generate "a red circle"` samples the demo model as EVAL.md reports.
 """
 
 from __future__ import annotations
@@ -25,17 +27,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-file", help="a text file with one prompt per line")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                    help=f"trained workdir or model dir (default: {DEFAULT_CHECKPOINT}, what `make demo` writes)")
-    p.add_argument("--n", type=int, default=8, help="candidates sampled per prompt (default 8)")
-    p.add_argument("--top", type=int, default=0, help="images kept per prompt (default: all n)")
-    p.add_argument("--condition-scale", type=float, default=3.0, help="super-conditioning scale (1 = off)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest codes (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    # Sampling flags default to None: the model's `sampling` section (dalle/sampling_schema.py) decides.
+    p.add_argument("--n", type=int, default=None, help="candidates sampled per prompt (sampling.candidates)")
+    p.add_argument("--top", type=int, default=None, help="images kept per prompt, 0 = all n (sampling.keep)")
+    p.add_argument("--condition-scale", type=float, default=None,
+                   help="super-conditioning scale, 1 = off (sampling.guidance)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature, 0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest codes, 0 = off")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass, 1 = off")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clip", default="", help="CLIP checkpoint for reranking (dalle convert clip / clip_shapes)")
+    p.add_argument("--clip", default=None, help="CLIP checkpoint for reranking (dalle convert clip / clip_shapes); "
+                                                "'' = no reranking (sampling.clip_checkpoint)")
     p.add_argument("--out", default="grid.png", help="grid PNG path")
     p.add_argument("--out-dir", default="", help="also write each image here as PNG")
     p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling of the written PNGs")
+    p.add_argument("--decode-kernels", choices=("auto", "native", "xla"), default="auto",
+                   help="decode steps on dalle's CPU kernels (native) or XLA's ops (xla); auto (default): native "
+                        "wherever they run (float32 on CPU with a C++ compiler)")
     return p
 
 
@@ -58,9 +66,10 @@ def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     try:
         prompts = read_prompts(args)
-        if args.n < 1:
+        # Flags checked before the model loads; flags against the model's section once it has (`settings`).
+        if args.n is not None and args.n < 1:
             raise ValueError(f"--n = {args.n} must be >= 1")
-        if args.top < 0 or args.top > args.n:
+        if args.top is not None and (args.top < 0 or (args.n is not None and args.top > args.n)):
             raise ValueError(f"--top = {args.top} must be between 0 (all) and --n = {args.n}")
         if args.scale < 1:
             raise ValueError(f"--scale = {args.scale} must be >= 1")
@@ -69,15 +78,23 @@ def main(argv: Sequence[str]) -> int:
         return 2
     from tqdm import tqdm
 
-    from dalle import generation
+    from dalle import generation, sampling_schema
 
     try:
-        gen = generation.Generator.from_checkpoint(args.checkpoint)
-        scorer = _load_reranker(args.clip) if args.clip else None
+        gen = generation.Generator.from_checkpoint(args.checkpoint, decode_kernels=args.decode_kernels)
+        settings = gen.settings(flag_overrides(args), FLAG_LABELS)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            clip_dir = sampling_schema.rerank_clip(settings, from_user=args.clip is not None)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        scorer = _load_reranker(clip_dir) if clip_dir else None
     except (generation.GenerationError, FileNotFoundError, ValueError) as e:
         print(f"dalle generate: error: {e}", file=sys.stderr)
         return 2
-    keep = args.top or args.n
+    print(f"sampling: {settings.describe(reranked=scorer is not None)} (the model's sampling section; flags "
+          f"override it)", file=sys.stderr)
+    keep = settings.kept
     rows, names = [], []
     import numpy as np
 
@@ -85,9 +102,8 @@ def main(argv: Sequence[str]) -> int:
         warnings.simplefilter("always")
         try:
             for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="prompt", file=sys.stderr)):
-                images = gen.images([prompt], num_images=args.n, seed=args.seed + i,
-                                    condition_scale=args.condition_scale, top_k=args.top_k, top_p=args.top_p,
-                                    temperature=args.temperature)
+                images = gen.images([prompt], num_images=settings.candidates, seed=args.seed + i,
+                                    **settings.sampler_kwargs())
                 if scorer is not None:
                     order = scorer(prompt, images)[:keep]
                 else:
@@ -110,6 +126,17 @@ def main(argv: Sequence[str]) -> int:
     print(f"wrote {args.out} ({len(prompts)} prompt(s) x {keep} image(s)"
           f"{', reranked by CLIP' if scorer else ''})")
     return 0
+
+
+# Which sampling setting each flag overrides (dalle/sampling_schema.py), and how errors name it.
+FLAG_LABELS = {"candidates": "--n", "keep": "--top", "guidance": "--condition-scale", "temperature": "--temperature",
+               "top_k": "--top-k", "top_p": "--top-p", "clip_checkpoint": "--clip"}
+
+
+def flag_overrides(args: argparse.Namespace) -> dict:
+    """Setting -> flag value (None = not given: the model's section decides)."""
+    return {"candidates": args.n, "keep": args.top, "guidance": args.condition_scale, "temperature": args.temperature,
+            "top_k": args.top_k, "top_p": args.top_p, "clip_checkpoint": args.clip}
 
 
 def _load_reranker(clip_dir: str):

@@ -2,8 +2,8 @@
 
     dalle data --config configs/folder_data.py --config.data.path=/photos --config.data.data_dir=/tmp/tfds
 
-Sources (`data.source`): shapes (the captioned-shapes world, dalle.data.builders.shapes.build_shapes), folder, csv,
-webdataset, parquet, cc_tsv (dalle.data.builders.*). Real-data builds print and store their statistics (kept,
+`data.source` names a `DataSource` (dalle/data/sources/: shapes, folder, csv, webdataset, parquet, cc_tsv, or one
+registered by user code), which makes the tfds builder. Real-data builds print and store their statistics (kept,
 skipped by reason, converted) in `build_stats.json` beside the dataset and in its tfds metadata.
 """
 
@@ -19,66 +19,32 @@ from typing import Any, Sequence
 
 from ml_collections import ConfigDict
 
+from dalle import registry
+from dalle.data import sources
+
 log = logging.getLogger(__name__)
 
-REAL_SOURCES = ("folder", "csv", "webdataset", "parquet", "cc_tsv")
-SHAPES_BUILDER = "captioned_shapes"
 
-
-def _builder_class(source: str):
-    from dalle.data.builders import cc, folder, img2dataset
-
-    table = {
-        "folder": folder.CaptionedFolder,
-        "csv": folder.CaptionedCsv,
-        "webdataset": img2dataset.Img2datasetWebdataset,
-        "parquet": img2dataset.Img2datasetParquet,
-        "cc_tsv": cc.CcTsv,
-    }
-    if source not in table:
-        raise ValueError(f"data.source = {source!r} has no real-data builder (known: {sorted(table)})")
-    return table[source]
+def make_builder(data_config: ConfigDict):
+    """The (unprepared) tfds builder of the configured source, for building or reading."""
+    source = sources.of(data_config)
+    if not source.is_tfds:
+        raise ValueError(f"data.source = {data_config.source!r} is not a tfds dataset "
+                         f"(tfds sources: {', '.join(sources.buildable())})")
+    return registry.resolve(source.builder)(data_config)
 
 
 def builder_name(data_config: ConfigDict) -> str:
     """The tfds name of the dataset a config reads (for seqio TfdsDataSource and error messages)."""
-    if data_config.source == "shapes":
-        return SHAPES_BUILDER
-    return _builder_class(data_config.source).name
-
-
-def make_builder(data_config: ConfigDict):
-    """A real-data builder configured from the `data` section (for building or reading)."""
-    cls = _builder_class(data_config.source)
-    options = {
-        "image_column": data_config.get("image_column", ""),
-        "caption_column": data_config.get("caption_column", "caption"),
-        "images_dir": data_config.get("images_dir", ""),
-        "cc_image_naming": data_config.get("cc_image_naming", "index"),
-    }
-    return cls(
-        source_path=data_config.path or None,
-        image_size=data_config.image_size,
-        min_image_side=data_config.get("min_image_side", 16),
-        validation_fraction=data_config.get("validation_fraction", 0.01),
-        options=options,
-        data_dir=data_config.data_dir or None,
-    )
+    source = sources.of(data_config)
+    if not source.is_tfds:
+        raise ValueError(f"data.source = {data_config.source!r} is not a tfds dataset")
+    return source.tfds_name
 
 
 def load_builder(data_config: ConfigDict):
     """The prepared tfds builder of the configured dataset; raises naming the command to run when it is not built."""
-    import tensorflow_datasets as tfds
-
-    if data_config.source == "shapes":
-        from dalle.data.builders import shapes as shapes_builder
-
-        builder = shapes_builder.CaptionedShapes(config=shapes_builder.make_config(data_config),
-                                                 data_dir=data_config.data_dir or None)
-    elif data_config.source in REAL_SOURCES:
-        builder = make_builder(data_config)
-    else:
-        raise ValueError(f"data.source = {data_config.source!r} is not a tfds dataset")
+    builder = make_builder(data_config)
     if not builder.is_prepared():
         raise FileNotFoundError(
             f"dataset {builder.name!r} is not built in data_dir {data_config.data_dir or '<tfds default>'!r}: "
@@ -92,29 +58,29 @@ def load_builder(data_config: ConfigDict):
 
 def build_dataset(data_config: ConfigDict) -> dict[str, Any]:
     """Builds the configured dataset (a no-op when already built); returns the build statistics."""
+    source = sources.of(data_config)
+    if not source.is_tfds:
+        raise ValueError(f"data.source = {data_config.source!r} cannot be built by `dalle data` "
+                         f"(buildable: {', '.join(sources.buildable())})")
+    if source.build is not None:
+        return registry.resolve(source.build)(data_config)
+    return build_tfds(data_config)
+
+
+def build_tfds(data_config: ConfigDict) -> dict[str, Any]:
+    """The generic build of a tfds source whose builder keeps `stats` (dalle.data.builders._real): checks the
+    source's `build_needs`, prepares the dataset, and stores the statistics in build_stats.json."""
     import tensorflow_datasets as tfds
 
-    if data_config.source == "shapes":
-        from dalle.data.builders import shapes as shapes_builder
-
-        start = time.time()
-        builder = shapes_builder.build_shapes(data_config, data_config.data_dir or None)
-        splits = {name: info.num_examples for name, info in builder.info.splits.items()}
-        return {"source": "shapes", "data_dir": builder.data_dir, "splits": splits,
-                "seconds": round(time.time() - start, 2)}
-    if data_config.source not in REAL_SOURCES:
-        raise ValueError(f"data.source = {data_config.source!r} cannot be built by `dalle data` "
-                         f"(buildable: shapes, {', '.join(REAL_SOURCES)})")
+    source = sources.of(data_config)
     builder = make_builder(data_config)
-    if not builder.is_prepared():
-        if not data_config.path:
-            raise ValueError(f"data.source = {data_config.source!r}: building needs data.path (the input files)")
-        if data_config.source == "cc_tsv" and not data_config.get("images_dir", ""):
-            raise ValueError("data.source = 'cc_tsv': building needs data.images_dir (the downloaded images)")
     if builder.is_prepared():
         stats = dict(builder.info.metadata.get("build_stats", {}))
         log.info("%s already built in %s", builder.name, builder.data_dir)
         return {"source": data_config.source, "already_built": True, "data_dir": builder.data_dir, **stats}
+    for key in source.build_needs:
+        if not data_config.get(key, ""):
+            raise ValueError(f"data.source = {data_config.source!r}: building needs data.{key}")
     start = time.time()
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     stats = builder.stats.to_dict()

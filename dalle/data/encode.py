@@ -175,8 +175,8 @@ def run_encode(
 ) -> EncodeResult:
     """Encodes `config.data.encode_splits` of the configured tfds dataset into `config.data.encoded_dir`.
 
-    `encoder` defaults to the VQGAN in `data.vqgan_checkpoint` over the mesh from `config.mesh` (tests inject a
-    function; then pass `vqgan_config`/`codebook_size`). `max_shards` > 0 stops after that many shards of this
+    `encoder` defaults to the VQGAN in `data.vqgan_checkpoint` over the mesh from `config.mesh`, its params laid
+    out by the logical rules of the VQGAN's own config, as in its training (tests inject a function; then pass `vqgan_config`/`codebook_size`). `max_shards` > 0 stops after that many shards of this
     process (to test resumption).
     """
     from dalle.data import build
@@ -193,13 +193,12 @@ def run_encode(
         process_index, process_count = jax.process_index(), jax.process_count()
     local_batch = _local_batch_size(config, process_count)
     if encoder is None:
-        from dalle import sharding
-        from dalle.modeling.vqgan.api import VQGANTokenizer
+        from dalle import kinds, sharding
 
         if not data.vqgan_checkpoint:
             raise ValueError("data.vqgan_checkpoint is empty: which VQGAN should encode the images?")
         mesh = sharding.mesh_from_config(config.mesh) if "mesh" in config else None
-        tok = VQGANTokenizer.from_checkpoint(data.vqgan_checkpoint, mesh=mesh)
+        tok = kinds.load_image_tokenizer(data.vqgan_checkpoint, mesh=mesh)
         encoder, vqgan_config, codebook_size = tok.encode, tok.config, tok.codebook_size
     builder = build.load_builder(data)
     size = int(data.image_size)

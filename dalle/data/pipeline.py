@@ -136,9 +136,7 @@ def token_batches(config: ConfigDict, split: str, batch_size: int, process_index
             f"no encoded data in data.encoded_dir = {data.encoded_dir!r}: run `dalle encode --config ...` first")
     task = names.train if split == "train" else names.eval
     if model_kind is None:
-        model_kind = "encdec"
-        if "model" in config and config.model.get("kind", "") in ("decoder_only", "decoder"):
-            model_kind = "decoder_only"
+        model_kind = config.model.kind if "model" in config else "encdec"
     return SeqioDataIterator(
         task_name=task,
         sequence_length=tasks.sequence_lengths(data, names.image_length),

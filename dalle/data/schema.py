@@ -10,6 +10,8 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
+from dalle import registry
+from dalle.data import sources as sources_lib
 
 # Palettes live here (not in shapes.py) so that validation can name a bad color without importing numpy/PIL.
 # Object colors were picked far apart in RGB and not on a line through black with each other (a blurred
@@ -100,10 +102,19 @@ def parse_relation(text: str) -> tuple[tuple[str | None, str], str, tuple[str | 
 
 
 def check_data(d: ConfigDict, _: ConfigDict):
+    if not d.image_size:  # unset: only the shapes world has a default size, a real-data size must be chosen
+        if d.source != SHAPES_SOURCE:
+            yield f"data.image_size is required for data.source = {d.source!r} (images are resized to it)"
+            return
+        d.image_size = data_defaults().image_size  # validation completes the shapes world's own default
     if not 8 <= d.image_size <= 1024:
         yield f"data.image_size = {d.image_size} must be in [8, 1024] (the shapes world is meant for 32..256)"
-    if d.source != SHAPES_SOURCE:
-        return  # the shapes keys below only matter for the procedural world
+    # The shapes keys only matter for the procedural world: the `shapes` data source checks them
+    # (dalle/data/sources/shapes.py), with check_shapes_world below.
+
+
+def check_shapes_world(d: ConfigDict):
+    """Errors in the captioned-shapes world's keys (the `shapes` source's check; ShapesWorld validates with it)."""
     if not 32 <= d.image_size <= 256:
         yield f"data.image_size = {d.image_size} must be in [32, 256] for data.source='shapes'"
     if not 1 <= d.min_objects <= d.max_objects <= 3:
@@ -169,14 +180,13 @@ config_lib.register_schema("data", data_defaults, check_data)
 # These keys are merged into whatever `data` schema is registered above (keys already defined there win), so the
 # shapes part and this part can evolve independently.
 # ----------------------------------------------------------------------------------------------------------------
-DATA_SOURCES = ("shapes", "folder", "csv", "webdataset", "parquet", "cc_tsv", "encoded")
 ENCODED_FORMATS = ("tfrecord", "array_record")
 
 
 def real_data_defaults() -> ConfigDict:
     c = ConfigDict()
-    # Which tfds builder `dalle data` builds and the tasks read: shapes | folder | csv | webdataset | parquet |
-    # cc_tsv | encoded (an existing `dalle encode` output in `encoded_dir`, no tfds build).
+    # What `dalle data` builds and the tasks read: a name registered by a module of dalle/data/sources (built in:
+    # shapes, folder, csv, webdataset, parquet, cc_tsv; encoded = an existing `dalle encode` output, no tfds build).
     c.source = "shapes"
     c.path = ""  # input of the real-data builders: a folder, a .csv/.tsv file, or a dir/glob of .tar/.parquet shards
     c.images_dir = ""  # cc_tsv: where the images were downloaded beforehand
@@ -184,7 +194,7 @@ def real_data_defaults() -> ConfigDict:
     c.caption_column = "caption"  # csv/parquet column (csv without header: second column)
     c.image_column = ""  # csv: path column (default "path" or first); parquet: bytes column (default: auto-detect)
     c.data_dir = ""  # tfds data_dir ("" = tfds default)
-    c.image_size = 256  # builders center-crop and resize to this (PIL bicubic)
+    c.image_size = 0  # required (0 = unset; shapes: 32): builders center-crop and resize to this (PIL bicubic)
     c.min_image_side = 16  # images whose shorter side is smaller are skipped (counted as too_small)
     c.validation_fraction = 0.01  # real-data builders: share of examples (by key hash) in the validation split
     # Text.
@@ -213,15 +223,14 @@ def real_data_defaults() -> ConfigDict:
 
 
 def check_real_data(d: ConfigDict, _: ConfigDict):
-    if d.source not in DATA_SOURCES:
-        yield f"data.source = {d.source!r} is not one of {DATA_SOURCES}"
-    # data.path / data.images_dir are needed to build only (reading a built dataset needs data.data_dir):
-    # dalle.data.build raises naming them.
-    if d.cc_image_naming not in ("index", "sha1", "md5", "basename"):
-        yield f"data.cc_image_naming = {d.cc_image_naming!r} is not one of index, sha1, md5, basename"
-    if d.source == "encoded" and not d.encoded_dir:
-        yield "data.source = 'encoded' needs data.encoded_dir"
-    if d.image_size <= 0:
+    if d.source in registry.DATA_SOURCES:
+        # The keys only this source reads. data.path / data.images_dir are needed to build only (reading a built
+        # dataset needs data.data_dir): dalle.data.build raises naming them (DataSource.build_needs).
+        yield from sources_lib.get(d.source).errors(d)
+    else:
+        yield (f"data.source = {d.source!r} is not a registered data source "
+               f"(known: {', '.join(registry.DATA_SOURCES.names())})")
+    if d.image_size < 0:
         yield f"data.image_size = {d.image_size} must be positive"
     if not 0.0 <= d.validation_fraction < 1.0:
         yield f"data.validation_fraction = {d.validation_fraction} must be in [0, 1)"
@@ -260,6 +269,7 @@ def _merge_real_data_schema() -> None:
                 for key in extra.keys():
                     if key not in c:
                         c[key] = extra[key]
+                c.image_size = extra.image_size  # no silent size: check_data fills only the shapes world's
             return c
 
         def check(d: ConfigDict, whole: ConfigDict, base=base):

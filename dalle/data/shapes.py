@@ -241,7 +241,7 @@ class ShapesWorld:
                                held_out_pairs=tuple(held_out_pairs), held_out_relations=tuple(held_out_relations),
                                seed=seed, supersample=supersample).items():
             cfg[key] = value
-        errors = list(S.check_data(cfg, cfg))
+        errors = [*S.check_data(cfg, cfg), *S.check_shapes_world(cfg)]
         if errors:
             raise ValueError("invalid shapes world:\n  " + "\n  ".join(errors))
         self.image_size, self.min_objects, self.max_objects = image_size, min_objects, max_objects

@@ -222,11 +222,15 @@ FEATURE_CONVERTERS = {"encdec": DalleEncDecFeatureConverter, "decoder_only": Dal
 
 
 def feature_converter_for(model_kind: str) -> seqio.FeatureConverter:
-    """`encdec`/`dalle_bart` or `decoder_only`; raises naming the kind otherwise."""
-    aliases = {"dalle_bart": "encdec", "bart": "encdec", "encoder_decoder": "encdec", "decoder": "decoder_only"}
-    kind = aliases.get(model_kind, model_kind)
+    """A layout name (`encdec`, `decoder_only`) or a text-to-image model kind (dalle/kinds: its `features`)."""
+    from dalle import kinds, registry
+
+    kind = model_kind
+    if kind not in FEATURE_CONVERTERS and kind in registry.MODEL_KINDS:
+        kind = kinds.get(kind).features
     if kind not in FEATURE_CONVERTERS:
-        raise ValueError(f"no feature converter for model kind {model_kind!r} (known: {sorted(FEATURE_CONVERTERS)})")
+        raise ValueError(f"no feature converter for model kind {model_kind!r} (layouts: {sorted(FEATURE_CONVERTERS)}; "
+                         f"model kinds: {registry.MODEL_KINDS.names()})")
     return FEATURE_CONVERTERS[kind]()
 
 
@@ -324,9 +328,12 @@ def register_tasks(data_config: ConfigDict, *, raw: bool | None = None) -> TaskN
                 seqio.MixtureRegistry.remove(mix_name)
             seqio.MixtureRegistry.add(mix_name, members)
             train = mix_name
-    elif data_config.source == "encoded":
+    from dalle.data import sources
+
+    is_tfds = sources.of(data_config).is_tfds  # else the examples exist only as data.encoded_dir
+    if not is_tfds and train is None:
         encode_lib.read_info(data_config.encoded_dir)  # raises naming the directory and the command
-    if data_config.source != "encoded" and raw is not False:
+    if is_tfds and raw is not False:
         from dalle.data import build
 
         try:

@@ -1,8 +1,7 @@
 """CLIP score (Hessel et al.; torchmetrics' definition): mean over pairs of max(100 * cos(image, text), 0).
 
 Why the backbone travels with the number: CLIP scores from different CLIPs are not comparable (Hessel et al. 2021,
-CLIPScore, report one backbone throughout),
-so every result dict carries `backbone`, and the eval job writes it next to the score.
+"CLIPScore", fix one backbone), so every result dict carries `backbone`, and the eval job writes it next to the score.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """FID and KID: "clean" preprocessing, feature networks, Fréchet distance in float64, reference statistics files.
 
 Why each choice (Heusel et al. 2017; mseitzer/pytorch-fid src/pytorch_fid/inception.py; Parmar et al. 2022,
-"On Aliased Resizing and Surprising Subtleties in GAN Evaluation", GaParmar/clean-fid): FID is only comparable with the TF 2015-12-05 Inception (dalle/eval/inception.py)
-and with clean-fid's "clean" resize (PIL bicubic to 299x299 on float channels, no uint8 rounding after the
-resize); other resizers and JPEG round-trips move FID a lot, so generated images are kept as PNG/uint8. When the
+"On Aliased Resizing and Surprising Subtleties in GAN Evaluation", GaParmar/clean-fid): FID is only comparable with
+the TF 2015-12-05 Inception (dalle/eval/inception.py) and with clean-fid's "clean" resize (PIL bicubic to 299x299
+on float channels, no uint8 rounding after the resize); other resizers and JPEG round-trips move FID a lot, so generated images are kept as PNG/uint8. When the
 Inception weights are absent, a configured feature network (our CLIP image tower) can stand in; its numbers are
 then named "FID-CLIP (<backbone>)" everywhere and are not comparable with published FIDs.
 

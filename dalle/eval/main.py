@@ -5,13 +5,15 @@
     dalle eval reference --config configs/eval/shapes.py --images DIR --out ref_stats.npz   # a folder of images
 
 For each `eval.condition_scales` value s: N = `eval.num_candidates` images per prompt (sharded over the mesh's
-batch axes), reranked by CLIP to the best k = `eval.keep_top`, then
+batch axes), reranked by CLIP to the best k = `eval.keep_top` (sampling settings the eval config leaves None
+are the model's `sampling` section), then
   * compositional accuracy per split and attribute (shapes prompts; the analyzer reads the images back),
   * CLIP score (mean max(100 cos, 0)), named with its backbone,
   * FID and KID against reference statistics (`eval.fid_reference`, or renders of the same prompts) with the FID
     Inception, or - when its weights are absent - the configured fallback, named "FID-CLIP" in every output.
 Writes <output_dir>/metrics.json, grids/<scale>_<split>.png, images/ (PNG), and fid_vs_clip.svg. A metric that
-cannot be computed is reported as null with the reason, never as a made-up number.
+cannot be computed is reported as null with the reason, never as a made-up number. After a sweep of two or more
+scales the best one (`best_scale`) goes into the exported model's `sampling` section (`eval.write_sampling`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ import math
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
+
+if TYPE_CHECKING:
+    from dalle.eval.metrics import EvalContext
 
 
 @dataclasses.dataclass
@@ -78,6 +83,7 @@ class Generator:
             checkpoint_dir, mesh=sharding.mesh_from_config(mesh_config), tokenizer_path=ev.tokenizer_path,
             vqgan_checkpoint=ev.vqgan_checkpoint)
         self.config, self.data, self.model, self.ev = self.gen.config, self.gen.config.data, self.gen.model, ev
+        self.settings = sampling_settings(ev, self.config)
 
     def roundtrip(self, images: np.ndarray) -> np.ndarray:
         """VQGAN encode + decode: what the best possible token sequence would look like after decoding."""
@@ -85,9 +91,24 @@ class Generator:
         return np.concatenate([vq.decode(vq.encode(images[i:i + 64])) for i in range(0, len(images), 64)])
 
     def __call__(self, captions: Sequence[str], scale: float, rng: Any) -> np.ndarray:
-        ev = self.ev
-        return self.gen.images(list(captions), num_images=ev.num_candidates, seed=rng, condition_scale=float(scale),
-                               top_k=ev.top_k, top_p=ev.top_p, temperature=ev.temperature)
+        s = self.settings
+        return self.gen.images(list(captions), num_images=s.candidates, seed=rng, condition_scale=float(scale),
+                               top_k=s.top_k, top_p=s.top_p, temperature=s.temperature)
+
+
+# The eval keys that override the model's sampling section (None = the model's value).
+EVAL_SAMPLING_KEYS = {"candidates": "num_candidates", "keep": "keep_top", "temperature": "temperature",
+                      "top_k": "top_k", "top_p": "top_p", "clip_checkpoint": "clip_checkpoint"}
+
+
+def sampling_settings(ev: ConfigDict, model_config: Any) -> Any:
+    """What the sweep samples with besides the scale (`dalle.sampling_schema.Sampling`): the model's `sampling`
+    section, overridden by the eval keys that are set. The job always ranks with eval.clip_checkpoint, the CLIP it
+    scores with ("" = no reranking)."""
+    from dalle import sampling_schema
+
+    return sampling_schema.resolve(model_config, {k: ev[e] for k, e in EVAL_SAMPLING_KEYS.items()},
+                                   {k: f"eval.{e}" for k, e in EVAL_SAMPLING_KEYS.items()})
 
 
 def load_feature_network(ev: ConfigDict, clip: Any, notes: list[str]):
@@ -180,8 +201,8 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
     import jax
 
     from dalle.modeling.clip import model as clip_lib
-    from dalle.eval import clip_score as clip_score_lib
     from dalle.eval import compositional, fid, rerank
+    from dalle.eval import metrics as metrics_lib
 
     ev = config.eval
     out_dir = ev.output_dir or os.path.join(checkpoint_dir, "eval")
@@ -189,6 +210,8 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
     notes: list[str] = []
     t_start = time.time()
     gen = generator or Generator(checkpoint_dir, ev, config.mesh)
+    settings = getattr(gen, "settings", None) or sampling_settings(ev, getattr(gen, "config", None))
+    n_cand, keep = settings.candidates, settings.kept
     data = getattr(gen, "data", None)
     prompts = make_prompts(ev, data)
     splits = list(dict.fromkeys(p.split for p in prompts))
@@ -199,10 +222,10 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
     else:
         notes.append("eval.clip_checkpoint is empty: no reranking (the first keep_top candidates are kept) and no "
                      "CLIP score")
-    if clip is None and ev.keep_top < ev.num_candidates:
-        notes.append(f"keep_top {ev.keep_top} < num_candidates {ev.num_candidates} without CLIP: first candidates kept")
-    want_fid = "fid" in ev.metrics or "kid" in ev.metrics
-    net = load_feature_network(ev, clip, notes) if want_fid else None
+    if clip is None and keep < n_cand:
+        notes.append(f"keep_top {keep} < num_candidates {n_cand} without CLIP: first candidates kept")
+    want_features = any("features" in metrics_lib.get(name).needs for name in ev.metrics)
+    net = load_feature_network(ev, clip, notes) if want_features else None
 
     reference = None
     if net is not None:
@@ -236,20 +259,22 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
             batch = prompts[start:start + ev.batch_size]
             caps = [p.caption for p in batch]
             images = gen(caps, scale, jax.random.fold_in(jax.random.fold_in(rng, s_i), b_i))
-            if len(images) != len(batch) * ev.num_candidates:
+            if len(images) != len(batch) * n_cand:
                 raise RuntimeError(f"generator returned {len(images)} images for {len(batch)} prompts x "
-                                   f"{ev.num_candidates} candidates")
+                                   f"{n_cand} candidates")
             if clip is not None:
-                kept, scores, _ = rerank.rerank_images(clip, images, caps, ev.keep_top)
+                kept, scores, _ = rerank.rerank_images(clip, images, caps, keep)
             else:
-                kept = images.reshape(len(batch), ev.num_candidates, *images.shape[1:])[:, : ev.keep_top]
-                scores = np.full((len(batch), ev.keep_top), np.nan)
+                kept = images.reshape(len(batch), n_cand, *images.shape[1:])[:, :keep]
+                scores = np.full((len(batch), keep), np.nan)
             kept_all.append(kept)
             scores_all.append(scores)
             if bar is not None:
                 bar.update(1)
         kept = np.concatenate(kept_all)  # [P, k, H, W, 3]
-        entry = _measure(ev, prompts, splits, kept, clip, net, reference, data, notes, out_dir, scale)
+        entry = _measure(metrics_lib.EvalContext(
+            settings=ev, prompts=prompts, splits=splits, images=kept, scale=float(scale), data=data, clip=clip,
+            features=net, reference=reference, notes=notes, out_dir=out_dir))
         results["scales"][f"{scale:g}"] = entry
         plot_points.append((float(scale), entry["clip_score"].get("clip_score"), entry["fid"].get("value")))
     if bar is not None:
@@ -263,9 +288,11 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
         "checkpoint": os.path.abspath(checkpoint_dir),
         "prompts": {"source": ev.prompts_file or "shapes splits", "splits": splits, "per_split": ev.num_prompts,
                     "total": len(prompts)},
-        "sampling": {"num_candidates": ev.num_candidates, "keep_top": ev.keep_top, "top_k": ev.top_k,
-                     "top_p": ev.top_p, "temperature": ev.temperature, "seed": ev.seed,
-                     "reranked_by": clip.backbone if clip and ev.keep_top < ev.num_candidates else None},
+        "sampling": {"num_candidates": n_cand, "keep_top": keep, "top_k": settings.top_k,
+                     "top_p": settings.top_p, "temperature": settings.temperature, "seed": ev.seed,
+                     "reranked_by": clip.backbone if clip and keep < n_cand else None,
+                     # the model's sampling section as measured here, but for the swept guidance
+                     "settings": {k: v for k, v in settings.to_dict().items() if k != "guidance"}},
         "clip_backbone": clip.backbone if clip else None,
         "fid_network": None if net is None else {"name": net.name, "metric": net.metric_prefix,
                                                   "preprocessing": net.preprocessing,
@@ -276,9 +303,79 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
         "seconds": round(time.time() - t_start, 1),
         "config": json.loads(config.to_json_best_effort()),
     })
+    if not ev.write_sampling:
+        results["sampling_written"] = {"written": False, "why": "eval.write_sampling is false"}
+    elif len(ev.condition_scales) < 2:
+        results["sampling_written"] = {"written": False, "why": "one guidance scale measured: nothing to choose"}
+    elif jax.process_index() == 0:
+        results["sampling_written"] = write_best_sampling(results, checkpoint_dir)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True, default=_json_default)
     return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The best measured settings, written into the model
+# ----------------------------------------------------------------------------------------------------------------
+def headline(entry: dict[str, Any]) -> tuple[str, float] | None:
+    """A scale's headline number, higher is better: the validation split's fully-correct fraction (EVAL.md's
+    headline), else the mean fully-correct fraction of the splits that have one, else the CLIP score of all
+    prompts; None when the scale has none of them."""
+    def number(v: Any) -> float | None:
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    splits = entry.get("splits") or {}
+    acc = {name: number((e.get("compositional") or {}).get("all")) for name, e in splits.items()}
+    if acc.get("validation") is not None:
+        return "validation fully correct", acc["validation"]
+    known = [v for v in acc.values() if v is not None]
+    if known:
+        return "fully correct (mean of the splits)", sum(known) / len(known)
+    clip = number((entry.get("clip_score") or {}).get("clip_score"))
+    return ("CLIP score", clip) if clip is not None else None
+
+
+def best_scale(results: dict[str, Any]) -> tuple[float, str, float] | None:
+    """(guidance, headline name, value) of the scale with the best headline among the scales measured with the
+    first scale's kind of headline; ties go to the scale measured first. None when no scale has a number."""
+    measured = [(float(scale), h) for scale, entry in results.get("scales", {}).items()
+                if (h := headline(entry)) is not None]
+    if not measured:
+        return None
+    kind = measured[0][1][0]
+    scale, (_, value) = max((m for m in measured if m[1][0] == kind), key=lambda m: m[1][1])  # max keeps the first
+    return scale, kind, value
+
+
+def _measured_settings(results: dict[str, Any]) -> dict[str, Any]:
+    """The sampling settings (but guidance) a metrics.json was measured with; older files list them loosely."""
+    s = results["sampling"]
+    if "settings" in s:
+        return dict(s["settings"])
+    clip = (results.get("config", {}).get("eval") or {}).get("clip_checkpoint", "")
+    return {"candidates": s["num_candidates"], "keep": s["keep_top"], "temperature": s["temperature"],
+            "top_k": s["top_k"], "top_p": s["top_p"], "clip_checkpoint": clip if s.get("reranked_by") else ""}
+
+
+def write_best_sampling(results: dict[str, Any], checkpoint_dir: str) -> dict[str, Any]:
+    """Writes the best measured settings (the best scale of the sweep, the rest as sampled) into the `sampling`
+    section of `checkpoint_dir`'s exported model, atomically, with a `sampling_measured` record next to the
+    config; `dalle generate`/`serve` then sample that way by default. Returns what was written, or why not."""
+    from dalle import model_dir, sampling_schema
+
+    best = best_scale(results)
+    if best is None:
+        return {"written": False, "why": "no scale has a headline number (compositional accuracy or CLIP score)"}
+    target = model_dir.exported_model_dir(checkpoint_dir)
+    if target is None:
+        return {"written": False, "why": f"{checkpoint_dir!r} holds no exported model (training has not finished)"}
+    scale, metric, value = best
+    section = sampling_schema.resolve(model_dir.read_config(target),
+                                      {**_measured_settings(results), "guidance": scale}).to_dict()
+    record = {"by": "dalle eval", "headline": metric, "value": value, "guidance": scale,
+              "by_scale": {k: (headline(e) or (None, None))[1] for k, e in results["scales"].items()}}
+    model_dir.set_config_section(target, sampling_schema.SECTION, section, extra={"sampling_measured": record})
+    return {"written": True, "model": target, "sampling": section, **record}
 
 
 def tokenizer_ceiling(ev, gen, prompts, splits, data) -> dict[str, Any] | None:
@@ -304,67 +401,38 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-def _measure(ev, prompts, splits, kept, clip, net, reference, data, notes, out_dir, scale) -> dict[str, Any]:
-    from dalle.eval import clip_score as clip_score_lib
-    from dalle.eval import compositional, fid
+def _measure(ctx: EvalContext) -> dict[str, Any]:
+    """One scale's entry of metrics.json: each metric of eval.metrics (dalle.registry.METRICS) per split and over
+    all prompts, the `not_asked` entries of the others, and the grids/images of the kept candidates."""
+    from dalle.eval import metrics as metrics_lib
 
+    ev, prompts, kept = ctx.settings, ctx.prompts, ctx.images
+    asked = [metrics_lib.get(name) for name in dict.fromkeys(ev.metrics)]
     k = kept.shape[1]
-    flat = kept.reshape(-1, *kept.shape[2:])
-    caps = [p.caption for p in prompts for _ in range(k)]
     entry: dict[str, Any] = {"splits": {}}
-    tag = f"s{scale:g}"
-    for split in splits:
+    tag = f"s{ctx.scale:g}"
+    for split in ctx.splits:
         idx = [i for i, p in enumerate(prompts) if p.split == split]
         sub = kept[idx]
         split_entry: dict[str, Any] = {"prompts": len(idx)}
-        if "compositional" in ev.metrics:
-            if all(prompts[i].request is not None for i in idx) and data is not None:
-                reqs = [prompts[i].request for i in idx for _ in range(k)]
-                split_entry["compositional"] = compositional.accuracy(sub.reshape(-1, *sub.shape[2:]), reqs, data)
-            else:
-                split_entry["compositional"] = {"all": None, "note": "prompts from a file have no scene to check"}
-        if "clip_score" in ev.metrics:
-            split_entry["clip_score"] = (clip_score_lib.clip_score(clip, sub.reshape(-1, *sub.shape[2:]),
-                                                                   [prompts[i].caption for i in idx for _ in range(k)])
-                                         if clip else {"clip_score": None, "note": "no eval.clip_checkpoint"})
+        for metric in asked:
+            if metric.per_split:
+                split_entry[metric.name] = metric(ctx, sub, [prompts[i] for i in idx])
         entry["splits"][split] = split_entry
         g = min(len(idx), ev.grid_prompts)
         if g:
-            save_png(os.path.join(out_dir, "grids", f"{tag}_{split}.png"), image_grid(sub[:g]))
+            save_png(os.path.join(ctx.out_dir, "grids", f"{tag}_{split}.png"), image_grid(sub[:g]))
         if ev.save_images:
             for j, i in enumerate(idx):
                 for c in range(k):
-                    save_png(os.path.join(out_dir, "images", tag, split, f"{j:05d}_{c}.png"), sub[j, c])
-    if "clip_score" in ev.metrics and clip is not None:
-        entry["clip_score"] = clip_score_lib.clip_score(clip, flat, caps)
-    else:
-        entry["clip_score"] = {"clip_score": None, "note": "no eval.clip_checkpoint" if clip is None else "not asked"}
-    entry["fid"], entry["kid"] = {"value": None}, {"value": None}
-    if net is not None and reference is not None:
-        feats = net.features(flat)
-        if "fid" in ev.metrics:
-            if len(feats) < 2:
-                entry["fid"] = {"value": None, "note": f"{len(feats)} images: too few for a covariance"}
-            else:
-                stats = fid.compute_statistics(feats, net.name, net.preprocessing)
-                entry["fid"] = {"value": fid.frechet_distance(stats, reference), "metric": net.metric_prefix,
-                                "network": net.name, "images": len(feats), "reference_images": reference.count}
-                if len(feats) <= feats.shape[1]:
-                    entry["fid"]["note"] = (f"{len(feats)} images for {feats.shape[1]}-d features: the covariance is "
-                                            "singular and FID is strongly biased upward at this sample size")
-        if "kid" in ev.metrics:
-            if reference.features is None or len(feats) < 2:
-                entry["kid"] = {"value": None, "note": "reference file keeps no features" if reference.features
-                                is None else "too few images"}
-            else:
-                mean, std = fid.kernel_inception_distance(feats, reference.features, ev.kid_subsets,
-                                                          ev.kid_subset_size, seed=ev.seed)
-                entry["kid"] = {"value": mean, "std": std, "metric": net.metric_prefix.replace("FID", "KID"),
-                                "network": net.name, "subset_size": min(ev.kid_subset_size, len(feats),
-                                                                        len(reference.features))}
-    else:
-        why = "no feature network (see notes)" if net is None else "no reference statistics (see notes)"
-        entry["fid"], entry["kid"] = {"value": None, "note": why}, {"value": None, "note": why}
+                    save_png(os.path.join(ctx.out_dir, "images", tag, split, f"{j:05d}_{c}.png"), sub[j, c])
+    for metric in asked:
+        if metric.overall:
+            entry[metric.name] = metric(ctx, kept, prompts)
+    for name in metrics_lib.names():  # keys that readers expect even when not asked (null, with the reason)
+        metric = metrics_lib.get(name)
+        if name not in entry and metric.not_asked is not None:
+            entry[name] = metric.not_asked(ctx)
     return entry
 
 
@@ -455,6 +523,12 @@ def main(argv: Sequence[str]) -> int:
               f"{(results['fid_network'] or {}).get('metric', 'FID')} {entry['fid'].get('value')}")
     for note in results["notes"]:
         print(f"note: {note}")
+    written = results.get("sampling_written") or {}
+    if written.get("written"):
+        print(f"best guidance {written['guidance']:g} ({written['headline']} {written['value']:.3g}): written to "
+              f"the sampling section of {written['model']}")
+    elif written:
+        print(f"sampling section not rewritten: {written['why']}")
     out = config.eval.output_dir or os.path.join(args.checkpoint, "eval")
     print(f"wrote {os.path.join(out, 'metrics.json')}")
     return 0

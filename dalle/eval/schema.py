@@ -1,6 +1,5 @@
 """Schemas of the config sections owned by dalle.eval (see dalle/config.py: register_schema).
 
-  * `model` of kind "clip": the CLIP architecture (dalle/modeling/clip/model.py), its tokenizer, and its preprocessing.
   * `eval`: the evaluation job (`dalle eval`, dalle/eval/main.py): prompts, guidance sweep, reranking, metrics.
 
 Light on purpose: no jax import (validation must stay cheap).
@@ -13,99 +12,10 @@ import math
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
+from dalle import registry
 
-CLIP_ACTIVATIONS = ("quick_gelu", "gelu")
-CLIP_POOLS = ("argmax", "eos")
-CLIP_TOKENIZERS = ("sentencepiece", "openai_bpe")
-EVAL_METRICS = ("compositional", "clip_score", "fid", "kid")
 FID_FALLBACKS = ("clip", "none")
 SHAPES_SPLITS = ("train", "validation", "zero_shot")
-
-
-def clip_defaults() -> ConfigDict:
-    """OpenAI ViT-B/32 (the backbone dalle-mini reranks with)."""
-    c = ConfigDict()
-    c.kind = "clip"
-    c.embed_dim = 512
-    c.image_size = 224
-    c.patch_size = 32
-    c.vision_width = 768
-    c.vision_layers = 12
-    c.vision_heads = 12
-    c.vision_mlp_dim = 3072
-    c.context_length = 77
-    c.vocab_size = 49408
-    c.text_width = 512
-    c.text_layers = 12
-    c.text_heads = 8
-    c.text_mlp_dim = 2048
-    c.activation = "quick_gelu"
-    c.text_pool = "argmax"  # argmax (OpenAI BPE: EOT is the largest id) | eos (first eos_id; our sentencepiece)
-    c.eos_id = -1  # -1 with text_pool "eos" and the sentencepiece tokenizer: the vocabulary's EOS id
-    c.ln_eps = 1e-5
-    c.init_logit_scale = math.log(1 / 0.07)
-    c.image_mean = (0.48145466, 0.4578275, 0.40821073)
-    c.image_std = (0.26862954, 0.26130258, 0.27577711)
-    c.tokenizer = "sentencepiece"  # sentencepiece (this project's, data.tokenizer_path) | openai_bpe
-    c.tokenizer_path = ""  # "" = data.tokenizer_path (sentencepiece); openai_bpe: bpe_simple_vocab_16e6.txt.gz
-    c.name = ""  # backbone name reported next to every CLIP-based number ("" = derived from the architecture)
-    return c
-
-
-def check_clip(m: ConfigDict, config: ConfigDict):
-    for key in ("embed_dim", "image_size", "patch_size", "vision_width", "vision_layers", "vision_heads",
-                "vision_mlp_dim", "context_length", "vocab_size", "text_width", "text_layers", "text_heads",
-                "text_mlp_dim"):
-        if m[key] <= 0:
-            yield f"model.{key} = {m[key]} must be positive"
-    if m.patch_size > 0 and m.image_size % m.patch_size:
-        yield f"model.image_size = {m.image_size} is not divisible by model.patch_size = {m.patch_size}"
-    for tower in ("vision", "text"):
-        w, h = m[f"{tower}_width"], m[f"{tower}_heads"]
-        if h > 0 and w % h:
-            yield f"model.{tower}_width = {w} is not divisible by model.{tower}_heads = {h}"
-    if m.activation not in CLIP_ACTIVATIONS:
-        yield f"model.activation = {m.activation!r} is not one of {CLIP_ACTIVATIONS}"
-    if m.text_pool not in CLIP_POOLS:
-        yield f"model.text_pool = {m.text_pool!r} is not one of {CLIP_POOLS}"
-    if m.tokenizer not in CLIP_TOKENIZERS:
-        yield f"model.tokenizer = {m.tokenizer!r} is not one of {CLIP_TOKENIZERS}"
-    if m.text_pool == "eos" and m.eos_id < 0 and m.tokenizer != "sentencepiece":
-        yield "model.text_pool = 'eos' needs model.eos_id >= 0 (only the sentencepiece tokenizer supplies it)"
-    if m.tokenizer == "sentencepiece" and m.text_pool == "argmax":
-        yield ("model.text_pool = 'argmax' pools at the largest token id, which is OpenAI BPE's EOT; with the "
-               "sentencepiece tokenizer (EOS = 1) use text_pool = 'eos'")
-    if len(m.image_mean) != 3 or len(m.image_std) != 3 or min(m.image_std) <= 0:
-        yield f"model.image_mean {m.image_mean} / image_std {m.image_std} must be 3 values, std > 0"
-    data = config.get("data") if isinstance(config, ConfigDict) else None
-    if data is not None and m.tokenizer == "sentencepiece" and "max_text_length" in data:
-        if m.context_length != data.max_text_length:
-            yield (f"model.context_length = {m.context_length} must equal data.max_text_length = "
-                   f"{data.max_text_length} (captions are tokenized to that length)")
-        if "vocab_size" in data and m.vocab_size < data.vocab_size:
-            yield f"model.vocab_size = {m.vocab_size} is smaller than data.vocab_size = {data.vocab_size}"
-
-
-def complete_clip_config(model: ConfigDict) -> ConfigDict:
-    """Fills defaults into a partial `model` section of kind clip (converters, checkpoints); raises on errors."""
-    out = clip_defaults()
-    for key in model.keys():
-        if key not in out:
-            raise ValueError(f"unknown key 'model.{key}' for model.kind 'clip'")
-        value = model[key]
-        with out.ignore_type():
-            out[key] = tuple(value) if isinstance(value, list) else value
-    errors = list(check_clip(out, ConfigDict()))
-    if errors:
-        raise ValueError("invalid CLIP config:\n  " + "\n  ".join(errors))
-    return out
-
-
-def backbone_name(m: ConfigDict) -> str:
-    """`model.name`, else e.g. "CLIP-ViT-224/32-w768x12": every CLIP-based number is reported with it."""
-    if m.get("name"):
-        return str(m.name)
-    return f"CLIP-ViT-{m.image_size}/{m.patch_size}-w{m.vision_width}x{m.vision_layers}-d{m.embed_dim}"
 
 
 def eval_defaults() -> ConfigDict:
@@ -115,14 +25,17 @@ def eval_defaults() -> ConfigDict:
     c.splits = ("train", "validation", "zero_shot")  # shapes-world splits (train-like, validation, zero-shot)
     c.num_prompts = 64  # prompts per split (first N examples of the split: fixed and comparable across runs)
     c.batch_size = 8  # prompts per generate call (global; rows are sharded over the mesh batch axes)
-    # ---- sampling -----------------------------------------------------------------------------------------
+    # ---- sampling: None = the model's `sampling` section (dalle/sampling_schema.py) --------------------------
     c.condition_scales = (1.0, 3.0)  # classifier-free guidance sweep; one set of metrics per scale
-    c.num_candidates = 4  # images generated per prompt (N)
-    c.keep_top = 1  # best k kept by CLIP (reranking); keep_top == num_candidates or no CLIP: no reranking
-    c.top_k = 0
-    c.top_p = 1.0
-    c.temperature = 1.0
+    c.num_candidates = None  # images generated per prompt (N); None = sampling.candidates
+    c.keep_top = None  # best k kept by CLIP (reranking) and measured; None = sampling.keep (0 there: all N)
+    c.top_k = None
+    c.top_p = None
+    c.temperature = None
     c.seed = 0
+    # After a sweep of >= 2 scales, the model's `sampling` section gets the best scale (EVAL.md's headline: the
+    # validation split's fully-correct fraction, else CLIP score) with the other settings this job sampled with.
+    c.write_sampling = True
     # ---- models -------------------------------------------------------------------------------------------
     c.clip_checkpoint = ""  # dalle CLIP model dir (`dalle convert clip` or `dalle train` on configs/clip_shapes.py)
     c.inception_checkpoint = ""  # `dalle convert inception` output; "" or missing = fall back (below)
@@ -130,7 +43,7 @@ def eval_defaults() -> ConfigDict:
     c.vqgan_checkpoint = ""  # "" = the DALL·E checkpoint's data.vqgan_checkpoint
     c.tokenizer_path = ""  # "" = the DALL·E checkpoint's data.tokenizer_path
     # ---- metrics ------------------------------------------------------------------------------------------
-    c.metrics = ("compositional", "clip_score", "fid", "kid")
+    c.metrics = ("compositional", "clip_score", "fid", "kid")  # names registered in dalle/eval/metrics/
     c.fid_reference = ""  # statistics .npz from `dalle eval reference`; "" = rendered images of the same prompts
     c.kid_subsets = 100
     c.kid_subset_size = 1000  # capped at the number of images
@@ -152,9 +65,14 @@ def check_eval(e: ConfigDict, _: ConfigDict):
     for s in e.condition_scales:
         if not isinstance(s, (int, float)) or s < 0:
             yield f"eval.condition_scales entry {s!r} must be a number >= 0"
-    if e.num_candidates <= 0:
+    for key, kinds in (("num_candidates", int), ("keep_top", int), ("top_k", int), ("top_p", (int, float)),
+                       ("temperature", (int, float))):
+        if e[key] is not None and (isinstance(e[key], bool) or not isinstance(e[key], kinds)):
+            yield f"eval.{key} = {e[key]!r} must be a number (or None: the model's sampling section)"
+            return
+    if e.num_candidates is not None and e.num_candidates <= 0:
         yield f"eval.num_candidates = {e.num_candidates} must be positive"
-    if not 1 <= e.keep_top <= e.num_candidates:
+    if e.keep_top is not None and not 1 <= e.keep_top <= (e.num_candidates or e.keep_top):
         yield f"eval.keep_top = {e.keep_top} must be in [1, eval.num_candidates = {e.num_candidates}]"
     for split in e.splits:
         if split not in SHAPES_SPLITS:
@@ -162,17 +80,16 @@ def check_eval(e: ConfigDict, _: ConfigDict):
     if not e.prompts_file and not e.splits:
         yield "eval.prompts_file is empty and eval.splits is empty: nothing to evaluate"
     for m in e.metrics:
-        if m not in EVAL_METRICS:
-            yield f"eval.metrics: {m!r} is not one of {EVAL_METRICS}"
+        if m not in registry.METRICS:  # dalle/eval/metrics/, or registered by user code
+            yield f"eval.metrics: {m!r} is not a registered metric (known: {', '.join(registry.METRICS.names())})"
     if e.fid_fallback not in FID_FALLBACKS:
         yield f"eval.fid_fallback = {e.fid_fallback!r} is not one of {FID_FALLBACKS}"
-    if not 0.0 < e.top_p <= 1.0:
+    if e.top_p is not None and not 0.0 < e.top_p <= 1.0:
         yield f"eval.top_p = {e.top_p} must be in (0, 1]"
-    if e.temperature < 0:
+    if e.temperature is not None and e.temperature < 0:
         yield f"eval.temperature = {e.temperature} must be >= 0"
     if e.kid_subsets <= 0 or e.kid_subset_size < 2:
         yield f"eval.kid_subsets = {e.kid_subsets} must be > 0 and eval.kid_subset_size = {e.kid_subset_size} >= 2"
 
 
-config_lib.register_schema("model", clip_defaults, check_clip, kind="clip")
 config_lib.register_schema("eval", eval_defaults, check_eval)

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
-from dalle.modeling import layers
+from dalle.modeling import norm_placement
 from dalle.modeling import schema as model_schema
 
 
@@ -86,8 +86,8 @@ def model_config_from_dalle_mini(dm: Mapping[str, Any]) -> ConfigDict:
     for k in _COPIED:
         v = c[k]
         out[k] = float(v) if isinstance(out[k], float) else v
-    if out.ln_positions == "deepnet":
-        out.ln_positions = "postln"
+    if out.ln_positions in norm_placement.names():
+        out.ln_positions = norm_placement.canonical(out.ln_positions)  # dalle-mini reads "deepnet" as "postln"
     out.activation_function = act
     out.image_vocab_size = codes
     out.image_extra_tokens = int(c["image_vocab_size"]) - codes
@@ -106,11 +106,11 @@ def _layer_module_map(cfg: ConfigDict, side: str) -> list[tuple[str, str]]:
     """(dalle-mini module path inside one layer, our module path inside `layer`), in flax's creation order.
 
     Flax names compact submodules `Class_i`, counting per class in creation order; this replays dalle-mini's
-    FlaxBart{Encoder,Decoder}Layer / GLU / FFN to know which `LayerNorm_i` is which.
+    FlaxBart{Encoder,Decoder}Layer / GLU / FFN to know which `LayerNorm_i` is which; the norms present are those
+    of the placement's `norm_placement` row (the sub-LN norm before out_proj lives inside the attention module:
+    see `_leaf_map`).
     """
-    from dalle.modeling import dalle_bart
-
-    spec = dalle_bart.make_spec(cfg, side)
+    place = norm_placement.get(cfg.ln_positions)
     norm_cls = "LayerNorm" if cfg.ln_type == "layernorm" else "RMSNorm"
     out: list[tuple[str, str]] = []
     count = {"layer": 0}
@@ -120,31 +120,30 @@ def _layer_module_map(cfg: ConfigDict, side: str) -> list[tuple[str, str]]:
         count[scope] += 1
 
     def attention(index: int, ours: str) -> None:
-        if layers.pre_attention_norm(spec):
+        if place.has_attn_pre(side):
             norm(f"{ours}_pre_norm")
         out.append((f"FlaxBartAttention_{index}", ours))
-        if layers.post_attention_norm(spec):
+        if place.attn_post:
             norm(f"{ours}_post_norm")
-        if layers.residual_norm(spec):
+        if place.attn_residual:
             norm(f"{ours}_residual_norm")
 
     attention(0, "self_attn")
     if side == "decoder":
         attention(1, "cross_attn")
-    pos = spec.positions
     ffn = "GLU_0/" if cfg.use_glu else "FFN_0/"
     count["ffn"] = 0
-    if pos in ("normformer", "cogview", "preln", "subln"):
+    if place.ffn_pre:
         norm("ffn/pre_norm", "ffn", ffn)
     dense = ["wi_0", "wi_1", "wo"] if cfg.use_glu else ["wi_0", "wo"]
     for i, name in enumerate(dense[:-1]):
         out.append((f"{ffn}Dense_{i}", f"ffn/{name}"))
-    if pos in ("normformer", "subln"):
+    if place.ffn_mid:
         norm("ffn/mid_norm", "ffn", ffn)
     out.append((f"{ffn}Dense_{len(dense) - 1}", "ffn/wo"))
-    if pos in ("swinv2", "cogview"):
+    if place.ffn_post:
         norm("ffn/post_norm", "ffn", ffn)
-    if layers.layer_output_norm(spec):
+    if place.output_every:
         norm("output_norm")
     return out
 

@@ -18,6 +18,7 @@ Three ways to run the decoder share one set of parameters (one `stack_layers` ca
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, NamedTuple
 
@@ -57,25 +58,11 @@ def make_spec(cfg: ConfigDict, part: str) -> layers.TransformerSpec:
         gain = cross_gain = beta
     elif cfg.use_subln_init:
         gain = subln_gain(cfg, part)
-    return layers.TransformerSpec(
-        d_model=cfg.d_model,
+    return layers.TransformerSpec.from_config(
+        cfg,
         num_heads=cfg.encoder_attention_heads if enc else cfg.decoder_attention_heads,
         ffn_dim=cfg.encoder_ffn_dim if enc else cfg.decoder_ffn_dim,
-        ln_type=cfg.ln_type,
-        ln_positions=cfg.ln_positions,
-        use_glu=cfg.use_glu,
-        use_bias=cfg.use_bias,
-        use_head_scale=cfg.use_head_scale,
-        use_cosine_attention=cfg.use_cosine_attention,
-        tau_init=cfg.tau_init,
-        use_swin_position_embeddings=cfg.use_swin_position_embeddings,
         sinkhorn_iters=cfg.sinkhorn_iters if enc else 1,
-        force_ln_scale=cfg.force_ln_scale,
-        activation_function=cfg.activation_function,
-        init_std=cfg.init_std,
-        dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout,
-        activation_dropout=cfg.activation_dropout,
         residual_gain=alpha,
         init_gain=gain,
         cross_init_gain=cross_gain,
@@ -138,8 +125,8 @@ class _Stack(hk.Module):
         x, ys = layers.stack_layers(layer, n, x, per_layer, scan=cfg.scan_layers, remat=cfg.remat and is_training,
                                     per_layer_outputs=cache is not None)
         use_final_ln = cfg.use_final_ln_encoder if enc_side else cfg.use_final_ln_decoder
-        if use_final_ln and spec.positions != "postln":  # post-LN already ends every layer with a norm
-            x = layers.Norm(cfg.ln_type, use_scale=cfg.force_ln_scale, name="final_ln")(x)
+        if use_final_ln and spec.placement.final_norm:  # e.g. post-LN already ends every layer with a norm
+            x = spec.norm("final", "final_ln")(x)
         return x, ys
 
 
@@ -161,8 +148,9 @@ class DalleBart:
     def decoder_vocab(self) -> int:
         return self.cfg.image_vocab_size + self.cfg.image_extra_tokens + 1
 
-    def _lm_head(self, x: jax.Array) -> jax.Array:
-        logits = layers.Dense(self.decoder_vocab, self.policy, False, self.cfg.init_std, name="lm_head")(x)
+    def _lm_head(self, x: jax.Array, decode_kernels: str = "xla") -> jax.Array:
+        logits = layers.Dense(self.decoder_vocab, self.policy, False, self.cfg.init_std, name="lm_head",
+                              decode_kernels=decode_kernels)(x)
         return sharding.constrain(logits, ("batch", "length", "vocab"))
 
     def encode(self, text_tokens: jax.Array, is_training: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -201,13 +189,14 @@ class DalleBart:
                              jnp.repeat(mask, repeats, axis=0))
         return jnp.repeat(logits, repeats, axis=0), cache
 
-    def decode_step(self, tokens: jax.Array, index: jax.Array, cache: "DecoderCache") -> tuple[jax.Array, Any]:
+    def decode_step(self, tokens: jax.Array, index: jax.Array, cache: "DecoderCache",
+                    decode_kernels: str = "xla") -> tuple[jax.Array, Any]:
         """`[B, S]` tokens at positions `index..index+S-1` -> (logits `[B, S, V]`, the updated self-attention
-        cache)."""
+        cache). `decode_kernels`: see `layers.TransformerSpec.decode_kernels`."""
         positions = index + jnp.arange(tokens.shape[1])
-        x, self_kv = _Stack(self.cfg, self.policy, self.dec_spec, "decoder")(
-            tokens, positions, cache=cache, cache_index=index)
-        return self._lm_head(x), self_kv
+        spec = dataclasses.replace(self.dec_spec, decode_kernels=decode_kernels)
+        x, self_kv = _Stack(self.cfg, self.policy, spec, "decoder")(tokens, positions, cache=cache, cache_index=index)
+        return self._lm_head(x, decode_kernels), self_kv
 
 
 def param_rules(prefix: str = "dalle_bart") -> tuple[tuple[str, tuple], ...]:

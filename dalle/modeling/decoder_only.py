@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, NamedTuple
 
@@ -34,31 +35,9 @@ def make_spec(cfg: ConfigDict) -> layers.TransformerSpec:
         alpha, gain = (2 * n) ** 0.25, (8 * n) ** -0.25
     elif cfg.use_subln_init:  # Magneto's decoder-only gain
         gain = math.sqrt(math.log(2 * n))
-    return layers.TransformerSpec(
-        d_model=cfg.d_model,
-        num_heads=cfg.num_heads,
-        ffn_dim=cfg.ffn_dim,
-        ln_type=cfg.ln_type,
-        ln_positions=cfg.ln_positions,
-        use_glu=cfg.use_glu,
-        use_bias=cfg.use_bias,
-        use_head_scale=cfg.use_head_scale,
-        use_cosine_attention=cfg.use_cosine_attention,
-        tau_init=cfg.tau_init,
-        use_swin_position_embeddings=cfg.use_swin_position_embeddings,
-        force_ln_scale=cfg.force_ln_scale,
-        activation_function=cfg.activation_function,
-        init_std=cfg.init_std,
-        dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout,
-        activation_dropout=cfg.activation_dropout,
-        residual_gain=alpha,
-        init_gain=gain,
-        cross_init_gain=1.0,
-        is_encoder=False,
-        has_cross_attention=False,
-        self_length=cfg.max_text_length + cfg.image_length,
-    )
+    # num_heads, ffn_dim and every shared option are `model` keys of their own.
+    return layers.TransformerSpec.from_config(cfg, residual_gain=alpha, init_gain=gain,
+                                              self_length=cfg.max_text_length + cfg.image_length)
 
 
 class Cache(NamedTuple):
@@ -75,8 +54,9 @@ class DecoderOnly:
         self.spec = make_spec(cfg)
 
     def _trunk(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, *, cache: Cache | None = None,
-               cache_index=0, collect_kv: bool = False, is_training: bool = False):
-        cfg, spec, policy = self.cfg, self.spec, self.policy
+               cache_index=0, collect_kv: bool = False, is_training: bool = False, decode_kernels: str = "xla"):
+        cfg, policy = self.cfg, self.policy
+        spec = dataclasses.replace(self.spec, decode_kernels=decode_kernels)
         flags = layers.output_norm_flags(spec, cfg.num_layers)
         if cache is None:
             def layer(h, out_norm):
@@ -93,8 +73,8 @@ class DecoderOnly:
             per_layer = [flags, cache.self_kv]
         x, ys = layers.stack_layers(layer, cfg.num_layers, x, per_layer, scan=cfg.scan_layers,
                                     remat=cfg.remat and is_training, per_layer_outputs=cache is not None)
-        if cfg.use_final_ln and spec.positions != "postln":
-            x = layers.Norm(cfg.ln_type, use_scale=cfg.force_ln_scale, name="final_ln")(x)
+        if cfg.use_final_ln and spec.placement.final_norm:
+            x = spec.norm("final", "final_ln")(x)
         return x, ys
 
     def _embed(self, text_tokens: jax.Array | None, image_inputs: jax.Array | None, offset,
@@ -119,8 +99,9 @@ class DecoderOnly:
             x = layers.Norm(cfg.ln_type, use_scale=True, name="layernorm_embedding")(x)
         return layers.dropout(x, cfg.dropout, is_training), positions
 
-    def _image_head(self, x: jax.Array) -> jax.Array:
-        out = layers.Dense(self.cfg.image_vocab_size, self.policy, False, self.cfg.init_std, name="image_head")(x)
+    def _image_head(self, x: jax.Array, decode_kernels: str = "xla") -> jax.Array:
+        out = layers.Dense(self.cfg.image_vocab_size, self.policy, False, self.cfg.init_std, name="image_head",
+                           decode_kernels=decode_kernels)(x)
         return sharding.constrain(out, ("batch", "length", "vocab"))
 
     def __call__(self, text_tokens: jax.Array, image_inputs: jax.Array, is_training: bool = False):
@@ -154,13 +135,15 @@ class DecoderOnly:
         cache = Cache(self_kv, jnp.repeat(full_mask, repeats, axis=0))
         return jnp.repeat(logits, repeats, axis=0), cache
 
-    def decode_step(self, tokens: jax.Array, index: jax.Array, cache: Cache) -> tuple[jax.Array, Any]:
+    def decode_step(self, tokens: jax.Array, index: jax.Array, cache: Cache,
+                    decode_kernels: str = "xla") -> tuple[jax.Array, Any]:
         """`[B, S]` image-side tokens at image positions `index..` -> (image logits `[B, S, Vi]`, the updated
-        self-attention cache)."""
+        self-attention cache). `decode_kernels`: see `layers.TransformerSpec.decode_kernels`."""
         lt = self.cfg.max_text_length
         x, positions = self._embed(None, tokens, lt + index, False)
-        x, self_kv = self._trunk(x, positions, cache.key_mask, cache=cache, cache_index=lt + index)
-        return self._image_head(x), self_kv
+        x, self_kv = self._trunk(x, positions, cache.key_mask, cache=cache, cache_index=lt + index,
+                                 decode_kernels=decode_kernels)
+        return self._image_head(x, decode_kernels), self_kv
 
 
 def param_rules() -> tuple[tuple[str, tuple], ...]:

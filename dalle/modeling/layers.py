@@ -22,11 +22,9 @@ the decode loop; a scanned stack keeps them stacked with a leading layer axis.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import haiku as hk
 import jax
@@ -35,12 +33,13 @@ import jmp
 
 from dalle import sharding
 from dalle.kernels import cache_attention, panel_gemm
+from dalle.modeling import norm_placement
+from dalle.modeling.norm_placement import LN_TYPES
 
 MASK_VALUE = -1e9  # finite "minus infinity" for attention logits (always float32)
 NORM_EPS = 1e-5  # dalle-mini uses 1e-5 for every LayerNorm / RMSNorm
 
-LN_POSITIONS = ("normformer", "swinv2", "cogview", "sandwich", "preln", "postln", "deepnet", "subln")
-LN_TYPES = ("layernorm", "rmsnorm")
+DECODE_KERNELS = ("xla", "native")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_exact", "swish", "silu", "smelu", "smelu_dallemini", "relu")
 
 
@@ -94,7 +93,8 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
 # ------------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class TransformerSpec:
-    """Everything a block needs, resolved from a model config (see dalle_bart.py / decoder_only.py)."""
+    """Everything a block needs, resolved from a model config by `from_config` (see dalle_bart.py /
+    decoder_only.py)."""
 
     d_model: int
     num_heads: int
@@ -122,35 +122,40 @@ class TransformerSpec:
     has_cross_attention: bool = False
     self_length: int = 0  # query/key length of self-attention (for the Swin bias table)
     cross_length: int = 0  # key length of cross-attention (for the Swin bias table)
+    # How a decode step computes, chosen per call by the sampler (not a config key): "native" makes float32
+    # `Dense` layers multiply with `dalle.kernels.panel_gemm` against the `kernel_panels` that
+    # `with_panel_kernels` adds, and one-query attention over a heads-major cache use `dalle.kernels.
+    # cache_attention` (it reads only the filled positions); "xla" uses XLA's own dots everywhere.
+    decode_kernels: str = "xla"
+
+    def __post_init__(self):
+        norm_placement.get(self.ln_positions)  # raises, naming the known placements
+        if self.decode_kernels not in DECODE_KERNELS:
+            raise ValueError(f"unknown decode_kernels {self.decode_kernels!r} (known: {DECODE_KERNELS})")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], **per_side: Any) -> "TransformerSpec":
+        """Every field named like a `model` config key (d_model, ln_type, use_glu, dropout, ...) is read from
+        `cfg`; `per_side` sets the rest and overrides (a side's heads and FFN width, its gains and lengths)."""
+        shared = {f.name: cfg[f.name] for f in dataclasses.fields(cls) if f.name not in per_side and f.name in cfg}
+        return cls(**shared, **per_side)
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
 
     @property
-    def positions(self) -> str:
-        """Canonical ln_positions: `deepnet` is post-LN (with deepnet scaling), `sandwich` is CogView's name."""
-        return {"deepnet": "postln", "sandwich": "cogview"}.get(self.ln_positions, self.ln_positions)
+    def placement(self) -> norm_placement.NormPlacement:
+        """Where this layer's norms are (the `ln_positions` row of `norm_placement.PLACEMENTS`)."""
+        return norm_placement.get(self.ln_positions)
 
+    @property
+    def side(self) -> str:
+        return "encoder" if self.is_encoder else "decoder"
 
-def pre_attention_norm(spec: TransformerSpec) -> bool:
-    # dalle-mini puts the pre-attention norm of *sub-LN* only in encoder layers (its decoder layer lists
-    # normformer/cogview/preln only). We mirror it so converted weights compute the same function.
-    allowed = ("normformer", "cogview", "preln", "subln") if spec.is_encoder else ("normformer", "cogview", "preln")
-    return spec.positions in allowed
-
-
-def post_attention_norm(spec: TransformerSpec) -> bool:
-    return spec.positions in ("normformer", "swinv2", "cogview")
-
-
-def residual_norm(spec: TransformerSpec) -> bool:
-    return spec.positions == "postln"
-
-
-def layer_output_norm(spec: TransformerSpec) -> bool:
-    """Post-LN adds a norm after the FFN residual of every layer; Swin v2 every 6th layer (not the last)."""
-    return spec.positions in ("postln", "swinv2")
+    def norm(self, site: str, name: str) -> "Norm":
+        """The norm at `site` (one of `norm_placement.SITES`), with or without a scale as that site wants."""
+        return Norm(self.ln_type, use_scale=norm_placement.use_scale(site, self.force_ln_scale), name=name)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -188,19 +193,26 @@ class Norm(hk.Module):
 
 
 class Dense(hk.Module):
-    """`x @ kernel (+ bias)` with a float32 kernel cast to the compute dtype by the policy."""
+    """`x @ kernel (+ bias)` with a float32 kernel cast to the compute dtype by the policy.
+
+    `decode_kernels="native"` (decode steps only, see `TransformerSpec.decode_kernels`): float32 inputs are
+    multiplied by `dalle.kernels.panel_gemm` against the `kernel_panels` parameter (`with_panel_kernels`).
+    """
 
     def __init__(self, features: int, policy: jmp.Policy, use_bias: bool = False, stddev: float = 0.02,
-                 name: str | None = None):
+                 name: str | None = None, *, decode_kernels: str = "xla"):
         super().__init__(name=name)
+        if decode_kernels not in DECODE_KERNELS:
+            raise ValueError(f"unknown decode_kernels {decode_kernels!r} (known: {DECODE_KERNELS})")
         self.features = features
         self.policy = policy
         self.use_bias = use_bias
         self.stddev = stddev
+        self.decode_kernels = decode_kernels
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if _NATIVE_DECODE.get() and x.dtype == jnp.float32:
-            # Decoding (see `native_decode_kernels`): the weight was packed once per call, next to the kernel.
+        if self.decode_kernels == "native" and x.dtype == jnp.float32:
+            # The weight was packed once per generate call, next to the kernel.
             panels = hk.get_parameter("kernel_panels", list(panel_gemm.packed_shape(x.shape[-1], self.features)),
                                       jnp.float32)
             y = panel_gemm.matmul(x, panels, self.features)
@@ -217,26 +229,10 @@ class Dense(hk.Module):
         return y
 
 
-# True while tracing inside `native_decode_kernels()` (a context variable: each thread traces with its own).
-_NATIVE_DECODE: contextvars.ContextVar[bool] = contextvars.ContextVar("native_decode_kernels", default=False)
-
-
-@contextlib.contextmanager
-def native_decode_kernels():
-    """While tracing inside (a decode step), float32 `Dense` layers multiply with `dalle.kernels.panel_gemm`
-    against the `kernel_panels` parameters that `with_panel_kernels` adds, and one-query attention over a
-    heads-major cache uses `dalle.kernels.cache_attention` (reads only the filled positions)."""
-    token = _NATIVE_DECODE.set(True)
-    try:
-        yield
-    finally:
-        _NATIVE_DECODE.reset(token)
-
-
 def with_panel_kernels(params: Any) -> Any:
-    """Adds `kernel_panels` (the packed `kernel`) to every Dense module: 2-D kernels, and 3-D ones stacked by a
-    scanned layer stack (packed per layer). Packs every such weight; XLA drops the packing of those the traced
-    function never reads."""
+    """Adds `kernel_panels` (the packed `kernel`, what `Dense(decode_kernels="native")` reads) to every Dense
+    module: 2-D kernels, and 3-D ones stacked by a scanned layer stack (packed per layer). Packs every such
+    weight; XLA drops the packing of those the traced function never reads."""
     out = {}
     for module, leaves in params.items():
         leaves = dict(leaves)
@@ -326,6 +322,32 @@ def key_mask_bias(key_mask: jax.Array) -> jax.Array:
     return jnp.where(key_mask, 0.0, MASK_VALUE).astype(jnp.float32)[:, None, None, :]
 
 
+class AttentionKernel(NamedTuple):
+    """How queries meet keys and values; everything else in `Attention` is the same whichever kernel runs."""
+
+    scores: Callable[[jax.Array, jax.Array], jax.Array]  # (q [B, S, H, D], k) -> float32 logits [B, H, S, K]
+    mix: Callable[[jax.Array, jax.Array], jax.Array]  # (weights [B, H, S, K], v) -> [B, S, H, D]
+
+
+def attention_kernel(decode_kernels: str, *, heads_major: bool, q: jax.Array, filled: jax.Array | int
+                     ) -> AttentionKernel:
+    """The products for one attention call.
+
+    Keys/values are token-major `[B, K, H, D]` as projected (training, prefill) or heads-major `[B, H, K, D]` (a
+    decode cache, precomputed cross-attention keys). With `decode_kernels="native"`, a float32 one-query step
+    over heads-major keys uses `dalle.kernels.cache_attention`, which reads only the first `filled` positions
+    (the rest of a cache is masked anyway); everything else uses XLA's dots.
+    """
+    if decode_kernels == "native" and heads_major and q.shape[1] == 1 and q.dtype == jnp.float32:
+        return AttentionKernel(lambda q, k: cache_attention.scores(q[:, 0], k, filled)[:, :, None, :],
+                               lambda w, v: cache_attention.mix(w[:, :, 0], v, filled)[:, None])
+    if heads_major:
+        return AttentionKernel(lambda q, k: jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32),
+                               lambda w, v: jnp.einsum("bhqk,bhkd->bqhd", w, v))
+    return AttentionKernel(lambda q, k: jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32),
+                           lambda w, v: jnp.einsum("bhqk,bkhd->bqhd", w, v))
+
+
 class Attention(hk.Module):
     """Multi-head attention with dalle-mini's options.
 
@@ -336,7 +358,11 @@ class Attention(hk.Module):
       indexed by the absolute query position (which also makes it well defined for one-token cached steps).
     * `sinkhorn_iters > 1` (Sinkformer, encoder self-attention only): alternate row/column normalisation in log
       space instead of one softmax.
-    * `subln` (Magneto): a norm on the merged heads before `out_proj` (self-attention only).
+    * a placement with `attn_mid` (Magneto's sub-LN): a norm on the merged heads before `out_proj`
+      (self-attention only).
+
+    A call is three steps: the projections (`_project_qkv`: q/k/v, cosine normalisation, the cache write), the
+    attention itself (`_attend`, whose products come from `attention_kernel`), and `_project_out`.
     """
 
     def __init__(self, spec: TransformerSpec, policy: jmp.Policy, *, is_cross: bool, causal: bool,
@@ -367,101 +393,117 @@ class Attention(hk.Module):
         attend over the whole cache (causally: later positions are masked). Returns the output and the keys/values
         the caller keeps: the updated cache, else the new `[B, S, H, D]` keys/values (what a prefill collects).
         """
-        spec = self.spec
-        gain = spec.cross_init_gain if self.is_cross else spec.init_gain
-        std = spec.init_std
-
-        def proj(name: str, inputs: jax.Array, stddev: float) -> jax.Array:
-            return Dense(spec.d_model, self.policy, spec.use_bias, stddev, name=name)(inputs)
-
-        def split(a: jax.Array) -> jax.Array:
-            return a.reshape(a.shape[:-1] + (spec.num_heads, spec.head_dim))
-
-        q = split(proj("q_proj", x, std))
-        if spec.use_cosine_attention:
-            q = _l2_normalize(q)
-        kv_is_given = kv is not None
-        if cache is not None and (self.is_cross or kv_is_given or not self.causal):
+        if cache is not None and (self.is_cross or kv is not None or not self.causal):
             # Causal masking is what hides the cache positions not written yet.
             raise ValueError("a KV cache is for causal self-attention keys computed from the input")
-        if kv is None:
-            # Cosine attention normalises keys here, once, before they are cached.
-            source = x if kv_input is None else kv_input
-            k = split(proj("k_proj", source, std))
-            if spec.use_cosine_attention:
-                k = _l2_normalize(k)
-            kv = KV(sharding.constrain(k, ("batch", "length", "heads", "kv")),
-                    sharding.constrain(split(proj("v_proj", source, std * gain)), ("batch", "length", "heads", "kv")))
-        heads_major = cache is not None or kv_is_given
-        new_kv = kv
-        k_positions = q_positions if not self.is_cross else jnp.arange(kv.k.shape[2 if heads_major else 1])
-        if cache is not None:
-            # Write the new keys in first, then read the whole cache: the write is in place and nothing copies it.
-            def write(c: jax.Array, a: jax.Array) -> jax.Array:
-                a = jnp.swapaxes(a, 1, 2).astype(c.dtype)
-                return jax.lax.dynamic_update_slice(c, a, (0, 0, cache_index, 0))
+        heads_major = cache is not None or kv is not None
+        q, kv, k_positions = _project_qkv(self, x, q_positions, kv_input, kv, cache, cache_index)
+        # Valid key positions of a heads-major layout (what the native kernels read).
+        filled = cache_index + q.shape[1] if cache is not None else kv.k.shape[2]
+        kernel = attention_kernel(self.spec.decode_kernels, heads_major=heads_major, q=q, filled=filled)
+        out = _attend(self, kernel, q, kv, q_positions, k_positions, key_mask, is_training)
+        return _project_out(self, out), kv
 
-            new_kv = KV(write(cache.k, kv.k), write(cache.v, kv.v))
-            kv = new_kv
-            k_positions = jnp.arange(cache.k.shape[2])
-        k, v = kv.k.astype(q.dtype), kv.v.astype(q.dtype)
-        # Native one-query products read only the filled cache positions (`filled`: how many are valid).
-        native = _NATIVE_DECODE.get() and heads_major and q.shape[1] == 1 and q.dtype == jnp.float32
-        filled = cache_index + q.shape[1] if cache is not None else k.shape[2]
-        if native:
-            logits = cache_attention.scores(q[:, 0], k, filled)[:, :, None, :]
-        elif heads_major:
-            logits = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
-        else:
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+
+# The steps of `Attention.__call__` are functions, not methods: Haiku would put modules and parameters created in
+# a method under an extra `~method` scope and change the parameter names.
+def _dense(attn: Attention, name: str, inputs: jax.Array, stddev: float) -> jax.Array:
+    spec = attn.spec
+    return Dense(spec.d_model, attn.policy, spec.use_bias, stddev, name=name,
+                 decode_kernels=spec.decode_kernels)(inputs)
+
+
+def _project_qkv(attn: Attention, x: jax.Array, q_positions: jax.Array, kv_input: jax.Array | None,
+                 kv: KV | None, cache: KV | None, cache_index: jax.Array | int
+                 ) -> tuple[jax.Array, KV, jax.Array]:
+    """-> (queries `[B, S, H, D]`, the keys/values to attend over, their absolute positions). Keys/values are
+    projected from `kv_input` (default `x`) unless given; with a cache they are written into it and the keys
+    returned are the whole updated cache."""
+    spec = attn.spec
+    gain = spec.cross_init_gain if attn.is_cross else spec.init_gain
+    std = spec.init_std
+
+    def split(a: jax.Array) -> jax.Array:
+        return a.reshape(a.shape[:-1] + (spec.num_heads, spec.head_dim))
+
+    q = split(_dense(attn, "q_proj", x, std))
+    if spec.use_cosine_attention:
+        q = _l2_normalize(q)
+    heads_major = cache is not None or kv is not None
+    if kv is None:
+        # Cosine attention normalises keys here, once, before they are cached.
+        source = x if kv_input is None else kv_input
+        k = split(_dense(attn, "k_proj", source, std))
         if spec.use_cosine_attention:
-            logits = logits / spec.tau_init
-        else:
-            logits = logits / math.sqrt(spec.head_dim)
-        bias = jnp.zeros((), jnp.float32)
-        if key_mask is not None:
-            bias = bias + key_mask_bias(key_mask)
-        if self.causal:
-            allowed = k_positions[None, :] <= q_positions[:, None]
-            bias = bias + jnp.where(allowed, 0.0, MASK_VALUE).astype(jnp.float32)[None, None]
-        logits = logits + bias
-        if spec.use_swin_position_embeddings:
-            q_len = spec.self_length
-            kk = spec.cross_length if self.is_cross else spec.self_length
-            table = hk.get_parameter("rel_bias", [q_len, kk * spec.num_heads], jnp.float32,
-                                     init=hk.initializers.RandomNormal(spec.init_std))
-            rows = jnp.take(table, q_positions, axis=0).reshape(q_positions.shape[0], kk, spec.num_heads)
-            rows = jnp.take(rows, jnp.minimum(k_positions, kk - 1), axis=1)  # [S, K, H]
-            logits = logits + jnp.transpose(rows, (2, 0, 1))[None]
+            k = _l2_normalize(k)
+        axes = ("batch", "length", "heads", "kv")
+        v = split(_dense(attn, "v_proj", source, std * gain))
+        kv = KV(sharding.constrain(k, axes), sharding.constrain(v, axes))
+    k_positions = q_positions if not attn.is_cross else jnp.arange(kv.k.shape[2 if heads_major else 1])
+    if cache is not None:
+        # Write the new keys in first, then read the whole cache: the write is in place and nothing copies it.
+        def write(c: jax.Array, a: jax.Array) -> jax.Array:
+            a = jnp.swapaxes(a, 1, 2).astype(c.dtype)
+            return jax.lax.dynamic_update_slice(c, a, (0, 0, cache_index, 0))
 
-        if spec.sinkhorn_iters > 1 and spec.is_encoder and not self.is_cross:
-            allowed = jnp.broadcast_to(bias > MASK_VALUE / 2, logits.shape)
-            for i in range(spec.sinkhorn_iters):
-                axis = -1 if i % 2 == 0 else -2
-                logits = logits - jax.nn.logsumexp(logits, axis=axis, keepdims=True)
-                logits = jnp.where(allowed, logits, MASK_VALUE)
-            weights = jnp.exp(logits)
-        else:
-            weights = jax.nn.softmax(logits, axis=-1)
-        if is_training and spec.attention_dropout > 0.0:
-            # Broadcast over batch and heads, as dalle-mini (flax's broadcast_dropout).
-            keep = jax.random.bernoulli(hk.next_rng_key(), 1.0 - spec.attention_dropout, weights.shape[-2:])
-            weights = weights * keep / (1.0 - spec.attention_dropout)
+        kv = KV(write(cache.k, kv.k), write(cache.v, kv.v))
+        k_positions = jnp.arange(cache.k.shape[2])
+    return q, kv, k_positions
 
-        w = weights.astype(v.dtype)
-        if native:
-            out = cache_attention.mix(w[:, :, 0], v, filled)[:, None]
-        elif heads_major:
-            out = jnp.einsum("bhqk,bhkd->bqhd", w, v)
-        else:
-            out = jnp.einsum("bhqk,bkhd->bqhd", w, v)
-        if spec.use_head_scale:
-            scale = hk.get_parameter("head_scale", [spec.num_heads], jnp.float32, init=jnp.ones)
-            out = out * self.policy.cast_to_compute(scale)[None, None, :, None]
-        out = out.reshape(out.shape[:2] + (spec.d_model,))
-        if spec.positions == "subln" and not self.is_cross:
-            out = Norm(spec.ln_type, use_scale=True, name="mid_norm")(out)
-        return proj("out_proj", out, std * gain), new_kv
+
+def _attend(attn: Attention, kernel: AttentionKernel, q: jax.Array, kv: KV, q_positions: jax.Array,
+            k_positions: jax.Array, key_mask: jax.Array | None, is_training: bool) -> jax.Array:
+    """Scaled, masked (and position-biased) scores -> softmax (or Sinkhorn) -> weighted values `[B, S, H, D]`."""
+    spec = attn.spec
+    k, v = kv.k.astype(q.dtype), kv.v.astype(q.dtype)
+    logits = kernel.scores(q, k)
+    if spec.use_cosine_attention:
+        logits = logits / spec.tau_init
+    else:
+        logits = logits / math.sqrt(spec.head_dim)
+    bias = jnp.zeros((), jnp.float32)
+    if key_mask is not None:
+        bias = bias + key_mask_bias(key_mask)
+    if attn.causal:
+        allowed = k_positions[None, :] <= q_positions[:, None]
+        bias = bias + jnp.where(allowed, 0.0, MASK_VALUE).astype(jnp.float32)[None, None]
+    logits = logits + bias
+    if spec.use_swin_position_embeddings:
+        q_len = spec.self_length
+        kk = spec.cross_length if attn.is_cross else spec.self_length
+        table = hk.get_parameter("rel_bias", [q_len, kk * spec.num_heads], jnp.float32,
+                                 init=hk.initializers.RandomNormal(spec.init_std))
+        rows = jnp.take(table, q_positions, axis=0).reshape(q_positions.shape[0], kk, spec.num_heads)
+        rows = jnp.take(rows, jnp.minimum(k_positions, kk - 1), axis=1)  # [S, K, H]
+        logits = logits + jnp.transpose(rows, (2, 0, 1))[None]
+
+    if spec.sinkhorn_iters > 1 and spec.is_encoder and not attn.is_cross:
+        allowed = jnp.broadcast_to(bias > MASK_VALUE / 2, logits.shape)
+        for i in range(spec.sinkhorn_iters):
+            axis = -1 if i % 2 == 0 else -2
+            logits = logits - jax.nn.logsumexp(logits, axis=axis, keepdims=True)
+            logits = jnp.where(allowed, logits, MASK_VALUE)
+        weights = jnp.exp(logits)
+    else:
+        weights = jax.nn.softmax(logits, axis=-1)
+    if is_training and spec.attention_dropout > 0.0:
+        # Broadcast over batch and heads, as dalle-mini (flax's broadcast_dropout).
+        keep = jax.random.bernoulli(hk.next_rng_key(), 1.0 - spec.attention_dropout, weights.shape[-2:])
+        weights = weights * keep / (1.0 - spec.attention_dropout)
+    return kernel.mix(weights.astype(v.dtype), v)
+
+
+def _project_out(attn: Attention, out: jax.Array) -> jax.Array:
+    """Per-head scale, merged heads, the sub-LN mid-norm, `out_proj`: `[B, S, H, D]` -> `[B, S, d]`."""
+    spec = attn.spec
+    if spec.use_head_scale:
+        scale = hk.get_parameter("head_scale", [spec.num_heads], jnp.float32, init=jnp.ones)
+        out = out * attn.policy.cast_to_compute(scale)[None, None, :, None]
+    out = out.reshape(out.shape[:2] + (spec.d_model,))
+    if spec.placement.attn_mid and not attn.is_cross:
+        out = spec.norm("attn_mid", "mid_norm")(out)
+    gain = spec.cross_init_gain if attn.is_cross else spec.init_gain
+    return _dense(attn, "out_proj", out, spec.init_std * gain)
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
@@ -473,9 +515,8 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 # Feed-forward
 # ------------------------------------------------------------------------------------------------------------------
 class FeedForward(hk.Module):
-    """MLP (`use_glu=False`) or GLU (Shazeer 2020: act(x W0) * (x W1), then W2), with dalle-mini's norm positions:
-    a pre-norm (normformer/cogview/preln/subln), a mid-norm on the hidden units (normformer/subln) and a post-norm
-    on the output (swinv2/cogview)."""
+    """MLP (`use_glu=False`) or GLU (Shazeer 2020: act(x W0) * (x W1), then W2), with the norms its placement
+    asks for (`norm_placement`): a pre-norm, a mid-norm on the hidden units and a post-norm on the output."""
 
     def __init__(self, spec: TransformerSpec, policy: jmp.Policy, name: str | None = None):
         super().__init__(name=name)
@@ -483,23 +524,27 @@ class FeedForward(hk.Module):
         self.policy = policy
 
     def __call__(self, x: jax.Array, is_training: bool = False) -> jax.Array:
-        spec, pos = self.spec, self.spec.positions
+        spec, place = self.spec, self.spec.placement
         std = spec.init_std * spec.init_gain
         act = activation(spec.activation_function)
-        if pos in ("normformer", "cogview", "preln", "subln"):
-            x = Norm(spec.ln_type, use_scale=spec.force_ln_scale, name="pre_norm")(x)
+
+        def dense(features: int, name: str) -> Dense:
+            return Dense(features, self.policy, spec.use_bias, std, name=name, decode_kernels=spec.decode_kernels)
+
+        if place.ffn_pre:
+            x = spec.norm("ffn_pre", "pre_norm")(x)
         if spec.use_glu:
-            h = act(Dense(spec.ffn_dim, self.policy, spec.use_bias, std, name="wi_0")(x))
-            h = h * Dense(spec.ffn_dim, self.policy, spec.use_bias, std, name="wi_1")(x)
+            h = act(dense(spec.ffn_dim, "wi_0")(x))
+            h = h * dense(spec.ffn_dim, "wi_1")(x)
         else:
-            h = act(Dense(spec.ffn_dim, self.policy, spec.use_bias, std, name="wi_0")(x))
+            h = act(dense(spec.ffn_dim, "wi_0")(x))
         h = sharding.constrain(h, ("batch", "length", "mlp"))
-        if pos in ("normformer", "subln"):
-            h = Norm(spec.ln_type, use_scale=spec.force_ln_scale, name="mid_norm")(h)
+        if place.ffn_mid:
+            h = spec.norm("ffn_mid", "mid_norm")(h)
         h = dropout(h, spec.activation_dropout, is_training)
-        y = Dense(spec.d_model, self.policy, spec.use_bias, std, name="wo")(h)
-        if pos in ("swinv2", "cogview"):
-            y = Norm(spec.ln_type, use_scale=True, name="post_norm")(y)
+        y = dense(spec.d_model, "wo")(h)
+        if place.ffn_post:
+            y = spec.norm("ffn_post", "post_norm")(y)
         return dropout(y, spec.dropout, is_training)
 
 
@@ -510,16 +555,16 @@ def _sublayer(spec: TransformerSpec, x: jax.Array, prefix: str, fn: Callable[[ja
               is_training: bool) -> tuple[jax.Array, Any]:
     """Norms, dropout and residual around one attention sub-layer (a function, not a method: Haiku would put
     modules created in a method under an extra `~method` scope)."""
-    residual = x
-    if pre_attention_norm(spec):
-        x = Norm(spec.ln_type, use_scale=spec.force_ln_scale, name=f"{prefix}_pre_norm")(x)
+    residual, place = x, spec.placement
+    if place.has_attn_pre(spec.side):
+        x = spec.norm("attn_pre", f"{prefix}_pre_norm")(x)
     x, extra = fn(x)
-    if post_attention_norm(spec):
-        x = Norm(spec.ln_type, use_scale=True, name=f"{prefix}_post_norm")(x)
+    if place.attn_post:
+        x = spec.norm("attn_post", f"{prefix}_post_norm")(x)
     x = dropout(x, spec.dropout, is_training)
     x = residual * spec.residual_gain + x
-    if residual_norm(spec):
-        x = Norm(spec.ln_type, use_scale=True, name=f"{prefix}_residual_norm")(x)
+    if place.attn_residual:
+        x = spec.norm("attn_residual", f"{prefix}_residual_norm")(x)
     return x, extra
 
 
@@ -530,16 +575,8 @@ class BlockOutput(NamedTuple):
 
 
 class Block(hk.Module):
-    """One transformer layer: self-attention, optional cross-attention, feed-forward; dalle-mini's norm layout.
-
-    Norm placement per sub-layer (residual r, sub-layer f):
-      normformer  r + N_post(f(N_pre(x)))   and a mid-norm inside the FFN
-      cogview     same without FFN mid-norm, with an FFN post-norm (sandwich-LN)
-      swinv2      r + N_post(f(x))          (res-post-norm) and an extra norm every 6 layers
-      preln       r + f(N_pre(x))
-      postln      N(r * alpha + f(x))       (deepnet = postln + deepnet scaling)
-      subln       r + f(N_pre(x)) with a norm before out_proj and inside the FFN
-    """
+    """One transformer layer: self-attention, optional cross-attention, feed-forward; the norms are where the
+    spec's `ln_positions` row of `norm_placement.PLACEMENTS` puts them."""
 
     def __init__(self, spec: TransformerSpec, policy: jmp.Policy, name: str | None = None):
         super().__init__(name=name)
@@ -580,20 +617,16 @@ class Block(hk.Module):
         residual = x
         x = FeedForward(spec, self.policy, name="ffn")(x, is_training)
         x = residual * spec.residual_gain + x
-        if layer_output_norm(spec):
-            normed = Norm(spec.ln_type, use_scale=True, name="output_norm")(x)
+        if spec.placement.output_every:
+            normed = spec.norm("output", "output_norm")(x)
             x = normed if output_norm is None else jnp.where(output_norm, normed, x)
         x = sharding.constrain(x, ("batch", "length", "embed"))
         return BlockOutput(x, self_kv, new_cross)
 
 
 def output_norm_flags(spec: TransformerSpec, num_layers: int) -> jax.Array:
-    """Which layers apply the layer-output norm: all (post-LN), every 6th but not the last (Swin v2)."""
-    if spec.positions == "postln":
-        return jnp.ones((num_layers,), bool)
-    if spec.positions == "swinv2":
-        return jnp.asarray([(i + 1) % 6 == 0 and i != num_layers - 1 for i in range(num_layers)], bool)
-    return jnp.zeros((num_layers,), bool)
+    """Which layers apply the layer-output norm (`NormPlacement.output_norm_layers`), as a `[num_layers]` bool."""
+    return jnp.asarray(spec.placement.output_norm_layers(num_layers), bool)
 
 
 # ------------------------------------------------------------------------------------------------------------------

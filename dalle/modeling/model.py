@@ -10,7 +10,7 @@ BOS can never be targets, and the sampler never emits them).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import haiku as hk
 import jax
@@ -20,9 +20,8 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
-from dalle import sharding
+from dalle import kinds, registry, sharding
 from dalle.modeling import dalle_bart, decoder_only, layers
-from dalle.modeling import schema as model_schema
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -35,11 +34,8 @@ sharding.register_partition_rules("decoder_only", decoder_only.param_rules())
 
 def complete_config(model_config: ConfigDict) -> ConfigDict:
     """Fills schema defaults into a `model` section and runs its checks (raises ConfigError naming keys)."""
-    kind = model_config.get("kind", "dalle_bart")
-    defaults = {"dalle_bart": model_schema.dalle_bart_defaults,
-                "decoder_only": model_schema.decoder_only_defaults}.get(kind)
-    if defaults is None:
-        raise config_lib.ConfigError(f"model.kind = {kind!r} is not one of ['dalle_bart', 'decoder_only']")
+    kind = _text_to_image_kind(model_config)
+    defaults, check = kind.defaults, kind.check
     out = defaults()
     errors = []
     for key in model_config.keys():
@@ -51,8 +47,7 @@ def complete_config(model_config: ConfigDict) -> ConfigDict:
             value = float(value)
         with out.ignore_type():
             out[key] = tuple(value) if isinstance(value, list) else value
-    if not errors:
-        check = model_schema.check_dalle_bart if kind == "dalle_bart" else model_schema.check_decoder_only
+    if not errors and check is not None:
         errors.extend(check(out, ConfigDict({"model": out})))
     if errors:
         raise config_lib.ConfigError("invalid model config:\n  " + "\n  ".join(errors))
@@ -192,9 +187,13 @@ class _Model:
         return type(cache)(*(layers.take_rows(part, rows) for part in cache))
 
     def decode_step(self, params: Params, tokens: jax.Array, index: jax.Array, cache,
-                    compute_dtype: str = "float32"):
-        """`tokens` `[B, S]` at image positions `index..index+S-1` -> (code logits `[B, S, V]`, updated cache)."""
-        logits, self_kv = self.apply(params, "decode_step", tokens, index, cache, compute_dtype=compute_dtype)
+                    compute_dtype: str = "float32", decode_kernels: str = "xla"):
+        """`tokens` `[B, S]` at image positions `index..index+S-1` -> (code logits `[B, S, V]`, updated cache).
+
+        `decode_kernels="native"` runs the step on `dalle.kernels`' CPU kernels (`layers.TransformerSpec.
+        decode_kernels`); `params` must then carry the packed weights of `layers.with_panel_kernels`."""
+        logits, self_kv = self.apply(params, "decode_step", tokens, index, cache, decode_kernels,
+                                     compute_dtype=compute_dtype)
         return logits[..., : self.image_vocab_size].astype(jnp.float32), cache._replace(self_kv=self_kv)
 
 
@@ -300,10 +299,6 @@ class DecoderOnlyModel(_Model):
 
 
 Model = _Model
-MODEL_CLASSES: dict[str, Callable[[ConfigDict], _Model]] = {
-    "dalle_bart": DalleBartModel,
-    "decoder_only": DecoderOnlyModel,
-}
 
 
 def random_params(model: _Model, seed: int = 0, scale: float = 0.1) -> Params:
@@ -325,9 +320,18 @@ def random_params(model: _Model, seed: int = 0, scale: float = 0.1) -> Params:
     return jax.tree_util.tree_map_with_path(one, abstract)
 
 
+def _text_to_image_kind(model_config: ConfigDict) -> kinds.ModelKind:
+    name = model_config.get("kind", "")
+    try:
+        kind = kinds.get(name)
+    except registry.UnknownNameError as e:
+        raise config_lib.ConfigError(str(e)) from None
+    if not kind.text_to_image:
+        known = [k for k in registry.MODEL_KINDS.names() if kinds.get(k).text_to_image]
+        raise config_lib.ConfigError(f"model.kind = {name!r} is not a text-to-image model (those are: {known})")
+    return kind
+
+
 def build_model(model_config: ConfigDict) -> _Model:
-    """The model for `config.model` (kind `dalle_bart` or `decoder_only`); missing keys take schema defaults."""
-    kind = model_config.get("kind", "dalle_bart")
-    if kind not in MODEL_CLASSES:
-        raise config_lib.ConfigError(f"model.kind = {kind!r} is not one of {sorted(MODEL_CLASSES)}")
-    return MODEL_CLASSES[kind](model_config)
+    """The token model of a text-to-image `model` section (its kind's `model` class); missing keys take defaults."""
+    return registry.resolve(_text_to_image_kind(model_config).model)(model_config)

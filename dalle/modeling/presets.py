@@ -14,9 +14,21 @@ from ml_collections import ConfigDict
 from dalle.modeling import schema
 
 
+def _dalle_mini_sizes(c: ConfigDict) -> ConfigDict:
+    """What every dalle-mini config shares: 16384 VQGAN f16 codes, 64 text tokens, 16x16 = 256 image tokens."""
+    c.image_vocab_size = 16384
+    c.max_text_length = 64
+    c.image_length = 256
+    return c
+
+
 def mini() -> ConfigDict:
     """dalle-mini `config/mini`: d 1024, 12+12 layers, 16 heads, GLU ffn 4096, NormFormer; 538.6 M params."""
-    c = schema.dalle_bart_defaults()
+    c = _dalle_mini_sizes(schema.dalle_bart_defaults())
+    c.d_model = 1024
+    c.encoder_layers = c.decoder_layers = 12
+    c.encoder_attention_heads = c.decoder_attention_heads = 16
+    c.encoder_ffn_dim = c.decoder_ffn_dim = 4096
     c.encoder_vocab_size = 50264
     c.image_extra_tokens = 7  # dalle-mini image_vocab_size 16391
     return c
@@ -33,7 +45,7 @@ def mini_glu() -> ConfigDict:
 
 def mega() -> ConfigDict:
     """dalle-mini `config/mega`: d 2048, 24+24 layers, 32 heads, GLU ffn 4096; ~2.6 B params."""
-    c = schema.dalle_bart_defaults()
+    c = _dalle_mini_sizes(schema.dalle_bart_defaults())
     c.d_model = 2048
     c.encoder_layers = c.decoder_layers = 24
     c.encoder_attention_heads = c.decoder_attention_heads = 32

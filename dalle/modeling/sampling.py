@@ -25,7 +25,6 @@ on the seed and the row, never on compilation or on the mesh.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import jax
@@ -97,7 +96,7 @@ def sample_tokens(logits: jax.Array, rng: jax.Array, step: jax.Array, *, greedy:
 
 def _build(model, *, batch: int, text_length: int, num_images: int, prompt_length: int, guided: bool,
            greedy: bool, top_k: int, use_top_p: bool, compute_dtype: str, return_logits: bool, unroll_layers: bool,
-           native_kernels: bool, shared_uncond: bool, nested: bool):
+           decode_kernels: str, shared_uncond: bool, nested: bool):
     length = model.image_length
     stacked_model = model
     if unroll_layers:
@@ -106,7 +105,7 @@ def _build(model, *, batch: int, text_length: int, num_images: int, prompt_lengt
     def run(params, text_tokens, uncond_tokens, image_prompt, rng, condition_scale, temperature, top_p):
         if unroll_layers:
             params = stacked_model.unstack_params(params)  # once per call, outside the decode loop
-        if native_kernels:
+        if decode_kernels == "native":
             params = layers.with_panel_kernels(params)  # packed once per call, read by every step
         rows = batch * num_images
         if guided and shared_uncond:
@@ -148,8 +147,7 @@ def _build(model, *, batch: int, text_length: int, num_images: int, prompt_lengt
             codes = jax.lax.dynamic_update_slice(codes, token[:, None], (0, t))
             feed = jnp.concatenate([token, token]) if guided else token
             # Code t is the decoder input at position t + 1 (position 0 holds BOS).
-            with layers.native_decode_kernels() if native_kernels else contextlib.nullcontext():
-                step_logits, cache = model.decode_step(params, feed[:, None], t + 1, cache, compute_dtype)
+            step_logits, cache = model.decode_step(params, feed[:, None], t + 1, cache, compute_dtype, decode_kernels)
             return codes, step_logits[:, 0], cache, all_logits
 
         codes, logits, cache, all_logits = jax.lax.fori_loop(
@@ -188,7 +186,7 @@ def generate(
     guidance: bool | None = None,
     return_logits: bool = False,
     unroll_layers: bool = True,
-    native_kernels: bool | None = None,
+    decode_kernels: str = "auto",
 ) -> jax.Array:
     """Samples `num_images` code grids per prompt -> int32 `[B * num_images, image_length]` (prompt-major rows).
 
@@ -203,10 +201,11 @@ def generate(
     return_logits: also return the (guided) logits each code was drawn from, `[rows, image_length, V]` (tests).
     unroll_layers: decode with one module per layer on per-layer weights (default; 2x faster per token on CPU
       than scanning over stacked weights, see `Model.unrolled`) instead of `hk.layer_stack`.
-    native_kernels: decode steps use `dalle.kernels`' CPU kernels: matmuls against weights packed once per call
-      (`panel_gemm`, 1.6-2.3x faster than XLA's at 2-16 rows) and attention that reads only the filled part of
-      the KV cache (`cache_attention`). None: wherever they can run (float32 compute, XLA:CPU with the kernels
-      built, no multi-device mesh); True insists (error if they cannot), False uses XLA's own ops.
+    decode_kernels: "native": decode steps use `dalle.kernels`' CPU kernels: matmuls against weights packed once
+      per call (`panel_gemm`, 1.6-2.3x faster than XLA's at 2-16 rows) and attention that reads only the filled
+      part of the KV cache (`cache_attention`); an error where they cannot run. "xla": XLA's own ops. "auto"
+      (default): native wherever it can run (float32 compute, XLA:CPU with a C++ compiler that built the
+      kernels, no multi-device mesh), else xla (`resolve_decode_kernels`).
     Works under `dalle.sharding.use_mesh(mesh)` with sharded params; compiled functions are cached per shape.
     """
     text_tokens = jnp.asarray(text_tokens, jnp.int32)
@@ -235,20 +234,34 @@ def generate(
         raise ValueError(f"top_p = {top_p} must be in (0, 1]")
     if temperature < 0:
         raise ValueError(f"temperature = {temperature} must be >= 0")
-    native_possible = (compute_dtype == "float32" and _single_device() and panel_gemm.available()
-                       and cache_attention.available())
-    if native_kernels and not native_possible:
-        raise ValueError("native_kernels=True needs float32 compute, no multi-device mesh and the CPU kernels "
-                         f"(compute_dtype={compute_dtype!r}, mesh={sharding.current_mesh()}, kernels built: "
-                         f"{panel_gemm.available() and cache_attention.available()})")
+    decode_kernels = resolve_decode_kernels(decode_kernels, compute_dtype)
     static = dict(batch=batch, text_length=text_length, num_images=int(num_images), prompt_length=prompt_length,
                   guided=(float(condition_scale) != 1.0) if guidance is None else bool(guidance), greedy=float(temperature) == 0.0, top_k=int(top_k),
                   use_top_p=float(top_p) < 1.0, compute_dtype=compute_dtype, return_logits=bool(return_logits),
-                  unroll_layers=bool(unroll_layers),
-                  native_kernels=native_possible if native_kernels is None else bool(native_kernels),
+                  unroll_layers=bool(unroll_layers), decode_kernels=decode_kernels,
                   shared_uncond=shared_uncond, nested=_traced(params, text_tokens, image_prompt, rng))
     return _generate(model, params, text_tokens, uncond_tokens, image_prompt, rng, condition_scale, temperature,
                      top_p, static)
+
+
+DECODE_KERNELS = ("auto",) + layers.DECODE_KERNELS
+
+
+def resolve_decode_kernels(decode_kernels: str, compute_dtype: str = "float32") -> str:
+    """"auto" | "native" | "xla" -> the kernels a decode step uses ("native" or "xla") under the current mesh.
+
+    Native needs float32 compute, a single device and `dalle.kernels` built (XLA:CPU and a C++ compiler, see
+    `dalle.kernels.native`); "auto" picks it exactly then, "native" raises where it cannot run."""
+    if decode_kernels not in DECODE_KERNELS:
+        raise ValueError(f"decode_kernels = {decode_kernels!r} is not one of {DECODE_KERNELS}")
+    if decode_kernels == "xla":
+        return "xla"
+    built = panel_gemm.available() and cache_attention.available()
+    possible = compute_dtype == "float32" and _single_device() and built
+    if decode_kernels == "native" and not possible:
+        raise ValueError("decode_kernels='native' needs float32 compute, no multi-device mesh and the CPU kernels "
+                         f"(compute_dtype={compute_dtype!r}, mesh={sharding.current_mesh()}, kernels built: {built})")
+    return "native" if possible else "xla"
 
 
 def _single_device() -> bool:
@@ -276,4 +289,5 @@ def trace_count(model) -> int:
     return int(sum(getattr(f, "_cache_size", lambda: 1)() for f in model._generate_cache.values()))
 
 
-__all__ = ["generate", "decode_compiler_options", "filter_logits", "kth_largest", "sample_tokens", "trace_count"]
+__all__ = ["generate", "resolve_decode_kernels", "DECODE_KERNELS", "decode_compiler_options", "filter_logits",
+           "kth_largest", "sample_tokens", "trace_count"]

@@ -16,16 +16,23 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
-
-LN_POSITIONS = ("normformer", "swinv2", "cogview", "sandwich", "preln", "postln", "deepnet", "subln")
-LN_TYPES = ("layernorm", "rmsnorm")
+from dalle.modeling import norm_placement
+from dalle.modeling.norm_placement import LN_TYPES
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_exact", "swish", "silu", "smelu", "smelu_dallemini", "relu")
+
+# Size keys have no default (0 = unset, keeping the int type for overrides): a config that forgets one fails
+# validation instead of silently getting some large model. Published sizes: dalle/modeling/presets.py.
+_COMMON_SIZE_KEYS = ("d_model", "image_vocab_size", "max_text_length", "image_length")
+DALLE_BART_SIZE_KEYS = _COMMON_SIZE_KEYS + (
+    "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim",
+    "decoder_ffn_dim", "encoder_vocab_size")
+DECODER_ONLY_SIZE_KEYS = _COMMON_SIZE_KEYS + ("num_layers", "num_heads", "ffn_dim", "text_vocab_size")
 
 
 def _common(c: ConfigDict) -> None:
-    c.image_vocab_size = 16384  # VQGAN codes; BOS = image_vocab_size
-    c.max_text_length = 64
-    c.image_length = 256
+    c.image_vocab_size = 0  # VQGAN codes; BOS = image_vocab_size
+    c.max_text_length = 0
+    c.image_length = 0
     c.ln_type = "layernorm"
     c.use_glu = True
     c.use_bias = False
@@ -51,17 +58,11 @@ def _common(c: ConfigDict) -> None:
 
 
 def dalle_bart_defaults() -> ConfigDict:
-    """dalle-mini's `config/mini` architecture (538.6 M parameters with its vocabularies)."""
+    """dalle-mini's architecture switches (NormFormer, GLU); every size in DALLE_BART_SIZE_KEYS is left unset."""
     c = ConfigDict()
     c.kind = "dalle_bart"
-    c.d_model = 1024
-    c.encoder_layers = 12
-    c.decoder_layers = 12
-    c.encoder_attention_heads = 16
-    c.decoder_attention_heads = 16
-    c.encoder_ffn_dim = 4096
-    c.decoder_ffn_dim = 4096
-    c.encoder_vocab_size = 50264
+    for key in DALLE_BART_SIZE_KEYS:
+        c[key] = 0
     c.image_extra_tokens = 0  # dalle-mini's unused rows between the codes and BOS (mini: 7, mega: 31)
     _common(c)
     c.ln_positions = "normformer"
@@ -73,13 +74,11 @@ def dalle_bart_defaults() -> ConfigDict:
 
 
 def decoder_only_defaults() -> ConfigDict:
+    """Pre-LN single-stream switches; every size in DECODER_ONLY_SIZE_KEYS is left unset."""
     c = ConfigDict()
     c.kind = "decoder_only"
-    c.d_model = 512
-    c.num_layers = 8
-    c.num_heads = 8
-    c.ffn_dim = 2048
-    c.text_vocab_size = 16384
+    for key in DECODER_ONLY_SIZE_KEYS:
+        c[key] = 0
     _common(c)
     c.ln_positions = "preln"  # "cogview" (= "sandwich") is CogView's sandwich-LN
     c.use_final_ln = True
@@ -89,19 +88,25 @@ def decoder_only_defaults() -> ConfigDict:
     return c
 
 
+def check_sizes(m: ConfigDict, keys: tuple[str, ...]):
+    """Every size must be given by the config (no silent default) and be positive."""
+    for key in keys:
+        value = m.get(key)
+        if not value:
+            yield (f"model.{key} is required (no default size; published sizes: configs/model_presets.py, "
+                   f"dalle.modeling.presets)")
+        elif value < 0:
+            yield f"model.{key} = {value} must be positive"
+
+
 def _check_common(m: ConfigDict, heads: dict[str, int]):
-    for key in ("d_model", "image_vocab_size", "max_text_length", "image_length"):
-        if m[key] <= 0:
-            yield f"model.{key} = {m[key]} must be positive"
     for key, h in heads.items():
-        if h <= 0:
-            yield f"model.{key} = {h} must be positive"
-        elif m.d_model % h:
+        if h > 0 and m.d_model > 0 and m.d_model % h:
             yield f"model.d_model = {m.d_model} is not divisible by model.{key} = {h}"
     if m.ln_type not in LN_TYPES:
         yield f"model.ln_type = {m.ln_type!r} is not one of {LN_TYPES}"
-    if m.ln_positions not in LN_POSITIONS:
-        yield f"model.ln_positions = {m.ln_positions!r} is not one of {LN_POSITIONS}"
+    if m.ln_positions not in norm_placement.names():
+        yield f"model.ln_positions = {m.ln_positions!r} is not one of {norm_placement.names()}"
     if m.activation_function not in ACTIVATIONS:
         yield f"model.activation_function = {m.activation_function!r} is not one of {ACTIVATIONS}"
     for key in ("dropout", "attention_dropout", "activation_dropout"):
@@ -116,29 +121,26 @@ def _check_common(m: ConfigDict, heads: dict[str, int]):
 
 
 def check_dalle_bart(m: ConfigDict, _: ConfigDict):
+    yield from check_sizes(m, DALLE_BART_SIZE_KEYS)
     yield from _check_common(m, {"encoder_attention_heads": m.encoder_attention_heads,
                                  "decoder_attention_heads": m.decoder_attention_heads})
-    for key in ("encoder_layers", "decoder_layers", "encoder_ffn_dim", "decoder_ffn_dim", "encoder_vocab_size"):
-        if m[key] <= 0:
-            yield f"model.{key} = {m[key]} must be positive"
     if m.image_extra_tokens < 0:
         yield f"model.image_extra_tokens = {m.image_extra_tokens} must be >= 0"
     if m.sinkhorn_iters < 1:
         yield f"model.sinkhorn_iters = {m.sinkhorn_iters} must be >= 1"
-    if m.ln_positions in ("postln", "deepnet") and not (m.use_final_ln_encoder and m.use_final_ln_decoder):
-        yield "model.use_final_ln_encoder/decoder must be True with ln_positions postln (as dalle-mini requires)"
+    if (m.ln_positions in norm_placement.names() and not norm_placement.get(m.ln_positions).final_norm
+            and not (m.use_final_ln_encoder and m.use_final_ln_decoder)):
+        # dalle-mini asserts it for post-LN, whose layers already end with a norm (no final_ln is created).
+        yield (f"model.use_final_ln_encoder/decoder must be True with ln_positions {m.ln_positions} "
+               "(as dalle-mini requires)")
 
 
 def check_decoder_only(m: ConfigDict, _: ConfigDict):
+    yield from check_sizes(m, DECODER_ONLY_SIZE_KEYS)
     yield from _check_common(m, {"num_heads": m.num_heads})
-    for key in ("num_layers", "ffn_dim", "text_vocab_size"):
-        if m[key] <= 0:
-            yield f"model.{key} = {m[key]} must be positive"
     if m.text_loss_weight < 0 or m.image_loss_weight < 0:
         yield "model.text_loss_weight and model.image_loss_weight must be >= 0"
     if m.text_loss_weight + m.image_loss_weight <= 0:
         yield "model.text_loss_weight + model.image_loss_weight must be positive"
 
 
-config_lib.register_schema("model", dalle_bart_defaults, check_dalle_bart, kind="dalle_bart")
-config_lib.register_schema("model", decoder_only_defaults, check_decoder_only, kind="decoder_only")

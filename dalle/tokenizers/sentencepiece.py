@@ -31,7 +31,9 @@ PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 def iter_dataset_captions(data_config: ConfigDict, split: str = "train", limit: int = 0) -> Iterator[str]:
     """Raw captions of the configured dataset (tfds sources, or an encoded dataset), images left undecoded."""
-    if data_config.source == "encoded":
+    from dalle.data import sources
+
+    if not sources.of(data_config).is_tfds:  # the captions exist only in data.encoded_dir
         from dalle.data import encode
 
         yield from encode.iter_encoded_captions(data_config.encoded_dir, split, limit)

@@ -35,6 +35,7 @@ RESUMABLE_CHANGES = (
     "train.keep_checkpoints",
     "train.progress_bar",
     "name",
+    "sampling",  # how the exported model is sampled: no effect on training
 )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from dalle import model_dir as model_checkpoint
-from dalle import sharding
+from dalle import kinds, registry, sharding
 from dalle.train import checkpointing, reporting
 from dalle.train.task import Task
 
@@ -41,27 +41,11 @@ class RunResult:
     workdir: str
 
 
-def logical_rules(config: ConfigDict) -> tuple:
-    """Config rules first (they win), then the defaults."""
-    return tuple(tuple(r) for r in config.mesh.logical_rules) + sharding.DEFAULT_LOGICAL_RULES
-
-
 def make_task(config: ConfigDict) -> Task:
-    """Picks the task from `model.kind`."""
-    kind = config.model.kind if "model" in config else None
-    if kind in ("dalle_bart", "decoder_only"):
-        from dalle.train.tasks.dalle import DalleTask
-
-        return DalleTask(config)
-    if kind == "vqgan":
-        from dalle.train.tasks.vqgan import VQGANTask
-
-        return VQGANTask(config)
-    if kind == "clip":
-        from dalle.train.tasks.clip import CLIPTask
-
-        return CLIPTask(config)
-    raise ValueError(f"model.kind = {kind!r}: no training task for it (dalle_bart, decoder_only, vqgan, clip)")
+    """The training task of the config's `model.kind` (dalle/kinds), from dalle.registry.TASKS."""
+    if "model" not in config:
+        raise ValueError("the config has no `model` section: nothing to train")
+    return registry.TASKS.get(kinds.of(config).task)(config)
 
 
 def _numeric(batch: dict) -> dict:
@@ -136,7 +120,7 @@ def train(config: ConfigDict, workdir: str, task: Task | None = None) -> RunResu
     tc = config.train
     task = task or make_task(config)
     mesh = sharding.mesh_from_config(config.mesh)
-    rules = logical_rules(config)
+    rules = task.logical_rules()  # the config's mesh.logical_rules, then the defaults
     checkpointing.check_or_write_config(workdir, config)
     ckpt = checkpointing.Checkpointer(workdir, keep=tc.keep_checkpoints)
     base_rng = jax.random.PRNGKey(config.seed)
@@ -287,7 +271,7 @@ def dry_run(config: ConfigDict, task: Task | None = None) -> dict:
     reports parameter count and XLA's per-device memory estimate."""
     task = task or make_task(config)
     mesh = sharding.mesh_from_config(config.mesh)
-    rules = logical_rules(config)
+    rules = task.logical_rules()  # the config's mesh.logical_rules, then the defaults
     with sharding.use_mesh(mesh, rules):
         init_rng = jax.random.PRNGKey(config.seed)
         abstract = jax.eval_shape(task.init_state, init_rng)

@@ -70,7 +70,7 @@ def make_base_optimizer(train: ConfigDict) -> optax.GradientTransformation:
 def trainable_labels(params: Any, trainable: PathFilter | None) -> Any:
     """'train' / 'freeze' per param from a predicate over its `module/param` path."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: "train" if trainable is None or trainable(sharding._path_str(path)) else "freeze", params
+        lambda path, _: "train" if trainable is None or trainable(sharding.path_str(path)) else "freeze", params
     )
 
 

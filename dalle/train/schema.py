@@ -127,7 +127,9 @@ def check_model_against_data(config: ConfigDict, _: ConfigDict):
     if "model" not in config or "data" not in config:
         return
     m, d = config.model, config.data
-    if m.get("kind") not in ("dalle_bart", "decoder_only"):
+    from dalle import kinds  # registers the kinds, which import this package's config module
+
+    if not kinds.get(m.kind).text_to_image:
         return
     if "max_text_length" in d and m.max_text_length != d.max_text_length:
         yield (f"model.max_text_length = {m.max_text_length} differs from data.max_text_length = "

@@ -14,9 +14,13 @@ import abc
 from typing import Any, Iterator, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
+
+from dalle import sharding
 
 Batch = Mapping[str, np.ndarray]  # host-local rows of one global batch
 State = Any  # a pytree of arrays
@@ -47,14 +51,40 @@ class Task(abc.ABC):
         self.config = config
 
     # --- state -----------------------------------------------------------------------------------------------
-    @abc.abstractmethod
+    # The defaults cover the common state {"params", "opt_state", "step"}: a task defines `init_params`,
+    # `partition_rules` and sets `self.tx`; a task with another state overrides both methods below.
+    tx: optax.GradientTransformation
+
     def init_state(self, rng: jax.Array) -> State:
         """Fresh state. Pure and jittable: the loop runs it under `jax.jit(out_shardings=...)` so a big model is
         created already sharded, and under `jax.eval_shape` for abstract shapes (dry runs, restores)."""
+        params = self.init_params(rng)
+        return {"params": params, "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
-    @abc.abstractmethod
     def state_shardings(self, abstract_state: State, mesh: Mesh) -> Any:
-        """NamedSharding per state leaf, from the partition rules (dalle.sharding)."""
+        """NamedSharding per state leaf: params by the partition rules, optimizer state like its params, the
+        step replicated."""
+        p = self.param_shardings(abstract_state["params"], mesh)
+        return {"params": p,
+                "opt_state": sharding.derived_state_shardings(abstract_state["opt_state"], abstract_state["params"],
+                                                              p, mesh),
+                "step": sharding.replicated(mesh)}
+
+    def init_params(self, rng: jax.Array) -> Any:
+        """Fresh model params, for the default `init_state`."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither init_state nor init_params")
+
+    def partition_rules(self) -> sharding.ParamRules:
+        """Regex rules over param paths naming each param's logical axes (dalle.sharding)."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither state_shardings nor partition_rules")
+
+    def logical_rules(self) -> tuple:
+        """Logical -> mesh axes: the config's `mesh.logical_rules`, then the defaults (as the loop uses)."""
+        return sharding.rules_from_config(self.config)
+
+    def param_shardings(self, abstract_params: Any, mesh: Mesh) -> Any:
+        """NamedSharding per param of one params tree (arrays or ShapeDtypeStructs) of this task."""
+        return sharding.param_shardings(abstract_params, self.partition_rules(), self.logical_rules(), mesh)
 
     def load_pretrained(self, state: State) -> State:
         """Hook for `finetune_from` / `encoder_init`: returns the state with published weights put in."""

@@ -56,6 +56,25 @@ class RealDataBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.stats = BuildStats()
         super().__init__(**kwargs)
 
+    @classmethod
+    def from_data_config(cls, data_config: Any) -> "RealDataBuilder":
+        """The builder a `data` config section describes (for building or reading); the `builder` of the real-data
+        sources in dalle.data.sources."""
+        options = {
+            "image_column": data_config.get("image_column", ""),
+            "caption_column": data_config.get("caption_column", "caption"),
+            "images_dir": data_config.get("images_dir", ""),
+            "cc_image_naming": data_config.get("cc_image_naming", "index"),
+        }
+        return cls(
+            source_path=data_config.path or None,
+            image_size=data_config.image_size,
+            min_image_side=data_config.get("min_image_side", 16),
+            validation_fraction=data_config.get("validation_fraction", 0.01),
+            options=options,
+            data_dir=data_config.data_dir or None,
+        )
+
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,

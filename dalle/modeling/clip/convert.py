@@ -210,7 +210,7 @@ def main(argv: Sequence[str]) -> int:
         shutil.copyfile(args.tokenizer_path, dst)
         model.tokenizer_path = dst
     from dalle import model_dir as checkpoint
-    from dalle.eval import schema
+    from dalle.modeling.clip import schema
 
     config = ConfigDict({"model": schema.complete_clip_config(model)})
     checkpoint.save_model(args.out, params, config, extra={"converted_from": os.path.abspath(args.src)})

@@ -42,7 +42,7 @@ MAX_LOGIT_SCALE = math.log(100.0)  # OpenAI clamps exp(logit_scale) at 100 durin
 
 @dataclasses.dataclass(frozen=True)
 class CLIPConfig:
-    """Architecture of one CLIP; `from_config` reads a `model` section of kind "clip" (dalle/eval/schema.py)."""
+    """Architecture of one CLIP; `from_config` reads a `model` section of kind "clip" (dalle/modeling/clip/schema.py)."""
 
     embed_dim: int = 512
     image_size: int = 224
@@ -398,7 +398,7 @@ def load_clip(directory: str, tokenizer_path: str = "") -> LoadedCLIP:
     """A CLIP model directory (`dalle convert clip` or the export of a CLIP training run). `tokenizer_path`
     is used when the checkpoint names none (sentencepiece CLIPs trained on our data use data.tokenizer_path)."""
     from dalle import model_dir as checkpoint
-    from dalle.eval import schema
+    from dalle.modeling.clip import schema
 
     if not directory or not os.path.isdir(directory):
         raise FileNotFoundError(f"CLIP checkpoint {directory!r} does not exist (eval.clip_checkpoint): make one with "

@@ -1,8 +1,9 @@
 """`VQGANTokenizer`: images <-> VQGAN codes for the pre-encoding job, generation and evaluation.
 
 Inputs are uint8 images in [0, 255] or float images in [0, 1], [B, H, W, 3] with H and W divisible by the
-downsampling factor. Work is jit-compiled once per input shape and batch-sharded over the mesh's batch axes
-(`data`, `fsdp`); the batch is padded up to a multiple of the batch shards and the padding dropped again.
+downsampling factor. Work is jit-compiled once per input shape and batch-sharded over the mesh axes that the
+logical rules map `batch` to (`data`, `fsdp` by default); params are laid out by the rules the VQGAN's config
+carries (those it trained with, dalle.sharding.rules_from_config). The batch is padded up to a multiple of the batch shards and the padding dropped again.
 With several processes each one passes and gets back its own rows.
 """
 
@@ -25,13 +26,15 @@ class VQGANTokenizer:
     """Encode images to int32 codes [B, h, w] and decode codes back to float32 images [B, H, W, 3] in [0, 1]."""
 
     def __init__(self, params: vqgan_lib.Params, config: Any, mesh: Mesh | None = None,
-                 dtype: Any = jnp.float32):
+                 dtype: Any = jnp.float32, rules: sharding.LogicalRules | None = None):
+        """`rules` default to the ones `config` (the VQGAN's own, as exported by training) names, then the
+        defaults: params are laid out as they were in training."""
         self.cfg = vqgan_lib.VQGANConfig.from_config(config)
         vqgan_lib.check_params(params, self.cfg)
         self.config = config
         self.model = vqgan_lib.VQGAN(self.cfg, dtype)
         self.mesh = mesh if mesh is not None else sharding.make_mesh(("data",), (-1,))
-        self.rules = sharding.DEFAULT_LOGICAL_RULES
+        self.rules = tuple(rules) if rules is not None else sharding.rules_from_config(config)
         shardings = sharding.param_shardings(params, sharding.get_partition_rules("vqgan"), self.rules, self.mesh)
         self.params = sharding.shard_put(params, shardings)
         self._param_shardings = shardings
@@ -42,13 +45,14 @@ class VQGANTokenizer:
                                out_shardings=self._batch(4), compiler_options=options)
 
     @classmethod
-    def from_checkpoint(cls, directory: str, mesh: Mesh | None = None, dtype: Any = jnp.float32) -> "VQGANTokenizer":
+    def from_checkpoint(cls, directory: str, mesh: Mesh | None = None, dtype: Any = jnp.float32,
+                        rules: sharding.LogicalRules | None = None) -> "VQGANTokenizer":
         """Loads a dalle model checkpoint (`dalle convert vqgan` output or an exported VQGAN training run)."""
         config, params = checkpoint.load_model(directory)
         kind = config.get("model", {}).get("kind") if "model" in config else None
         if kind != "vqgan":
             raise checkpoint.CheckpointError(f"{directory!r} holds a model of kind {kind!r}, not a VQGAN")
-        return cls(params, config, mesh=mesh, dtype=dtype)
+        return cls(params, config, mesh=mesh, dtype=dtype, rules=rules)
 
     # --- facts ------------------------------------------------------------------------------------------------
     @property
@@ -73,10 +77,7 @@ class VQGANTokenizer:
         return sharding.batch_sharding(self.mesh, ndim, self.rules)
 
     def _row_multiple(self) -> int:
-        spec = self._batch(1).spec
-        axes = () if not spec or spec[0] is None else (spec[0],) if isinstance(spec[0], str) else spec[0]
-        shards = math.prod(self.mesh.shape[a] for a in axes)
-        return max(1, shards // jax.process_count())
+        return max(1, sharding.batch_shards(self.mesh, self.rules) // jax.process_count())
 
     def _run(self, fn, x: np.ndarray) -> np.ndarray:
         n = x.shape[0]

@@ -137,5 +137,4 @@ def check_loss(c: ConfigDict, config: ConfigDict):
                "discriminator on whole batches; use 1")
 
 
-config_lib.register_schema("model", model_defaults, check_model, kind="vqgan")
 config_lib.register_schema("vqgan_loss", loss_defaults, check_loss)

@@ -16,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from dalle import sharding
+from dalle import registry, sharding
 from dalle.modeling.clip import model as clip_lib
 from dalle.train import optim
 from dalle.train.task import Batch, DataIterator, Metrics, State, Task
@@ -44,6 +43,7 @@ class TokenizingIterator(DataIterator):
         self.inner.set_state(state)
 
 
+@registry.TASKS.register("clip")
 class CLIPTask(Task):
     def __init__(self, config: ConfigDict):
         super().__init__(config)
@@ -64,18 +64,12 @@ class CLIPTask(Task):
             self._tokenize = clip_lib.make_tokenizer(self.model_config, fallback)
         return self._tokenize
 
-    # --- state -----------------------------------------------------------------------------------------------
-    def init_state(self, rng: jax.Array) -> State:
-        params = self.model.init(rng)
-        return {"params": params, "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    # --- state (the default {"params", "opt_state", "step"} of dalle.train.task) --------------------------------
+    def init_params(self, rng: jax.Array) -> Any:
+        return self.model.init(rng)
 
-    def state_shardings(self, abstract_state: State, mesh: Mesh) -> Any:
-        rules = tuple(tuple(r) for r in self.config.mesh.logical_rules) + sharding.DEFAULT_LOGICAL_RULES
-        p = sharding.param_shardings(abstract_state["params"], sharding.get_partition_rules("clip"), rules, mesh)
-        return {"params": p,
-                "opt_state": sharding.derived_state_shardings(abstract_state["opt_state"], abstract_state["params"],
-                                                              p, mesh),
-                "step": sharding.replicated(mesh)}
+    def partition_rules(self) -> sharding.ParamRules:
+        return sharding.get_partition_rules("clip")
 
     # --- steps -----------------------------------------------------------------------------------------------
     def _loss(self, params, batch):
@@ -135,4 +129,5 @@ class CLIPTask(Task):
         m = ConfigDict(self.model_config.to_dict())
         if not m.get("tokenizer_path") and "data" in self.config:
             m.tokenizer_path = self.config.data.get("tokenizer_path", "")
-        return state["params"], ConfigDict({"model": m, "data": self.config.data.to_dict()})
+        mesh = {"logical_rules": sharding.config_logical_rules(self.config)}  # the layout it trained with
+        return state["params"], ConfigDict({"model": m, "data": self.config.data.to_dict(), "mesh": mesh})

@@ -17,16 +17,13 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
-from dalle import sharding
+from dalle import registry, sharding
 from dalle.modeling import model as model_lib
 from dalle.train import optim
 from dalle.train.task import DataIterator, Task
 
 
-def _logical_rules(config: ConfigDict) -> tuple:
-    return tuple(tuple(r) for r in config.mesh.logical_rules) + sharding.DEFAULT_LOGICAL_RULES
-
-
+@registry.TASKS.register("dalle")
 class DalleTask(Task):
     def __init__(self, config: ConfigDict):
         super().__init__(config)
@@ -42,20 +39,12 @@ class DalleTask(Task):
         self.tx = optim.make_optimizer(tc, abstract, trainable)
         self._sampler = None
 
-    # --- state -----------------------------------------------------------------------------------------------
-    def init_state(self, rng: jax.Array) -> dict:
-        params = self.model.init(rng)
-        return {"params": params, "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    # --- state (the default {"params", "opt_state", "step"} of dalle.train.task) --------------------------------
+    def init_params(self, rng: jax.Array) -> Any:
+        return self.model.init(rng)
 
-    def state_shardings(self, abstract_state: dict, mesh) -> dict:
-        rules = _logical_rules(self.config)
-        p = sharding.param_shardings(abstract_state["params"], self.model.partition_rules, rules, mesh)
-        return {
-            "params": p,
-            "opt_state": sharding.derived_state_shardings(abstract_state["opt_state"], abstract_state["params"], p,
-                                                          mesh),
-            "step": sharding.replicated(mesh),
-        }
+    def partition_rules(self) -> sharding.ParamRules:
+        return self.model.partition_rules
 
     def load_pretrained(self, state: dict) -> dict:
         """`model.encoder_init`: copy every text-encoder param of a saved model into the fresh state."""
@@ -76,7 +65,7 @@ class DalleTask(Task):
                              + "\n  ".join([f"missing {k}" for k in missing] + wrong))
 
         def put(p, leaf):
-            key = sharding._path_str(p)
+            key = sharding.path_str(p)
             if key in enc:
                 return jax.device_put(jnp.asarray(src[key], leaf.dtype), leaf.sharding)
             return leaf
@@ -155,9 +144,13 @@ class DalleTask(Task):
             return {}
         from dalle import generation
 
+        # One image per prompt, sampled as the exported model will be (the config's `sampling` section).
         images = generation.Generator.from_parts(self.config, state["params"]).images(
-            prompts, num_images=1, seed=step, top_k=self.config.get("sample", {}).get("top_k", 0) or 0)
+            prompts, num_images=1, seed=step)
         return {"samples": generation.make_grid(images, cols=len(prompts))[None]}
 
     def export_params(self, state: dict):
-        return state["params"], self.config
+        """The params and the config with a complete `sampling` section, which generate/serve/eval read."""
+        from dalle import sampling_schema
+
+        return state["params"], sampling_schema.with_section(self.config)

@@ -18,7 +18,7 @@ import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from dalle import sharding
+from dalle import registry, sharding
 from dalle.modeling.vqgan import model as vqgan_lib
 from dalle.modeling.vqgan import losses
 from dalle.train.task import Batch, DataIterator, Metrics, State, Task
@@ -76,6 +76,7 @@ class ArrayImageIterator(DataIterator):
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
+@registry.TASKS.register("vqgan")
 class VQGANTask(Task):
     """Generator (VQGAN) + PatchGAN discriminator, both optimized with `train.optimizer` (the discriminator's
     lr scaled by `vqgan_loss.disc_lr_scale`)."""
@@ -117,13 +118,14 @@ class VQGANTask(Task):
                             "embed_sum": gen["quantize"]["embeddings"].astype(jnp.float32)}
         return state
 
+    def partition_rules(self) -> sharding.ParamRules:
+        return sharding.get_partition_rules("vqgan")  # generator and discriminator alike
+
     def state_shardings(self, abstract_state: State, mesh: Mesh) -> Any:
-        rules = tuple(tuple(r) for r in self.config.mesh.logical_rules) + sharding.DEFAULT_LOGICAL_RULES \
-            if "mesh" in self.config else sharding.DEFAULT_LOGICAL_RULES
-        param_rules = sharding.get_partition_rules("vqgan")
+        """Two {params, optimizer state} pairs laid out like the default state; the rest replicated."""
         out = {}
         for params_key, opt_key in (("gen_params", "gen_opt"), ("disc_params", "disc_opt")):
-            sh = sharding.param_shardings(abstract_state[params_key], param_rules, rules, mesh)
+            sh = self.param_shardings(abstract_state[params_key], mesh)
             out[params_key] = sh
             out[opt_key] = sharding.derived_state_shardings(abstract_state[opt_key], abstract_state[params_key],
                                                             sh, mesh)
@@ -365,7 +367,8 @@ class VQGANTask(Task):
         return {"reconstructions": image_grid(np.stack([orig, recon]))[None]}
 
     def export_params(self, state: State) -> tuple[Any, ConfigDict]:
-        config = ConfigDict({"name": self.config.get("name", "vqgan"), "model": self.config.model.to_dict()})
+        config = ConfigDict({"name": self.config.get("name", "vqgan"), "model": self.config.model.to_dict(),
+                             "mesh": {"logical_rules": sharding.config_logical_rules(self.config)}})
         return state["gen_params"], config
 
 

@@ -1,0 +1,68 @@
+"""Data sources: what `data.source` names, each in one place.
+
+A source is one `DataSource` registered in `dalle.registry.DATA_SOURCES` by a module of this package (or by user
+code before the config is validated). It says how to check the `data` keys it reads, how to make the tfds builder
+that `dalle data` builds and the raw seqio task reads, and what building needs. A source without a builder (such
+as `encoded`) is read from `data.encoded_dir` only.
+
+These modules stay light (no jax or tensorflow imports): config validation imports them. Builders are named as
+`"module:attribute"` strings (or callables that import lazily) and resolved only when used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable
+
+from ml_collections import ConfigDict
+
+from dalle import registry
+
+Check = Callable[[ConfigDict], Iterable[str]]  # data section -> error messages
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """Everything the code asks of a `data.source`."""
+
+    name: str
+    description: str  # one line
+    # (data section) -> an unprepared tfds builder, as a callable or "module:attr"; None: not a tfds dataset.
+    builder: Any = None
+    tfds_name: str = ""  # the builder's tfds name (error messages, seqio), known without importing tensorflow
+    # (data section) -> build summary dict, replacing `dalle data`'s generic build (dalle.data.build.build_tfds).
+    build: Any = None
+    build_needs: tuple[str, ...] = ()  # data keys that building (not reading a built dataset) needs
+    check: Check | str | None = None  # source-specific checks of the data section (callable or "module:attr")
+
+    @property
+    def is_tfds(self) -> bool:
+        """Built by `dalle data` into a tfds dataset (else its examples come from `data.encoded_dir`)."""
+        return self.builder is not None
+
+    def errors(self, data: ConfigDict) -> list[str]:
+        return [] if self.check is None else list(registry.resolve(self.check)(data))
+
+
+def register_data_source(source: DataSource, replace: bool = False) -> DataSource:
+    """Registers `source` under its name (user code does this before validating a config that names it)."""
+    return registry.DATA_SOURCES.register(source.name, source, replace=replace)
+
+
+def get(name: str) -> DataSource:
+    """The source registered under `name`; an unknown name raises listing the known ones."""
+    return registry.DATA_SOURCES.get(name)
+
+
+def of(data: ConfigDict) -> DataSource:
+    """The source a `data` section names."""
+    return get(data.source)
+
+
+def names() -> list[str]:
+    return registry.DATA_SOURCES.names()
+
+
+def buildable() -> list[str]:
+    """Names of the sources `dalle data` builds."""
+    return [n for n in names() if get(n).is_tfds]
