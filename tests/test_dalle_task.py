@@ -1,7 +1,6 @@
 """The text-to-image training task through the real loop, on a tiny encoded shapes dataset."""
 # bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
-import os
 
 import jax
 import ml_collections

@@ -7,8 +7,6 @@ Light on purpose: no jax import (validation must stay cheap).
 
 from __future__ import annotations
 
-import math
-
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib

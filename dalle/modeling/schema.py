@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from dalle import config as config_lib
 from dalle.modeling import norm_placement
 from dalle.modeling.norm_placement import LN_TYPES
+
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_exact", "swish", "silu", "smelu", "smelu_dallemini", "relu")
 
 # Size keys have no default (0 = unset, keeping the int type for overrides): a config that forgets one fails

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict

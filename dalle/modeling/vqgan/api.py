@@ -3,7 +3,8 @@
 Inputs are uint8 images in [0, 255] or float images in [0, 1], [B, H, W, 3] with H and W divisible by the
 downsampling factor. Work is jit-compiled once per input shape and batch-sharded over the mesh axes that the
 logical rules map `batch` to (`data`, `fsdp` by default); params are laid out by the rules the VQGAN's config
-carries (those it trained with, dalle.sharding.rules_from_config). The batch is padded up to a multiple of the batch shards and the padding dropped again.
+carries (those it trained with, dalle.sharding.rules_from_config). The batch is padded up to a multiple of the
+batch shards and the padding dropped again.
 With several processes each one passes and gets back its own rows.
 """
 

@@ -8,7 +8,6 @@ State: {"params", "opt_state", "step"}. Gradient accumulation runs `train.grad_a
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
