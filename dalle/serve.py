@@ -93,16 +93,28 @@ class Limits:
     image_codes: int = 16384  # top-k can range up to the model's codebook size
 
 
+def _schema_default(key: str) -> Any:
+    """A field defaulting to the sampling schema's value (dalle/sampling_schema.py: the one place defaults live)."""
+
+    def default() -> Any:
+        from dalle import sampling_schema
+
+        return sampling_schema.sampling_defaults()[key]
+
+    return dataclasses.field(default_factory=default)
+
+
 @dataclasses.dataclass(frozen=True)
 class Defaults:
     """The values the page starts with and the API uses for missing fields (seed None = a fresh random seed):
-    the model's `sampling` section (`from_sampling`) with the command line's overrides."""
+    `dalle serve` takes them from the model's `sampling` section (`from_sampling`) with the command line's
+    overrides; fields not given here are the sampling schema's."""
 
-    n: int
-    top: int  # 0 = keep all n
-    condition_scale: float
-    top_k: int
-    temperature: float
+    n: int = _schema_default("candidates")
+    top: int = _schema_default("keep")  # 0 = keep all n
+    condition_scale: float = _schema_default("guidance")
+    top_k: int = _schema_default("top_k")
+    temperature: float = _schema_default("temperature")
 
     @classmethod
     def from_sampling(cls, settings: Any, reranking: bool, max_images: int) -> "Defaults":
@@ -456,10 +468,7 @@ class Server:
                  max_queue: int = 8, warmup: Callable[[], Any] | None = None, title: str = "dalle",
                  model_info: str = "", examples: Sequence[str] = ()):
         self.limits = limits
-        if defaults is None:  # the sampling schema's defaults (a model without its own `sampling` section)
-            from dalle import sampling_schema
-
-            defaults = Defaults.from_sampling(sampling_schema.resolve(), rerank_fn is not None, limits.max_images)
+        defaults = defaults or Defaults()
         self.defaults = dataclasses.replace(defaults, n=min(defaults.n, limits.max_images),
                                             top=defaults.top if rerank_fn is not None else 0)
         self.worker = Worker(generate_fn, rerank_fn, max_queue=max_queue, warmup=warmup)

@@ -24,6 +24,13 @@ def test_demo_pipeline(tmp_path, capsys):
         assert os.path.exists(os.path.join(root, path)), path
     metrics = json.load(open(os.path.join(root, "dalle/eval/metrics.json")))
     assert metrics
+    # The eval stage wrote its best guidance (and the settings it sampled with) into the exported model.
+    from dalle import model_dir
+
+    sampling = model_dir.read_config(os.path.join(root, "dalle", "model")).sampling
+    assert sampling.guidance in (1.0, 3.0) and sampling.candidates == 2 and sampling.keep == 1
+    assert sampling.clip_checkpoint == os.path.join(root, "clip", "model")
+    assert model_dir.read_extra(os.path.join(root, "dalle", "model"))["sampling_measured"]["by"] == "dalle eval"
     capsys.readouterr()
     assert cli.main(argv) == 0
     out = capsys.readouterr().out

@@ -43,6 +43,16 @@ def test_same_seed_same_images(model_dir):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+def test_decode_kernels_are_an_explicit_generator_choice(model_dir):
+    """`auto` (the CPU kernels where they run) and `xla` decode steps pick the same greedy codes."""
+    kw = dict(num_images=2, seed=0, temperature=0.0)
+    auto = generation.Generator.from_checkpoint(model_dir).codes(["a red circle"], **kw)
+    xla = generation.Generator.from_checkpoint(model_dir, decode_kernels="xla").codes(["a red circle"], **kw)
+    np.testing.assert_array_equal(auto, xla)
+    with pytest.raises(generation.GenerationError, match="decode kernels = 'fast' must be one of"):
+        generation.Generator.from_checkpoint(model_dir, decode_kernels="fast")
+
+
 def test_unconditional_prompt_is_the_blank_caption(model_dir):
     gen = generation.Generator.from_checkpoint(model_dir)
     blank = gen.unconditional(2)

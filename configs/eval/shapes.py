@@ -5,8 +5,9 @@
 
 Uses the checkpoint's own data config (shapes world, tokenizer, VQGAN) and sampling section. CLIP:
 configs/clip_shapes.py's export (outputs/demo/clip/model). The FID Inception is used when `dalle convert
-inception` output is at eval.inception_checkpoint; otherwise FID-CLIP is reported (named so). Variants: `quick` (8 prompts per split,
-2 scales, 2 candidates: a smoke run in ~a minute), `full` (default: 64 prompts per split, scales 1/1.5/2/3).
+inception` output is at eval.inception_checkpoint; otherwise FID-CLIP is reported (named so). Variants: `quick`
+(8 prompts per split, 2 scales, 2 candidates: a smoke run in ~a minute), `full` (default: 64 prompts per split,
+scales 1/1.5/2/3).
 Append `,root=DIR` to move every artifact, as for configs/shapes_tiny.py.
 """
 
