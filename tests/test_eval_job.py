@@ -5,7 +5,6 @@ plus the job's parts that do not need a model (prompt files, grids, the SVG plot
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import numpy as np

@@ -83,3 +83,26 @@ def test_a_kind_that_is_not_text_to_image_has_no_token_model(toy_kind):
 
     with pytest.raises(config_lib.ConfigError, match="'toy' is not a text-to-image model"):
         model_lib.build_model(ConfigDict({"kind": "toy"}))
+
+
+def test_a_toy_image_tokenizer_is_loaded_by_the_kind_of_its_model_directory(tmp_path):
+    import numpy as np
+
+    from dalle import model_dir
+
+    loaded = []
+
+    def load(directory, **kwargs):
+        loaded.append((directory, kwargs))
+        return "toy tokenizer"
+
+    directory = str(tmp_path / "toy_vq")
+    model_dir.save_model(directory, {"w": np.zeros(2, np.float32)}, ConfigDict({"model": {"kind": "toy_vq"}}))
+    with pytest.raises(model_dir.CheckpointError, match=r"'toy_vq', which is not an image tokenizer \(known: .*vqgan"):
+        kinds.load_image_tokenizer(directory)
+    kinds.register_image_tokenizer(kinds.ImageTokenizer(name="toy_vq", load=load))
+    try:
+        assert kinds.load_image_tokenizer(directory, mesh=None) == "toy tokenizer"
+        assert loaded == [(directory, {"mesh": None})]
+    finally:
+        registry.IMAGE_TOKENIZERS.unregister("toy_vq")
