@@ -42,7 +42,8 @@ def save_model(directory: str, params: Any, config: ConfigDict, extra: dict | No
     return directory
 
 
-def read_config(directory: str) -> ConfigDict:
+def _read_meta(directory: str) -> tuple[str, dict]:
+    """(path, contents) of a model directory's config.json, which must hold a `config` entry."""
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(path):
         raise CheckpointError(f"{directory!r} is not a dalle checkpoint: {CONFIG_FILE} is missing")
@@ -50,7 +51,11 @@ def read_config(directory: str) -> ConfigDict:
         meta = json.load(f)
     if "config" not in meta:
         raise CheckpointError(f"{path}: no 'config' entry")
-    return ConfigDict(_tuplify(meta["config"]))
+    return path, meta
+
+
+def read_config(directory: str) -> ConfigDict:
+    return ConfigDict(_tuplify(_read_meta(directory)[1]["config"]))
 
 
 def read_extra(directory: str) -> dict:
@@ -73,13 +78,7 @@ def set_config_section(directory: str, section: str, values: dict, extra: dict |
     """Replaces one top-level section of a model directory's config (and sets `extra` entries next to it), e.g.
     the `sampling` section after an eval sweep. Atomic: readers see the old file or the new one, never a partial
     write. Returns the path written."""
-    path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{directory!r} is not a dalle checkpoint: {CONFIG_FILE} is missing")
-    with open(path) as f:
-        meta = json.load(f)
-    if "config" not in meta:
-        raise CheckpointError(f"{path}: no 'config' entry")
+    path, meta = _read_meta(directory)
     meta["config"][section] = json.loads(json.dumps(values))
     meta.update(extra or {})
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -138,12 +137,8 @@ def load_latest_model(workdir: str) -> tuple[ConfigDict, Any]:
     exported = os.path.join(workdir, "model")
     if os.path.isfile(os.path.join(exported, CONFIG_FILE)):
         return read_config(exported), load_params(exported)
-    run_config = os.path.join(workdir, "config.json")
+    config = _run_config(workdir)
     steps_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.exists(run_config):
-        raise CheckpointError(f"{workdir!r} is neither a model checkpoint (no {PARAMS_DIR}/) nor a training workdir")
-    with open(run_config) as f:
-        config = ConfigDict(_tuplify(json.load(f)))
     with ocp.CheckpointManager(steps_dir, options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
         step = manager.latest_step()
         if step is None:
@@ -156,13 +151,15 @@ def load_latest_model(workdir: str) -> tuple[ConfigDict, Any]:
 
 def config_of(directory: str) -> ConfigDict:
     """The config of an exported model directory or of a trainer workdir, without loading any parameter."""
-    if os.path.isdir(os.path.join(directory, PARAMS_DIR)):
-        return read_config(directory)
-    exported = os.path.join(directory, "model")
-    if os.path.isfile(os.path.join(exported, CONFIG_FILE)):
+    exported = exported_model_dir(directory)
+    if exported is not None:
         return read_config(exported)
-    run_config = os.path.join(directory, "config.json")
-    if not os.path.isfile(run_config):
-        raise CheckpointError(f"{directory!r} is neither a model checkpoint (no {PARAMS_DIR}/) nor a training workdir")
+    return _run_config(directory)
+
+
+def _run_config(workdir: str) -> ConfigDict:
+    run_config = os.path.join(workdir, "config.json")
+    if not os.path.exists(run_config):
+        raise CheckpointError(f"{workdir!r} is neither a model checkpoint (no {PARAMS_DIR}/) nor a training workdir")
     with open(run_config) as f:
         return ConfigDict(_tuplify(json.load(f)))
