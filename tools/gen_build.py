@@ -110,7 +110,8 @@ def _parse(path: str, known: dict[str, str]) -> tuple[set[str], set[str]]:
             # Lazy imports by name ("dalle.train.schema", "dalle.data.build:main"): run-time deps of the tests.
             text = node.value.split(":")[0]
             if text in known and text.startswith(PACKAGES):
-                lazy.add(known[text])
+                if not _is_test(known[text]):  # a string naming a test (or the tests package) is not a dep
+                    lazy.add(known[text])
         for n in names:
             # The longest project module that is a prefix of the imported name.
             while n and n not in known:
@@ -118,6 +119,11 @@ def _parse(path: str, known: dict[str, str]) -> tuple[set[str], set[str]]:
             if n:
                 found.add(known[n])
     return found, lazy - found
+
+
+def _is_test(path: str) -> bool:
+    return path.startswith("tests" + os.sep) and (os.path.basename(path).startswith("test_")
+                                                 or path == os.path.join("tests", "__init__.py"))
 
 
 def _runtime_deps(path: str, known: dict[str, str]) -> set[str]:
