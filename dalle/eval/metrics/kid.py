@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dalle.eval.metrics import EvalContext, Metric, register_metric
-from dalle.eval.metrics.fid import unavailable
+from dalle.eval.metrics.fid import not_asked, unavailable
 
 
 def measure(ctx: EvalContext, images: np.ndarray, prompts: Sequence[Any]) -> dict[str, Any]:
@@ -25,10 +25,6 @@ def measure(ctx: EvalContext, images: np.ndarray, prompts: Sequence[Any]) -> dic
                                               seed=ev.seed)
     return {"value": mean, "std": std, "metric": net.metric_prefix.replace("FID", "KID"), "network": net.name,
             "subset_size": min(ev.kid_subset_size, len(feats), len(reference.features))}
-
-
-def not_asked(ctx: EvalContext) -> dict[str, Any]:
-    return unavailable(ctx) or {"value": None}
 
 
 register_metric(Metric(
