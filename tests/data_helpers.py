@@ -42,3 +42,110 @@ def build_tokenized_encoded_shapes(tmp_dir: str, **data_overrides) -> ConfigDict
     encode.run_encode(config, fake_encoder, vqgan_config=FAKE_VQGAN_CONFIG, codebook_size=64,
                       process_index=0, process_count=1, progress=False)
     return config
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A tiny emoji collection with the layout of the npm emoji-datasource-<vendor> packages (dalle/data/emoji.py)
+# ----------------------------------------------------------------------------------------------------------------
+EMOJI_TONE_KEYS = ("1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF")
+EMOJI_SKIN_RGB = {"1F3FB": (247, 222, 206), "1F3FC": (243, 210, 162), "1F3FD": (213, 171, 136),
+                  "1F3FE": (175, 126, 87), "1F3FF": (124, 83, 62)}
+
+
+def emoji_entries(num_plain: int = 12, num_toned: int = 6) -> list[dict]:
+    """emoji.json entries: plain emoji, emoji with five skin tones, and one two-person emoji with two tones."""
+    entries = []
+    for i in range(num_plain):
+        code = f"1F{0x300 + i:03X}"
+        entries.append({"name": f"THING NUMBER {i}", "unified": code, "image": f"{code.lower()}.png",
+                        "short_name": f"thing_{i}", "short_names": [f"thing_{i}", f"t{i}"],
+                        "category": "Objects" if i % 2 else "Food & Drink", "subcategory": "things",
+                        "has_img_google": True, "has_img_twitter": True, "has_img_apple": True})
+    for i in range(num_toned):
+        code = f"1F{0x440 + i:03X}"
+        variations = {k: {"unified": f"{code}-{k}", "image": f"{code.lower()}-{k.lower()}.png",
+                          "has_img_google": True, "has_img_twitter": True} for k in EMOJI_TONE_KEYS}
+        entries.append({"name": f"person doing {i}", "unified": code, "image": f"{code.lower()}.png",
+                        "short_names": [f"person_{i}"], "category": "People & Body", "subcategory": "person",
+                        "has_img_google": True, "has_img_twitter": True, "skin_variations": variations})
+    pair = "1F46B"
+    entries.append({"name": "MAN AND WOMAN HOLDING HANDS", "unified": pair, "image": "1f46b.png",
+                    "short_names": ["couple"], "category": "People & Body", "subcategory": "family",
+                    "has_img_google": True, "has_img_twitter": True,
+                    "skin_variations": {"1F3FB-1F3FF": {"unified": f"{pair}-1F3FB-1F3FF",
+                                                        "image": "1f46b-1f3fb-1f3ff.png",
+                                                        "has_img_google": True, "has_img_twitter": True}}})
+    return entries
+
+
+def emoji_png(image_name: str, vendor: str) -> bytes:
+    """A 64 px RGBA PNG: a disc on transparency, skin-coloured for a tone variant, shaped per vendor."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    tone = next((k for k in EMOJI_TONE_KEYS if k.lower() in image_name), None)
+    seed = sum(map(ord, image_name))
+    colour = EMOJI_SKIN_RGB[tone] if tone else (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)
+    im = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(im)
+    if vendor == "google":
+        draw.ellipse((8, 8, 56, 56), fill=colour + (255,))
+    else:
+        draw.rectangle((10, 10, 54, 54), fill=colour + (255,))
+    draw.rectangle((28, 20, 36, 44), fill=(20, 20, 20, 255))  # a dark feature, as faces have
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_emoji_package(cache_dir: str, vendor: str, entries: list[dict], corrupt: tuple[str, ...] = (),
+                        version: str = "16.0.0") -> str:
+    """Writes `emoji-datasource-<vendor>-<version>.tgz` (as `npm pack` names it) into cache_dir; returns its pin
+    "name@version sha512-..."; images named in `corrupt` get bytes that are not a PNG."""
+    import io
+    import json
+    import tarfile
+
+    from dalle.data import npm
+
+    os.makedirs(cache_dir, exist_ok=True)
+    path = os.path.join(cache_dir, f"emoji-datasource-{vendor}-{version}.tgz")
+    names = []
+    for e in entries:
+        names.append(e["image"])
+        names.extend(v["image"] for v in (e.get("skin_variations") or {}).values())
+
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar, "package/emoji.json", json.dumps(entries).encode())
+        for name in names:
+            add(tar, f"package/img/{vendor}/64/{name}", b"not a png" if name in corrupt else emoji_png(name, vendor))
+    return f"emoji-datasource-{vendor}@{version} {npm.integrity_of(path)}"
+
+
+def emoji_config(tmp_dir: str, pins: list[str], **data_overrides) -> ConfigDict:
+    """A validated config for a tiny 32 px emoji collection under tmp_dir (tarballs already in tmp_dir/npm)."""
+    data = {"source": "emoji", "image_size": 32, "data_dir": os.path.join(tmp_dir, "tfds"),
+            "cache_dir": os.path.join(tmp_dir, "npm"), "emoji_packages": tuple(pins), "validation_fraction": 0.3,
+            "emoji_zero_shot_tones": 2, "emoji_zero_shot_styles": 2, "emoji_captions_per_image": 3,
+            "tokenizer_path": os.path.join(tmp_dir, "tok", "emoji.model"), "vocab_size": 64,
+            "max_text_length": 16, "shuffle_buffer": 64, **data_overrides}
+    return config_lib.validate(ConfigDict({"data": data}))
+
+
+def build_tiny_emoji(tmp_dir: str, corrupt: tuple[str, ...] = (), **data_overrides) -> ConfigDict:
+    """Writes the two fake vendor packages, builds the dataset, returns the config."""
+    from dalle.data import build
+
+    entries = emoji_entries()
+    cache = os.path.join(tmp_dir, "npm")
+    pins = [write_emoji_package(cache, v, entries, corrupt=corrupt) for v in ("google", "twitter")]
+    config = emoji_config(tmp_dir, pins, **data_overrides)
+    build.build_dataset(config.data)
+    return config

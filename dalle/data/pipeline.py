@@ -31,32 +31,98 @@ def epoch_seed(seed: int, epoch: int) -> int:
                % np.uint64(2**31 - 1))
 
 
-class SeqioDataIterator(DataIterator):
-    """Batches of a seqio task or mixture through a feature converter, resumable by (epoch, batch index)."""
+class EpochIterator(DataIterator):
+    """Batches of a finite tf.data pipeline rebuilt per epoch, resumable by (epoch, batches read in it).
 
-    def __init__(self, task_name: str, sequence_length: dict[str, int], converter, split: str, batch_size: int,
-                 process_index: int, process_count: int, seed: int, shuffle: bool, shuffle_buffer: int,
-                 fingerprint: str = "", num_epochs: int | None = None):
+    Subclasses make epoch e's dataset (`_dataset(epoch, skip)`, already batched with drop_remainder and with `skip`
+    batches skipped) and name what identifies the stream (`_identity()`: a restored position must match it)."""
+
+    what = "stream"
+
+    def __init__(self, split: str, batch_size: int, process_index: int, process_count: int, seed: int,
+                 num_epochs: int | None = None):
         if batch_size <= 0:
             raise ValueError(f"batch_size = {batch_size} must be positive (per-host rows)")
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index = {process_index} is not in [0, {process_count})")
-        self.task_name = task_name
-        self.sequence_length = dict(sequence_length)
-        self.converter = converter
         self.split = split
         self.batch_size = int(batch_size)
         self.process_index, self.process_count = int(process_index), int(process_count)
         self.seed = int(seed)
-        self.shuffle = bool(shuffle)
-        self.shuffle_buffer = int(shuffle_buffer)
-        self.fingerprint = fingerprint
         self.num_epochs = num_epochs
         self.epoch = 0
         self.index = 0  # batches already returned in this epoch
         self._it: Iterator[dict[str, np.ndarray]] | None = None
 
-    # --- the stream ---------------------------------------------------------------------------------------------
+    def _dataset(self, epoch: int, skip: int):
+        raise NotImplementedError
+
+    def _convert(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        return batch
+
+    def _identity(self) -> dict[str, Any]:
+        return {}
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        started_empty = False
+        while True:
+            if self._it is None:
+                if self.num_epochs is not None and self.epoch >= self.num_epochs:
+                    raise StopIteration
+                self._it = self._dataset(self.epoch, self.index).as_numpy_iterator()
+                started_empty = self.index == 0
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                if started_empty and self.index == 0:
+                    raise ValueError(
+                        f"{self.what} split {self.split!r} has fewer than {self.batch_size} examples "
+                        f"for host {self.process_index} of {self.process_count}: no full batch") from None
+                self.epoch += 1
+                self.index = 0
+                self._it = None
+                continue
+            self.index += 1
+            return self._convert(batch)
+
+    # --- position -----------------------------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "split": self.split,
+                "batch_size": self.batch_size, "process_index": self.process_index,
+                "process_count": self.process_count, **self._identity()}
+
+    def set_state(self, state: dict) -> None:
+        """Restores a position from `get_state`; refuses one taken on a different stream (names what differs)."""
+        mine = self.get_state()
+        for key in mine:
+            if key not in ("epoch", "index") and key in state and state[key] != mine[key]:
+                raise ValueError(f"data position was saved with {key}={state[key]!r}, this stream has "
+                                 f"{key}={mine[key]!r}: the saved position does not apply")
+        epoch, index = int(state["epoch"]), int(state["index"])
+        if epoch < 0 or index < 0:
+            raise ValueError(f"bad data position epoch={epoch} index={index}")
+        self.epoch, self.index = epoch, index
+        self._it = None
+
+
+class SeqioDataIterator(EpochIterator):
+    """Batches of a seqio task or mixture through a feature converter."""
+
+    def __init__(self, task_name: str, sequence_length: dict[str, int], converter, split: str, batch_size: int,
+                 process_index: int, process_count: int, seed: int, shuffle: bool, shuffle_buffer: int,
+                 fingerprint: str = "", num_epochs: int | None = None):
+        super().__init__(split, batch_size, process_index, process_count, seed, num_epochs)
+        self.task_name = task_name
+        self.what = f"task {task_name!r}"
+        self.sequence_length = dict(sequence_length)
+        self.converter = converter
+        self.shuffle = bool(shuffle)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.fingerprint = fingerprint
+
+    def _identity(self) -> dict[str, Any]:
+        return {"task": self.task_name, "fingerprint": self.fingerprint}
+
     def _dataset(self, epoch: int, skip: int):
         import seqio
 
@@ -76,46 +142,8 @@ class SeqioDataIterator(DataIterator):
             ds = ds.skip(skip)
         return ds.prefetch(2)
 
-    def __next__(self) -> dict[str, np.ndarray]:
-        started_empty = False
-        while True:
-            if self._it is None:
-                if self.num_epochs is not None and self.epoch >= self.num_epochs:
-                    raise StopIteration
-                self._it = self._dataset(self.epoch, self.index).as_numpy_iterator()
-                started_empty = self.index == 0
-            try:
-                batch = next(self._it)
-            except StopIteration:
-                if started_empty and self.index == 0:
-                    raise ValueError(
-                        f"task {self.task_name!r} split {self.split!r} has fewer than {self.batch_size} examples "
-                        f"for host {self.process_index} of {self.process_count}: no full batch") from None
-                self.epoch += 1
-                self.index = 0
-                self._it = None
-                continue
-            self.index += 1
-            return {k: np.asarray(v, np.int32) for k, v in batch.items()}
-
-    # --- position -----------------------------------------------------------------------------------------------
-    def get_state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "task": self.task_name,
-                "split": self.split, "batch_size": self.batch_size, "process_index": self.process_index,
-                "process_count": self.process_count, "fingerprint": self.fingerprint}
-
-    def set_state(self, state: dict) -> None:
-        """Restores a position from `get_state`; refuses one taken on a different stream (names what differs)."""
-        mine = self.get_state()
-        for key in ("seed", "task", "split", "batch_size", "process_index", "process_count", "fingerprint"):
-            if key in state and state[key] != mine[key]:
-                raise ValueError(f"data position was saved with {key}={state[key]!r}, this stream has "
-                                 f"{key}={mine[key]!r}: the saved position does not apply")
-        epoch, index = int(state["epoch"]), int(state["index"])
-        if epoch < 0 or index < 0:
-            raise ValueError(f"bad data position epoch={epoch} index={index}")
-        self.epoch, self.index = epoch, index
-        self._it = None
+    def _convert(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v, np.int32) for k, v in batch.items()}
 
 
 def token_batches(config: ConfigDict, split: str, batch_size: int, process_index: int, process_count: int,

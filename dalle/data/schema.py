@@ -269,6 +269,9 @@ def _merge_real_data_schema() -> None:
                 for key in extra.keys():
                     if key not in c:
                         c[key] = extra[key]
+                for key, value in sources_lib.source_defaults().items():
+                    if key not in c:
+                        c[key] = value
                 c.image_size = extra.image_size  # no silent size: check_data fills only the shapes world's
             return c
 

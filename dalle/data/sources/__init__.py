@@ -34,6 +34,13 @@ class DataSource:
     build: Any = None
     build_needs: tuple[str, ...] = ()  # data keys that building (not reading a built dataset) needs
     check: Check | str | None = None  # source-specific checks of the data section (callable or "module:attr")
+    # () -> {key: default} of the `data` keys only this source reads; dalle.data.schema adds them to the section
+    # (so a new source brings its own keys instead of editing the shared schema).
+    defaults: Callable[[], dict[str, Any]] | None = None
+    # (data, split, batch_size, process_index, process_count, num_examples=None) -> image+caption batches, for a
+    # source that makes its own stream (callable or "module:attr"); None: read the built tfds dataset
+    # (dalle.data.image_batches).
+    image_batches: Any = None
 
     @property
     def is_tfds(self) -> bool:
@@ -57,6 +64,21 @@ def get(name: str) -> DataSource:
 def of(data: ConfigDict) -> DataSource:
     """The source a `data` section names."""
     return get(data.source)
+
+
+def source_defaults() -> dict[str, Any]:
+    """The `data` keys every registered source adds, with their defaults; two sources giving one key different
+    defaults is a programming error, raised naming both."""
+    out: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for name in names():
+        source = get(name)
+        for key, value in (source.defaults() if source.defaults else {}).items():
+            if key in out and out[key] != value:
+                raise ValueError(f"data sources {owner[key]!r} and {name!r} both define data.{key} with "
+                                 f"different defaults ({out[key]!r} vs {value!r})")
+            out[key], owner[key] = value, name
+    return out
 
 
 def names() -> list[str]:

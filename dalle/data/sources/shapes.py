@@ -36,4 +36,5 @@ register_data_source(DataSource(
     tfds_name="captioned_shapes",
     build=build,
     check="dalle.data.schema:check_shapes_world",
+    image_batches="dalle.data.shapes:make_iterator",  # rendered on the fly, no build needed
 ))

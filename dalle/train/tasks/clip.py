@@ -24,7 +24,7 @@ from dalle.train.task import Batch, DataIterator, Metrics, State, Task
 
 
 class TokenizingIterator(DataIterator):
-    """Wraps an image+caption iterator (shapes) and adds `text_tokens` int32 [B, context_length]; the position is
+    """Wraps an image+caption iterator (dalle.data.image_batches) and adds `text_tokens` int32 [B, context_length]; the position is
     the wrapped iterator's."""
 
     def __init__(self, inner: Any, tokenize):
@@ -91,24 +91,21 @@ class CLIPTask(Task):
 
     # --- data ------------------------------------------------------------------------------------------------
     def _iterator(self, split: str, process_index: int, process_count: int, num_examples: int | None):
-        data = self.config.data
-        if data.source != "shapes":
-            raise NotImplementedError(
-                f"data.source = {data.source!r}: CLIP training reads image+caption batches from the shapes world "
-                "only so far (a raw seqio image task would plug in here)")
-        from dalle.data import shapes
+        from dalle.data.image_batches import image_batches
 
-        it = shapes.make_iterator(data, split, int(self.config.train.batch_size), process_index, process_count,
-                                  num_examples=num_examples)
+        it = image_batches(self.config.data, split, int(self.config.train.batch_size), process_index,
+                           process_count, num_examples=num_examples)
         return TokenizingIterator(it, self._tokenizer())
 
     def train_data(self, process_index: int, process_count: int) -> DataIterator:
         return self._iterator("train", process_index, process_count, None)
 
     def eval_data(self, process_index: int, process_count: int) -> Iterator[Batch] | None:
+        from dalle.data.image_batches import split_size
+
         bs = int(self.config.train.batch_size)
-        return self._iterator("validation", process_index, process_count,
-                              max(int(self.config.data.get("validation_size", bs)), bs))
+        n = split_size(self.config.data, "validation")
+        return self._iterator("validation", process_index, process_count, n) if n >= bs else None
 
     def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         s = int(self.config.data.image_size)

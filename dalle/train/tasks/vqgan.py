@@ -331,19 +331,20 @@ class VQGANTask(Task):
         bs = int(self.config.train.batch_size)
         if self._train_iterator_fn is not None:
             return self._train_iterator_fn(process_index, process_count)
-        from dalle.data import shapes
+        from dalle.data.image_batches import image_batches
 
-        return shapes.make_iterator(self.config.data, "train", bs, process_index, process_count)
+        return image_batches(self.config.data, "train", bs, process_index, process_count)
 
     def eval_data(self, process_index: int, process_count: int) -> Iterator[Batch] | None:
         if self._train_iterator_fn is not None or "data" not in self.config:
             return None
-        from dalle.data import shapes
+        from dalle.data import image_batches as ib
 
         bs = int(self.config.train.batch_size)
-        n = max(int(self.config.data.validation_size), bs)
-        return shapes.make_iterator(self.config.data, "validation", bs, process_index, process_count,
-                                    num_examples=n)
+        n = ib.split_size(self.config.data, "validation")
+        if n < bs:
+            return None  # no validation split (a small folder): train without eval
+        return ib.image_batches(self.config.data, "validation", bs, process_index, process_count, num_examples=n)
 
     def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         s = self.image_size
