@@ -17,6 +17,9 @@ $(STAMP): requirements.txt pyproject.toml
 	  echo "installing Debian's chromium + chromium-driver (for the web demo's browser test)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
 	  || echo "warning: could not install chromium (needs root); the browser test will be skipped"; }
+	@command -v npm >/dev/null 2>&1 || { echo "installing Debian's npm (fetches the emoji image packages)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm) \
+	  || echo "warning: could not install npm (needs root); the emoji data set cannot be fetched"; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt

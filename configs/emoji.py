@@ -3,25 +3,32 @@ packages, with held-out skin-tone and style combinations.
 
     dalle data --config configs/emoji.py --config.data.cache_dir=~/.cache/dalle/npm
 
-Variants: `s32` (default: 32 px, the CPU recipes' size), `s64` (the packages' own 64 px). Append `,root=DIR` to put
-the dataset, tokenizer and encoded data under DIR (default outputs/emoji), as the emoji recipes do.
+Variants: `s32` (default: 32 px, the CPU recipes' size), `s64` (the packages' own 64 px), `folder` (your own
+images instead: a folder of images with same-named .txt captions, `--config.data.path=DIR`, 32 px; see the README's
+"Your own images"). Append `,root=DIR` to put the dataset, tokenizer and encoded data under DIR (default
+outputs/emoji), as the emoji recipes do.
 """
 
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
 
-VARIANTS = ("s32", "s64")
+VARIANTS = ("s32", "s64", "folder")
 
 
 def data_config(arg=None) -> ConfigDict:
     """The `data` section alone (the emoji training and eval configs embed it)."""
     variant, root = config_lib.variant_and_root(arg, VARIANTS, default_root="outputs/emoji")
     d = ConfigDict()
-    d.source = "emoji"
     d.seed = 0
-    d.image_size = 32 if variant == "s32" else 64
+    d.image_size = 64 if variant == "s64" else 32
     d.data_dir = f"{root}/tfds"
+    if variant == "folder":
+        d.source = "folder"
+        d.path = ""  # set on the command line
+        d.validation_fraction = 0.05
+        return d
+    d.source = "emoji"
     d.cache_dir = f"{root}/npm"
     d.validation_fraction = 0.05  # of the variants drawn by both vendors: one rendering held out
     d.emoji_captions_per_image = 3

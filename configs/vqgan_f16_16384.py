@@ -5,7 +5,11 @@
     dalle config show --config configs/vqgan_f16_16384.py
 
 Variant `finetune` adds the GAN training recipe of taming's ImageNet config (disc_start 250001 there; a finetune
-starts the discriminator at once) and `vqgan_loss.finetune_from` must point at the converted checkpoint.
+starts the discriminator at once) and `vqgan_loss.finetune_from` must point at the converted checkpoint. It reads
+your images at 256 px from a folder with .txt captions (any data source works: --config.data.source=...):
+
+    dalle data --config configs/vqgan_f16_16384.py:finetune --config.data.path=/my/images
+    dalle train --config configs/vqgan_f16_16384.py:finetune --config.data.path=/my/images --workdir runs/ft
 """
 
 from ml_collections import ConfigDict
@@ -23,6 +27,8 @@ def get_config(arg=None):
         return c
     if arg != "finetune":
         raise ValueError(f"unknown variant {arg!r} (known: finetune)")
+    c.data = ConfigDict(dict(source="folder", path="", image_size=256, data_dir="outputs/vqgan_finetune/tfds",
+                             validation_fraction=0.01))
     c.train = ConfigDict(dict(batch_size=8, num_steps=1000))
     c.train.optimizer = ConfigDict(dict(name="adam", lr=4.5e-6 * 8, b1=0.5, b2=0.9))
     c.train.schedule = ConfigDict(dict(name="constant", warmup_steps=0))

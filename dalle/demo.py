@@ -1,8 +1,12 @@
-"""`dalle demo`: the whole pipeline on the captioned-shapes world, each stage skipped when its output exists.
+"""`dalle demo`: a recipe's whole pipeline, each stage skipped when its output exists.
 
-    build shapes data -> train the CPU VQGAN -> train the tokenizer -> pre-encode -> train shapes_tiny
+    build the data -> train the CPU VQGAN -> train the tokenizer -> pre-encode -> train the text-to-image model
     -> train the reranking CLIP -> evaluate (its best guidance goes into the model's `sampling` section)
-    -> outputs/demo/ (grids, metrics.json) -> the `dalle serve` command
+    -> <root>/ (grids, metrics.json) -> the `dalle serve` command
+
+The recipe is a training config whose module also has `pipeline(arg)` naming its VQGAN, CLIP and eval configs and
+the stages' time limits: configs/shapes_tiny.py (the default; outputs/demo) or configs/emoji_tiny.py
+(outputs/emoji).
 
 An interrupted demo resumes: finished stages are skipped and the training stages resume from their checkpoints.
 """
@@ -14,19 +18,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Sequence
-
-EXAMPLE_PROMPTS = (
-    "a red circle",
-    "a small blue square in the top left",
-    "a large green star in the center",
-    "a yellow triangle at the bottom right",
-    "a purple diamond",
-    "a small white cross on the left",
-    "an orange star",
-    "a cyan circle in the bottom left",
-)
-
+from typing import Any, Callable, Sequence
 
 # The subcommands the stages run (the same modules `dalle` dispatches to; named here, not imported from
 # dalle.cli, which itself dispatches to this module).
@@ -48,25 +40,41 @@ def _run(argv: list[str]) -> None:
         raise SystemExit(f"stage `dalle {' '.join(argv)}` failed with exit code {code}")
 
 
+def pipeline_of(config_spec: str) -> dict[str, Any]:
+    """The recipe's own stage configs: its config module's `pipeline(arg)` (configs/shapes_tiny.py,
+    configs/emoji_tiny.py) gives {"root": where the recipe writes, "vqgan": (config spec, [overrides]),
+    "clip": spec, "eval": spec, "minutes": {"vqgan": m, "dalle": m, "clip": m}}, so the demo knows no data set."""
+    from dalle import config as config_lib
+
+    path, _, arg = config_spec.partition(":")
+    module = config_lib._import_file(path)
+    if not hasattr(module, "pipeline"):
+        raise ValueError(f"{path} has no pipeline(arg) function: `dalle demo` needs one naming its VQGAN, CLIP "
+                         f"and eval configs (see configs/emoji_tiny.py)")
+    return module.pipeline(arg or None)
+
+
 def stages(config_spec: str, root: str, minutes: dict[str, float], overrides: list[str],
-           eval_config: str = "configs/eval/shapes.py") -> list[tuple[str, str, Callable]]:
-    """(name, output that marks it done, action) in order."""
+           eval_config: str = "") -> list[tuple[str, str, Callable]]:
+    """(name, output that marks it done, action) in order; `minutes` and `eval_config` override the recipe's."""
     from dalle import config as config_lib
 
     cfg = config_lib.load_config(config_spec, overrides)
     d = cfg.data
-    world = [f"--config.data.{k}={_fmt(d[k])}" for k in
-             ("seed", "image_size", "min_objects", "max_objects", "colors", "shapes", "sizes", "backgrounds",
-              "held_out_pairs", "held_out_relations", "train_size", "validation_size", "zero_shot_size")]
+    recipe = pipeline_of(config_spec)
+    minutes = {**recipe["minutes"], **{k: v for k, v in minutes.items() if v is not None}}
+    vqgan_spec, vqgan_overrides = recipe["vqgan"]
+    eval_config = eval_config or recipe["eval"]
     vqgan_dir = os.path.dirname(d.vqgan_checkpoint.rstrip("/"))
-    clip_variant = "multi," if d.max_objects > 1 else ""
     dalle_dir = os.path.join(root, "dalle")
+    # The data section is shared: a data override given to the demo reaches the VQGAN and CLIP stages too.
+    data_overrides = [o for o in overrides if o.lstrip("-").startswith("config.data.")]
     out = [
         ("data", "",  # always run: the build reuses a finished dataset in a second
          lambda: _run(["data", "--config", config_spec, *overrides])),
         ("vqgan", os.path.join(d.vqgan_checkpoint, "config.json"),
-         lambda: _run(["train", "--config", "configs/vqgan_f4_32.py", "--workdir", vqgan_dir, *world,
-                       f"--config.train.max_minutes={minutes['vqgan']}"])),
+         lambda: _run(["train", "--config", vqgan_spec, "--workdir", vqgan_dir, *vqgan_overrides,
+                       *data_overrides, f"--config.train.max_minutes={minutes['vqgan']}"])),
         ("tokenizer", d.tokenizer_path, lambda: _run(["tokenizer", "train", "--config", config_spec, *overrides])),
         ("encode", os.path.join(d.encoded_dir, "info.json"),
          lambda: _run(["encode", "--config", config_spec, *overrides])),
@@ -74,11 +82,10 @@ def stages(config_spec: str, root: str, minutes: dict[str, float], overrides: li
          lambda: _run(["train", "--config", config_spec, "--workdir", dalle_dir, *overrides,
                        f"--config.train.max_minutes={minutes['dalle']}"])),
         ("clip", os.path.join(root, "clip", "model", "config.json"),
-         lambda: _run(["train", "--config", f"configs/clip_shapes.py:{clip_variant}root={root}", "--workdir",
-                       os.path.join(root, "clip"), f"--config.train.max_minutes={minutes['clip']}"])),
+         lambda: _run(["train", "--config", recipe["clip"], "--workdir", os.path.join(root, "clip"),
+                       *data_overrides, f"--config.train.max_minutes={minutes['clip']}"])),
         ("eval", os.path.join(dalle_dir, "eval", "metrics.json"),
-         lambda: _run(["eval", "--config", f"{eval_config}{',' if ':' in eval_config else ':'}root={root}",
-                       "--checkpoint", dalle_dir])),
+         lambda: _run(["eval", "--config", eval_config, "--checkpoint", dalle_dir])),
         # Always run (cheap): the best measured settings go into the exported model's sampling section, also for
         # an eval that finished before the section existed.
         ("sampling", "", lambda: write_measured_sampling(dalle_dir)),
@@ -88,10 +95,9 @@ def stages(config_spec: str, root: str, minutes: dict[str, float], overrides: li
     return out
 
 
-def _fmt(v) -> str:
-    if isinstance(v, (tuple, list)):
-        return "(" + ",".join(repr(x) for x in v) + ("," if len(v) == 1 else "") + ")"
-    return str(v)
+def with_root(spec: str, root: str) -> str:
+    """`configs/x.py[:variant]` with `root=DIR` appended to its argument."""
+    return f"{spec}{',' if ':' in spec else ':'}root={root}"
 
 
 def write_measured_sampling(dalle_dir: str) -> None:
@@ -113,9 +119,10 @@ def write_measured_sampling(dalle_dir: str) -> None:
     print(f"[demo] sampling: {written['sampling'] if written['written'] else written['why']}")
 
 
-def write_samples(checkpoint: str, out_dir: str, prompts: Sequence[str] = EXAMPLE_PROMPTS, n: int = 4) -> None:
+def write_samples(checkpoint: str, out_dir: str, prompts: Sequence[str] = (), n: int = 4) -> None:
     """A grid per prompt plus one overview grid, all PNG: n samples per prompt, unfiltered (the README picture),
-    with the model's sampling section otherwise (guidance, temperature, top-k, top-p)."""
+    with the model's sampling section otherwise (guidance, temperature, top-k, top-p). `prompts` default to the
+    model's `sampling.examples`."""
     import numpy as np
 
     from dalle import generation
@@ -123,6 +130,9 @@ def write_samples(checkpoint: str, out_dir: str, prompts: Sequence[str] = EXAMPL
     os.makedirs(out_dir, exist_ok=True)
     gen = generation.Generator.from_checkpoint(checkpoint)
     settings = gen.settings({"candidates": n, "keep": 0, "clip_checkpoint": ""})
+    prompts = list(prompts or settings.examples)
+    if not prompts:
+        raise ValueError(f"{checkpoint}: the model's sampling.examples is empty and no prompts were given")
     images = gen.images(list(prompts), num_images=n, seed=0, **settings.sampler_kwargs())
     rows = []
     for i, prompt in enumerate(prompts):
@@ -142,25 +152,22 @@ def main(argv: Sequence[str]) -> int:
 
     overrides, rest = config_lib.split_config_args(list(argv))
     p = argparse.ArgumentParser(prog="dalle demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="configs/shapes_tiny.py", help="the text-to-image config (its data paths)")
-    p.add_argument("--root", default="outputs/demo", help="where every stage writes")
-    # 9 min: the VQGAN's round trip caps what any text-to-image model can draw (6 min: 81% of validation scenes
-    # still judged fully correct after encode/decode, 10 min: 94%).
-    p.add_argument("--vqgan_minutes", type=float, default=9.0)
-    p.add_argument("--dalle_minutes", type=float, default=12.0)
-    p.add_argument("--clip_minutes", type=float, default=3.0)
-    p.add_argument("--eval_config", default="configs/eval/shapes.py", help="config of the evaluation stage")
+    p.add_argument("--config", default="configs/shapes_tiny.py",
+                   help="the text-to-image recipe (its data paths; its pipeline() names the other stages)")
+    p.add_argument("--root", default="", help="where every stage writes (default: the recipe's own root)")
+    p.add_argument("--vqgan_minutes", type=float, default=None, help="time limit (default: the recipe's)")
+    p.add_argument("--dalle_minutes", type=float, default=None, help="time limit (default: the recipe's)")
+    p.add_argument("--clip_minutes", type=float, default=None, help="time limit (default: the recipe's)")
+    p.add_argument("--eval_config", default="", help="config of the evaluation stage (default: the recipe's)")
     p.add_argument("--only", default="", help="comma-separated stage names to run (default: all)")
     args = p.parse_args(rest)
-    spec = args.config
-    if args.root != "outputs/demo":
-        spec = f"{spec}{',' if ':' in spec else ':'}root={args.root}"
+    spec = with_root(args.config, args.root) if args.root else args.config
+    root = pipeline_of(spec)["root"]
     t0 = time.time()
     only = {s for s in args.only.split(",") if s}
-    for name, done_marker, action in stages(spec, args.root, {"vqgan": args.vqgan_minutes,
-                                                              "dalle": args.dalle_minutes,
-                                                              "clip": args.clip_minutes}, overrides,
-                                          args.eval_config):
+    eval_config = with_root(args.eval_config, root) if args.eval_config else ""
+    for name, done_marker, action in stages(spec, root, {"vqgan": args.vqgan_minutes, "dalle": args.dalle_minutes,
+                                                         "clip": args.clip_minutes}, overrides, eval_config):
         if only and name not in only:
             continue
         if done_marker and os.path.exists(done_marker):
@@ -170,9 +177,10 @@ def main(argv: Sequence[str]) -> int:
         print(f"[demo] {name}: running", flush=True)
         action()
         print(f"[demo] {name}: finished in {time.time() - t:.0f} s", flush=True)
-    print(f"\n[demo] all stages done in {(time.time() - t0) / 60:.1f} min; outputs in {args.root}/")
-    print(f"[demo] try:  .venv/bin/dalle generate \"a red circle\" --checkpoint {args.root}/dalle")
-    print(f"[demo] serve: .venv/bin/dalle serve --checkpoint {args.root}/dalle   (http://127.0.0.1:7860)")
+    print(f"\n[demo] all stages done in {(time.time() - t0) / 60:.1f} min; outputs in {root}/")
+    example = (config_lib.load_config(spec, overrides).get("sampling") or {}).get("examples") or ("a red circle",)
+    print(f"[demo] try:  .venv/bin/dalle generate \"{example[0]}\" --checkpoint {root}/dalle")
+    print(f"[demo] serve: .venv/bin/dalle serve --checkpoint {root}/dalle   (http://127.0.0.1:7860)")
     return 0
 
 

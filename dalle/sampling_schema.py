@@ -41,6 +41,7 @@ def sampling_defaults() -> ConfigDict:
     c.candidates = 8  # images sampled per prompt
     c.keep = 0  # images kept per prompt (0 = all): the CLIP-best when clip_checkpoint is set, else the first
     c.clip_checkpoint = ""  # CLIP model dir that ranks the candidates ("" = no reranking)
+    c.examples = ()  # prompts this model is shown with: the web demo's examples, `dalle demo`'s sample grid
     return c
 
 
@@ -86,6 +87,7 @@ class Sampling:
     candidates: int
     keep: int
     clip_checkpoint: str
+    examples: tuple[str, ...] = ()
 
     @property
     def kept(self) -> int:
@@ -154,6 +156,10 @@ def resolve(config: Any = None, overrides: Mapping[str, Any] | None = None,
     for key in STR_KEYS:
         if not isinstance(values[key], str):
             errors.append(f"{name(key)} = {values[key]!r} must be a path (text)")
+    if isinstance(values["examples"], (list, tuple)) and all(isinstance(x, str) for x in values["examples"]):
+        values["examples"] = tuple(values["examples"])
+    else:
+        errors.append(f"{name('examples')} = {values['examples']!r} must be a list of prompts (text)")
     if not errors:
         errors.extend(_errors(values, name, _image_codes(config)))
     if errors:

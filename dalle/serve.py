@@ -979,11 +979,7 @@ def build_server(args: argparse.Namespace) -> Server:
                     lambda f, s: None)
         if rerank_fn is not None:
             rerank_fn("a", images)
-    examples: Sequence[str] = ()
-    if gen.config.get("data", {}).get("source") == "shapes":
-        from dalle.demo import EXAMPLE_PROMPTS
-
-        examples = EXAMPLE_PROMPTS[:5]
+    examples: Sequence[str] = settings.examples[:5]  # the model's sampling.examples (its training config's)
     m = gen.model
     side = gen.vqgan.tokens_per_side * gen.vqgan.downsample_factor
     info = (f"{gen.config.model.get('kind', 'dalle_bart')} model from {args.checkpoint} · {side}×{side} px · "

@@ -35,3 +35,29 @@ def test_demo_pipeline(tmp_path, capsys):
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert out.count("done already") == 7
+
+
+def test_demo_pipeline_on_emoji(tmp_path, capsys):
+    """The emoji recipe (configs/emoji_tiny.py's pipeline) end to end on fake npm packages with the real layout,
+    already in the demo's npm cache (no network): its stages, R-precision eval and sample grid."""
+    from tests import data_helpers as H
+
+    root = str(tmp_path / "emoji")
+    entries = H.emoji_entries(num_plain=100, num_toned=6)  # R-precision draws 99 distractors of other emoji
+    pins = [H.write_emoji_package(os.path.join(root, "npm"), v, entries) for v in ("google", "twitter")]
+    small = [f"--config.data.emoji_packages=({pins[0]!r},{pins[1]!r})", "--config.data.emoji_zero_shot_tones=2",
+             "--config.data.emoji_zero_shot_styles=2", "--config.data.validation_fraction=0.2",
+             "--config.train.batch_size=16", "--config.train.eval_every=0"]
+    argv = ["demo", "--config", "configs/emoji_tiny.py", "--root", root, "--vqgan_minutes", "0.02",
+            "--dalle_minutes", "0.02", "--clip_minutes", "0.02", "--eval_config", "configs/eval/emoji.py:quick",
+            *small]
+    assert cli.main(argv) == 0
+    for path in ("vqgan/model/config.json", "tokenizer/spm.model", "encoded/info.json", "dalle/model/config.json",
+                 "clip/model/config.json", "dalle/eval/metrics.json", "samples/grid.png"):
+        assert os.path.exists(os.path.join(root, path)), path
+    metrics = json.load(open(os.path.join(root, "dalle/eval/metrics.json")))
+    assert metrics["ceilings"]["r_precision"]["validation"]["real"]["count"] > 0
+    assert "r_precision" in metrics["scales"]["1"]["splits"]["zero_shot"]
+    prompts = json.load(open(os.path.join(root, "samples", "prompts.json")))["prompts"]
+    assert prompts[0] == "grinning face, google style"  # the recipe's sampling.examples
+    assert "dalle generate \"grinning face, google style\"" in capsys.readouterr().out

@@ -174,3 +174,22 @@ def test_real_packages_when_cached():
         entries, pngs = emoji_lib.read_package(path, pin.name)
         images = list(emoji_lib.images_of(entries, pngs, emoji_lib.vendor_of(pin.name)))
         assert len(entries) == 1911 and len(images) == 3786
+
+
+def test_dalle_data_names_the_npm_problem(tmp_path, capsys, monkeypatch):
+    """`dalle data` with npm failing (a stand-in npm on PATH: tests never reach the registry): one error line
+    naming the command to retry, and no dataset written."""
+    from dalle.data import build
+
+    fake = tmp_path / "bin" / "npm"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'npm ERR! code ENOTFOUND registry.npmjs.org' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    code = build.main(["--config", "configs/emoji.py", f"--config.data.cache_dir={tmp_path / 'npm'}",
+                       f"--config.data.data_dir={tmp_path / 'tfds'}",
+                       "--config.data.emoji_packages=('emoji-datasource-google@16.0.0 sha512-AAAA',)"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "dalle data: error: `npm pack emoji-datasource-google@16.0.0` failed" in err and "ENOTFOUND" in err
+    assert not (tmp_path / "tfds" / "emoji_collection").exists()

@@ -206,7 +206,7 @@ def test_sweep_writes_its_best_guidance_into_the_model(tmp_path):
     assert res["sampling"]["temperature"] == 0.7 and res["sampling"]["top_k"] == 8  # the model's own
     section = checkpoint.read_config(str(work / "model")).sampling.to_dict()
     assert section == dict(guidance=2.0, temperature=0.7, top_k=8, top_p=1.0, candidates=2, keep=2,
-                           clip_checkpoint="")
+                           clip_checkpoint="", examples=())
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["sampling_written"]["by_scale"] == \
         {"1": 0.0, "2": 0.5, "3": 0.0}
 

@@ -92,3 +92,27 @@ def test_vqgan_and_clip_tasks_read_a_real_source(emoji16):
     batch = next(CLIPTask(clip).train_data(0, 1))
     assert batch["image"].shape == (4, 16, 16, 3) and batch["text_tokens"].shape == (4, 18)
     assert (batch["text_tokens"][:, 0] > 2).all()  # real pieces, not pad/eos/unk
+
+
+def test_the_published_vqgan_finetune_recipe_reads_a_folder(tmp_path):
+    """configs/vqgan_f16_16384.py:finetune takes its images from a user's folder (built by `dalle data`); shown with
+    the recipe's data section and a tiny model in place of the 76 M-parameter one."""
+    from PIL import Image
+
+    from dalle.data import build
+    from dalle.train.tasks.vqgan import VQGANTask
+    from tests.test_vqgan_task import MODEL
+
+    for i in range(12):
+        Image.new("RGB", (40, 30), (20 * i, 100, 200 - 10 * i)).save(tmp_path / f"im{i}.png")
+        (tmp_path / f"im{i}.txt").write_text(f"picture {i}")
+    c = config_lib.load_config("configs/vqgan_f16_16384.py:finetune", [
+        f"--config.data.path={tmp_path}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+        "--config.data.image_size=16", "--config.train.batch_size=4"])
+    assert c.data.source == "folder"
+    build.build_dataset(c.data)
+    tiny = ConfigDict(c.to_dict())
+    tiny.model = ConfigDict(MODEL)
+    tiny.vqgan_loss.finetune_from = ""
+    batch = next(VQGANTask(config_lib.validate(tiny)).train_data(0, 1))
+    assert batch["image"].shape == (4, 16, 16, 3)

@@ -192,7 +192,7 @@ def test_unknown_data_source_lists_the_known_ones():
         _data(source="nope")
     msg = str(e.value)
     assert "data.source = 'nope' is not a registered data source" in msg
-    assert "known: cc_tsv, csv, encoded, folder, parquet, shapes, webdataset" in msg
+    assert "known: cc_tsv, csv, emoji, encoded, folder, parquet, shapes, webdataset, yfcc100m" in msg
 
 
 def test_builtin_sources_know_what_they_need():
@@ -276,5 +276,5 @@ def test_toy_metric_runs_in_the_eval_job(toy_metric, tmp_path):
 def test_unknown_metric_lists_the_known_ones():
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.load_config("configs/eval/shapes.py", ["--config.eval.metrics=('clip_score','nope')"])
-    assert "eval.metrics: 'nope' is not a registered metric (known: clip_score, compositional, fid, kid)" \
+    assert "eval.metrics: 'nope' is not a registered metric (known: clip_score, compositional, fid, kid, r_precision, skin_tone, style)" \
         in str(e.value)

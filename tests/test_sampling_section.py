@@ -18,8 +18,10 @@ MODEL = {"kind": "decoder_only", "image_vocab_size": 512}
 
 def test_schema_defaults_and_section_checks_name_the_key():
     cfg = config_lib.load_config("configs/shapes_tiny.py")
+    shapes_tiny = config_lib._import_file("configs/shapes_tiny.py")
     assert cfg.sampling.to_dict() == dict(guidance=1.5, temperature=0.7, top_k=8, top_p=1.0, candidates=4, keep=1,
-                                          clip_checkpoint="outputs/demo/clip/model")
+                                          clip_checkpoint="outputs/demo/clip/model",
+                                          examples=shapes_tiny.EXAMPLE_PROMPTS)
     filled = config_lib.validate(ConfigDict({"sampling": {"guidance": 2}}))
     assert filled.sampling.guidance == 2.0 and filled.sampling.candidates == 8 and filled.sampling.keep == 0
     with pytest.raises(config_lib.ConfigError) as e:
@@ -145,6 +147,7 @@ def test_eval_writes_the_best_measured_settings_into_the_model(tmp_path, setting
     assert written["written"] and written["guidance"] == 1.5 and written["by_scale"]["3"] == 0.297
     target = os.path.join(work, "model")
     section = model_dir.read_config(target).sampling.to_dict()
+    assert not section.pop("examples")  # the fake model has no example prompts; they are kept as they were
     assert section == dict(guidance=1.5, temperature=0.7, top_k=8, top_p=1.0, candidates=4, keep=1,
                            clip_checkpoint="outputs/demo/clip/model")
     assert sampling_schema.resolve(model_dir.read_config(target)).guidance == 1.5  # what generate/serve now use

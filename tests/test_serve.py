@@ -424,7 +424,8 @@ def make_tiny_checkpoint(root: str) -> tuple[str, str]:
     m.d_model, m.num_layers, m.num_heads, m.ffn_dim = 32, 1, 2, 64
     params = model_lib.random_params(model_lib.build_model(m), seed=1)
     config = ConfigDict({"model": m, "data": {"tokenizer_path": tok_path, "vqgan_checkpoint": vq_dir,
-                                              "source": "shapes"}})
+                                              "source": "shapes"},
+                         "sampling": {"examples": ["a red circle", "a small blue square"]}})
     clip_config = clip_schema.clip_defaults()
     clip_config.update(dict(embed_dim=16, image_size=16, patch_size=8, vision_width=32, vision_layers=1,
                             vision_heads=2, vision_mlp_dim=64, context_length=16, vocab_size=vocab, text_width=32,
@@ -460,7 +461,8 @@ def test_dalle_serve_with_a_tiny_real_model_and_clip(tmp_path, monkeypatch):
         info = request(server.url + "/api/info")[1]
         assert info["ready"] and info["limits"]["image_codes"] == 32 and info["reranking"] is True
         assert info["defaults"]["n"] == 3 and info["defaults"]["top"] == 2
-        assert "16×16 px" in info["model"] and info["examples"]  # shapes data: the page offers example prompts
+        assert "16×16 px" in info["model"]
+        assert info["examples"] == ["a red circle", "a small blue square"]  # the model's sampling.examples
         status, body = request(server.url + "/api/generate", {"prompt": "a", "top_k": 33})
         assert status == 400 and body["error"] == "top-k = 33 must be between 0 (off) and 32 (the model's image codes)"
         jobs = [submit(server, prompt="a red circle", n=3, top=t, seed=s) for s, t in ((5, 0), (5, 0), (6, 0), (5, 1))]

@@ -1,6 +1,9 @@
-"""Writes EVAL.md from an eval job's metrics.json (numbers are copied by this script, never typed by hand).
+"""Writes a section of EVAL.md from an eval job's metrics.json (numbers are copied by this script, never typed by
+hand). The section is chosen by what the job measured: compositional accuracy -> the shapes world's section,
+R-precision -> the emoji section; the other sections of EVAL.md are kept as they are.
 
     .venv/bin/python tools/eval_report.py outputs/demo/dalle/eval/metrics.json
+    .venv/bin/python tools/eval_report.py outputs/emoji/dalle/eval/metrics.json
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ def _f(x, pct=False) -> str:
 
 def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "") -> str:
     s = metrics["sampling"]
-    lines = ["# Evaluation of the demo model", ""] + ([note, ""] if note else []) + [
+    lines = ["## The shapes world (the demo model)", ""] + ([note, ""] if note else []) + [
              f"Command: `.venv/bin/dalle eval --config configs/eval/shapes.py --checkpoint "
              f"{os.path.relpath(metrics['checkpoint'], ROOT)}` ({metrics['seconds']:.0f} s), then "
              f"`.venv/bin/python tools/eval_report.py {metrics_path}`.", "",
@@ -33,7 +36,7 @@ def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "") ->
              f"FID network: {(metrics['fid_network'] or {}).get('metric', 'none')} "
              f"({(metrics['fid_network'] or {}).get('name', '')}, reference: "
              f"{(metrics['fid_network'] or {}).get('reference_count')} rendered scenes of the same prompts).", ""]
-    lines += ["## Compositional accuracy (shapes analyzer; fraction of images with every requested attribute right)",
+    lines += ["### Compositional accuracy (shapes analyzer; fraction of images with every requested attribute right)",
               "", "| guidance scale | split | " + " | ".join(ATTRS) + " |", "|---|---|" + "---|" * len(ATTRS)]
     for scale, entry in sorted(metrics["scales"].items(), key=lambda kv: float(kv[0])):
         for split, e in entry["splits"].items():
@@ -47,7 +50,7 @@ def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "") ->
                   "| | split | " + " | ".join(ATTRS) + " |", "|---|---|" + "---|" * len(ATTRS)]
         for split, comp in metrics["tokenizer_ceiling"].items():
             lines.append(f"| VQGAN round trip | {split} | " + " | ".join(_f(comp.get(a), True) for a in ATTRS) + " |")
-    lines += ["", "## CLIP score and FID across guidance scales", "",
+    lines += ["", "### CLIP score and FID across guidance scales", "",
               "| guidance scale | CLIP score (all splits) | " + " | ".join(
                   f"CLIP score {sp}" for sp in metrics["prompts"]["splits"]) + " | FID | KID |",
               "|---|---|" + "---|" * len(metrics["prompts"]["splits"]) + "---|---|"]
@@ -65,6 +68,128 @@ def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "") ->
     return "\n".join(lines) + "\n"
 
 
+def _pct(entry: dict | None, key: str = "r1") -> str:
+    if not entry or entry.get(key) is None:
+        return "n/a"
+    err = entry.get("stderr") if key in ("r1", "accuracy") else None
+    return f"{100 * entry[key]:.1f}%" + (f" ± {100 * err:.1f}" if err is not None else "")
+
+
+def render_emoji(metrics: dict, metrics_path: str, extra: str = "", note: str = "") -> str:
+    """The emoji section: goals, R-precision against its ceilings, zero-shot skin tone and style, CLIP score, FID."""
+    s = metrics["sampling"]
+    splits = metrics["prompts"]["splits"]
+    scales = sorted(metrics["scales"].items(), key=lambda kv: float(kv[0]))
+    ceil = metrics.get("ceilings", {})
+    rp = ceil.get("r_precision", {})
+    fidelity = metrics.get("tokenizer_fidelity", {})
+    counts = {sp: next(iter(metrics["scales"].values()))["splits"][sp]["prompts"] for sp in splits}
+    lines = ["## Real images: the emoji model", ""] + ([note, ""] if note else []) + [
+        f"Command: `.venv/bin/dalle eval --config configs/eval/emoji.py --checkpoint "
+        f"{os.path.relpath(metrics['checkpoint'], ROOT)}` ({metrics['seconds']:.0f} s), then "
+        f"`.venv/bin/python tools/eval_report.py {metrics_path}`.", "",
+        f"Prompts: the first caption of each image, {', '.join(f'{counts[sp]} {sp}' for sp in splits)}; "
+        f"{s['num_candidates']} candidates per prompt, best {s['keep_top']} kept"
+        f"{' by ' + s['reranked_by'] if s['reranked_by'] else ''}; top-k {s['top_k']}, temperature "
+        f"{s['temperature']}, seed {s['seed']}. CLIP: {metrics['clip_backbone']} (configs/clip_emoji.py, trained on "
+        "the train split only). R@1: the true caption ranked first among 100 (99 captions of other emoji); chance 1%.",
+        ""]
+    best = max(scales, key=lambda kv: (kv[1]["splits"].get("validation", {}).get("r_precision") or {}).get("r1")
+               or -1)
+    v_real = (rp.get("validation") or {}).get("real", {}).get("r1")
+    v_rec = (rp.get("validation") or {}).get("reconstructed", {}).get("r1")
+    v_gen = (best[1]["splits"].get("validation", {}).get("r_precision") or {}).get("r1")
+    zs = best[1]["splits"].get("zero_shot", {})
+    ratio = lambda a, b: "n/a" if a is None or not b else f"{100 * a / b:.0f}% of the ceiling"  # noqa: E731
+    fid_v = fidelity.get("validation", {})
+    lines += ["### Goals", "", "| goal | measured |", "|---|---|",
+              f"| generated R@1 (validation) >= 50% of real | {_pct({'r1': v_gen})} at guidance {best[0]}: "
+              f"{ratio(v_gen, v_real)} ({_pct({'r1': v_real})} real) |",
+              f"| reconstructions R@1 >= 90% of real | {_pct({'r1': v_rec})}: {ratio(v_rec, v_real)} |",
+              f"| zero-shot skin tone >= 70% right | {_pct(zs.get('skin_tone', {}).get('zero_shot'), 'accuracy')} |",
+              f"| zero-shot style (reported) | {_pct(zs.get('style', {}).get('zero_shot'), 'accuracy')} |",
+              f"| VQGAN validation PSNR >= 25 dB | "
+              + (f"{fid_v['psnr']:.1f} dB ({fid_v['images']} images)" if fid_v else "n/a") + " |",
+              f"| >= 50% of VQGAN codes used | "
+              + (f"{100 * fid_v['codebook_usage']:.0f}% ({fid_v['codes_used']} of {fid_v['codebook_size']}, "
+                 f"validation images)" if fid_v else "n/a") + " |", ""]
+    lines += ["### R-precision (R@1) per split", "",
+              "| images | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    for label, key in (("real (ceiling)", "real"), ("VQGAN round trip", "reconstructed")):
+        lines.append(f"| {label} | " + " | ".join(_pct((rp.get(sp) or {}).get(key)) for sp in splits) + " |")
+    for scale, entry in scales:
+        row = [entry["splits"][sp].get("r_precision") or {} for sp in splits]
+        lines.append(f"| generated, guidance {scale}, CLIP-best of {s['num_candidates']} | "
+                     + " | ".join(_pct(r) for r in row) + " |")
+        lines.append(f"| generated, guidance {scale}, first sample | "
+                     + " | ".join(_pct({"r1": r.get("r1_first_sample"), "stderr": r.get("stderr_first_sample")})
+                                  for r in row) + " |")
+    for name, label in (("skin_tone", "Skin tone"), ("style", "Vendor style")):
+        c = ceil.get(name, {})
+        reader = next((e["splits"][sp][name] for _, e in scales for sp in splits
+                       if (e["splits"][sp].get(name) or {}).get("reader_validation_accuracy") is not None), {})
+        lines += ["", f"### {label} read back (classifier fitted on the train split; "
+                  f"{_pct({'accuracy': reader.get('reader_validation_accuracy')}, 'accuracy')} right on "
+                  f"{reader.get('reader_validation_count', 'n/a')} real validation images)", "",
+                  "| images | " + " | ".join(f"{sp}: all asked | {sp}: held-out combinations" for sp in splits) + " |",
+                  "|---|" + "---|---|" * len(splits)]
+        for lab, key in (("real", "real"), ("VQGAN round trip", "reconstructed")):
+            cells = []
+            for sp in splits:
+                e = (c.get(sp) or {}).get(key) or {}
+                cells += [_pct(e, "accuracy"), _pct(e.get("zero_shot"), "accuracy")]
+            lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+        for scale, entry in scales:
+            cells = []
+            for sp in splits:
+                e = entry["splits"][sp].get(name) or {}
+                cells += [_pct(e, "accuracy"), _pct(e.get("zero_shot"), "accuracy")]
+            lines.append(f"| generated, guidance {scale} | " + " | ".join(cells) + " |")
+    lines += ["", "### CLIP score and FID-CLIP", "", "| guidance scale | " + " | ".join(
+        f"CLIP score {sp}" for sp in splits) + " | FID (all prompts' real images) |", "|---|" + "---|" * (len(splits) + 1)]
+    for scale, entry in scales:
+        per = [_f((entry["splits"][sp].get("clip_score") or {}).get("clip_score")) for sp in splits]
+        fid = entry.get("fid") or {}
+        lines.append(f"| {scale} | " + " | ".join(per) + f" | {_f(fid.get('value'))} {fid.get('metric', '')} |")
+    if metrics.get("notes"):
+        lines += ["", "Notes from the job:", ""] + [f"- {n}" for n in metrics["notes"]]
+    lines += ["", extra] if extra else []
+    return "\n".join(lines) + "\n"
+
+
+def emoji_summary(metrics: dict) -> str:
+    """The README's line under the emoji sample grid (between its <!-- eval:emoji-summary --> markers)."""
+    rp = metrics.get("ceilings", {}).get("r_precision", {}).get("validation", {})
+    scales = metrics["scales"]
+    best = max(scales, key=lambda k: (scales[k]["splits"].get("validation", {}).get("r_precision") or {}).get("r1")
+               or -1)
+    val = scales[best]["splits"].get("validation", {})
+    zs = scales[best]["splits"].get("zero_shot", {})
+    fid = metrics.get("tokenizer_fidelity", {}).get("validation", {})
+    return (f"*Measured by `dalle eval --config configs/eval/emoji.py` ([EVAL.md](EVAL.md)): R@1 on validation "
+            f"captions (true caption first among 100, chance 1%) {_pct(val.get('r_precision'))} for generated images "
+            f"at guidance {best}, {_pct(rp.get('reconstructed'))} for VQGAN round trips, {_pct(rp.get('real'))} for "
+            f"the real images; held-out skin-tone prompts drawn with the asked tone "
+            f"{_pct((zs.get('skin_tone') or {}).get('zero_shot'), 'accuracy')}, held-out vendor styles "
+            f"{_pct((zs.get('style') or {}).get('zero_shot'), 'accuracy')}"
+            + (f"; VQGAN validation PSNR {fid['psnr']:.1f} dB" if fid else "") + ".*")
+
+
+HEADER = "# Evaluation\n\nEach section is written by `tools/eval_report.py` from the metrics.json of the eval job it names.\n"
+
+
+def replace_section(document: str, name: str, body: str) -> str:
+    """EVAL.md with section `name` (between <!-- eval:name --> markers) replaced by `body`, the others kept."""
+    begin, end = f"<!-- eval:{name} -->", f"<!-- /eval:{name} -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}\n"
+    if not document.strip():
+        return HEADER + "\n" + block
+    if begin in document and end in document:
+        head, rest = document.split(begin, 1)
+        return head + block + rest.split(end, 1)[1].lstrip("\n")
+    return document.rstrip() + "\n\n" + block
+
+
 def main(argv: list[str]) -> int:
     note = ""
     if "--note" in argv:
@@ -74,19 +199,43 @@ def main(argv: list[str]) -> int:
     with open(path) as f:
         metrics = json.load(f)
     out_dir = os.path.dirname(path)
+    first = next(iter(metrics["scales"].values()))
+    kind = "emoji" if any("r_precision" in e for e in first["splits"].values()) else "shapes"
+    prefix = "eval_emoji_" if kind == "emoji" else "eval_"
     os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
     svg = os.path.join(out_dir, "fid_vs_clip.svg")
-    if os.path.exists(svg):
+    if os.path.exists(svg) and kind == "shapes":
         shutil.copy(svg, os.path.join(ROOT, "docs", "eval_fid_vs_clip.svg"))
     grids = sorted(os.listdir(os.path.join(out_dir, "grids"))) if os.path.isdir(os.path.join(out_dir, "grids")) else []
+    best = metrics.get("sampling_written", {}).get("guidance")
+    wanted = (f"s{best:g}_",) if (kind == "emoji" and best is not None) else ("s3_", "s2_")
     extra = ""
     for g in grids:
-        if g.startswith("s3_") or g.startswith("s2_"):
-            shutil.copy(os.path.join(out_dir, "grids", g), os.path.join(ROOT, "docs", f"eval_{g}"))
-            extra += f"![{g}](docs/eval_{g})\n"
-    with open(os.path.join(ROOT, "EVAL.md"), "w") as f:
-        f.write(render(metrics, path, ("## Samples (one row per prompt)\n\n" + extra) if extra else "", note))
-    print("wrote EVAL.md")
+        if g.startswith(wanted):
+            shutil.copy(os.path.join(out_dir, "grids", g), os.path.join(ROOT, "docs", f"{prefix}{g}"))
+            extra += f"![{g}](docs/{prefix}{g})\n"
+    title = "### Samples (one row per prompt: the kept image" + ("s" if kind == "shapes" else "") + ")\n\n"
+    render_fn = render_emoji if kind == "emoji" else render
+    body = render_fn(metrics, path, (title + extra) if extra else "", note)
+    target = os.path.join(ROOT, "EVAL.md")
+    document = open(target).read() if os.path.exists(target) else ""
+    with open(target, "w") as f:
+        f.write(replace_section(document, kind, body))
+    print(f"wrote the {kind} section of EVAL.md")
+    if kind == "emoji":
+        readme = os.path.join(ROOT, "README.md")
+        text = open(readme).read()
+        begin, end = "<!-- eval:emoji-summary -->", "<!-- /eval:emoji-summary -->"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            with open(readme, "w") as f:
+                f.write(f"{head}{begin}\n{emoji_summary(metrics)}\n{end}{rest.split(end, 1)[1]}")
+            print("wrote the emoji summary in README.md")
+        grid = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(path)))), "samples",
+                            "grid.png")
+        if os.path.exists(grid):
+            shutil.copy(grid, os.path.join(ROOT, "docs", "emoji_samples.png"))
+            print(f"copied {grid} to docs/emoji_samples.png")
     return 0
 
 

@@ -2,8 +2,8 @@
 
     dalle data --config configs/folder_data.py --config.data.path=/photos --config.data.data_dir=/tmp/tfds
 
-`data.source` names a `DataSource` (dalle/data/sources/: shapes, folder, csv, webdataset, parquet, cc_tsv, or one
-registered by user code), which makes the tfds builder. Real-data builds print and store their statistics (kept,
+`data.source` names a `DataSource` (dalle/data/sources/: shapes, folder, csv, webdataset, parquet, cc_tsv,
+yfcc100m, emoji, or one registered by user code), which makes the tfds builder. Real-data builds print and store their statistics (kept,
 skipped by reason, converted) in `build_stats.json` beside the dataset and in its tfds metadata.
 """
 
@@ -21,6 +21,7 @@ from ml_collections import ConfigDict
 
 from dalle import registry
 from dalle.data import sources
+from dalle.data.npm import NpmError
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         config = config_lib.load_config(args.config, overrides)
         result = build_dataset(config.data)
-    except (config_lib.ConfigError, ValueError, FileNotFoundError) as e:
+    except (config_lib.ConfigError, ValueError, FileNotFoundError, NpmError) as e:
         print(f"dalle data: error: {e}", file=sys.stderr)
         return 2
     problems = result.pop("problems", [])

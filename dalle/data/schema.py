@@ -186,7 +186,7 @@ ENCODED_FORMATS = ("tfrecord", "array_record")
 def real_data_defaults() -> ConfigDict:
     c = ConfigDict()
     # What `dalle data` builds and the tasks read: a name registered by a module of dalle/data/sources (built in:
-    # shapes, folder, csv, webdataset, parquet, cc_tsv; encoded = an existing `dalle encode` output, no tfds build).
+    # shapes, folder, csv, webdataset, parquet, cc_tsv, yfcc100m, emoji; encoded = an existing `dalle encode` output, no tfds build).
     c.source = "shapes"
     c.path = ""  # input of the real-data builders: a folder, a .csv/.tsv file, or a dir/glob of .tar/.parquet shards
     c.images_dir = ""  # cc_tsv: where the images were downloaded beforehand

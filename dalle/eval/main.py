@@ -31,6 +31,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
+from dalle import registry
 
 if TYPE_CHECKING:
     from dalle.eval.metrics import EvalContext
@@ -42,6 +43,9 @@ class Prompt:
     caption: str
     request: Any = None  # dalle.data.shapes.Request for shapes prompts
     scene: Any = None
+    reference: np.ndarray | None = None  # the real image the caption describes (dataset prompts)
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)  # the example's other features (emoji, ...)
+    index: int = 0  # position in its split (seeds per-prompt draws such as R-precision distractors)
 
 
 def read_prompts_file(path: str, limit: int) -> list[Prompt]:
@@ -54,18 +58,48 @@ def read_prompts_file(path: str, limit: int) -> list[Prompt]:
     return [Prompt("prompts", line) for line in lines[:limit]]
 
 
+def dataset_prompts(data: ConfigDict, split: str, count: int) -> list[Prompt]:
+    """The first `count` images of a built dataset's split (their first caption when there are several per image),
+    with the real image and the example's other features."""
+    from dalle.data import build
+
+    builder = build.load_builder(data)
+    if split not in builder.info.splits:
+        raise ValueError(f"eval.splits: dataset {builder.name!r} has no split {split!r} "
+                         f"(splits: {', '.join(builder.info.splits)})")
+    out: list[Prompt] = []
+    for ex in builder.as_dataset(split=split, shuffle_files=False).as_numpy_iterator():
+        if int(ex.get("caption_index", 0)) != 0:
+            continue
+        fields = {k: (v.decode("utf-8") if isinstance(v, bytes) else v) for k, v in ex.items()
+                  if k not in ("image", "caption")}
+        out.append(Prompt(split, ex["caption"].decode("utf-8"), reference=ex["image"], fields=fields,
+                          index=len(out)))
+        if len(out) >= count:
+            break
+    return out
+
+
 def make_prompts(ev: ConfigDict, data: ConfigDict | None) -> list[Prompt]:
+    """The prompt file's lines; else the first eval.num_prompts of each split: shapes scenes, or the images of
+    the checkpoint's built dataset (any other tfds source)."""
     if ev.prompts_file:
         return read_prompts_file(ev.prompts_file, ev.num_prompts)
-    if data is None or data.get("source") != "shapes":
-        raise ValueError("eval.prompts_file is empty and the checkpoint's data.source is not 'shapes': "
-                         "give eval.prompts_file")
-    from dalle.eval import compositional
+    from dalle.data import sources
 
+    if data is None or not sources.of(data).is_tfds:
+        raise ValueError("eval.prompts_file is empty and the checkpoint's data section names no dataset to take "
+                         "prompts from: give eval.prompts_file")
     out = []
+    if data.get("source") == "shapes":
+        from dalle.eval import compositional
+
+        for split in ev.splits:
+            out += [Prompt(p.split, p.caption, p.request, p.scene, index=i)
+                    for i, p in enumerate(compositional.shapes_prompts(data, split, ev.num_prompts))]
+        return out
     for split in ev.splits:
-        out += [Prompt(p.split, p.caption, p.request, p.scene)
-                for p in compositional.shapes_prompts(data, split, ev.num_prompts)]
+        out += dataset_prompts(data, split, ev.num_prompts)
     return out
 
 
@@ -86,9 +120,26 @@ class Generator:
         self.settings = sampling_settings(ev, self.config)
 
     def roundtrip(self, images: np.ndarray) -> np.ndarray:
-        """VQGAN encode + decode: what the best possible token sequence would look like after decoding."""
+        """VQGAN encode + decode: what the best possible token sequence would look like after decoding (uint8, as
+        generated images are)."""
+        from dalle.modeling.clip.model import to_uint8
+
         vq = self.gen.vqgan
-        return np.concatenate([vq.decode(vq.encode(images[i:i + 64])) for i in range(0, len(images), 64)])
+        return np.concatenate([to_uint8(np.clip(vq.decode(vq.encode(images[i:i + 64])), 0, 1))
+                               for i in range(0, len(images), 64)])
+
+    def fidelity(self, images: np.ndarray) -> dict[str, Any]:
+        """PSNR of the VQGAN round trip of real uint8 images (decoded floats in [0, 1], not rounded), and the
+        share of its codebook they use."""
+        vq = self.gen.vqgan
+        codes = np.concatenate([vq.encode(images[i:i + 64]) for i in range(0, len(images), 64)])
+        recon = np.concatenate([np.clip(vq.decode(codes[i:i + 64]), 0, 1) for i in range(0, len(codes), 64)])
+        err = (images.astype(np.float64) / 255.0 - recon.astype(np.float64)) ** 2
+        mse = np.maximum(err.reshape(len(images), -1).mean(1), 1e-10)
+        psnr = 10 * np.log10(1.0 / mse)
+        return {"psnr": float(psnr.mean()), "psnr_stderr": float(psnr.std() / np.sqrt(len(psnr))),
+                "codes_used": int(np.unique(codes).size), "codebook_size": int(vq.codebook_size),
+                "codebook_usage": float(np.unique(codes).size / vq.codebook_size), "images": int(len(images))}
 
     def __call__(self, captions: Sequence[str], scale: float, rng: Any) -> np.ndarray:
         s = self.settings
@@ -238,6 +289,9 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
             ref_images = compositional.render_prompts(data, [p for p in prompts])
             reference = fid.compute_statistics(net.features(ref_images), net.name, net.preprocessing,
                                                f"renders of the {len(prompts)} eval prompts")
+        elif all(p.reference is not None for p in prompts):
+            reference = fid.compute_statistics(net.features(np.stack([p.reference for p in prompts])), net.name,
+                                               net.preprocessing, f"the {len(prompts)} eval prompts' real images")
         else:
             notes.append("no eval.fid_reference and the prompts have no scenes to render: FID/KID not computed")
 
@@ -245,6 +299,17 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
     ceiling = tokenizer_ceiling(ev, gen, prompts, splits, data)
     if ceiling is not None:
         results["tokenizer_ceiling"] = ceiling
+    if hasattr(gen, "fidelity") and prompts and all(p.reference is not None for p in prompts):
+        results["tokenizer_fidelity"] = {split: gen.fidelity(np.stack([p.reference for p in prompts
+                                                                      if p.split == split])) for split in splits}
+    shared: dict[str, Any] = {}  # work the metrics share across scales (caption pools, fitted classifiers)
+    for metric_name in dict.fromkeys(ev.metrics):
+        ceilings = metrics_lib.get(metric_name).ceiling
+        if ceilings is not None:
+            results.setdefault("ceilings", {})[metric_name] = registry.resolve(ceilings)(
+                metrics_lib.EvalContext(settings=ev, prompts=prompts, splits=splits, images=np.zeros((0,)),
+                                        scale=float("nan"), data=data, clip=clip, notes=notes, out_dir=out_dir,
+                                        shared=shared, roundtrip=getattr(gen, "roundtrip", None)))
     plot_points = []
     rng = jax.random.PRNGKey(ev.seed)
     total = len(ev.condition_scales) * math.ceil(len(prompts) / ev.batch_size)
@@ -254,7 +319,7 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
 
         bar = tqdm(total=total, desc="eval", unit="batch", file=sys.stderr, dynamic_ncols=True)
     for s_i, scale in enumerate(ev.condition_scales):
-        kept_all, scores_all = [], []
+        kept_all, scores_all, first_all = [], [], []
         for b_i, start in enumerate(range(0, len(prompts), ev.batch_size)):
             batch = prompts[start:start + ev.batch_size]
             caps = [p.caption for p in batch]
@@ -269,12 +334,14 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
                 scores = np.full((len(batch), keep), np.nan)
             kept_all.append(kept)
             scores_all.append(scores)
+            first_all.append(images.reshape(len(batch), n_cand, *images.shape[1:])[:, :1])
             if bar is not None:
                 bar.update(1)
         kept = np.concatenate(kept_all)  # [P, k, H, W, 3]
         entry = _measure(metrics_lib.EvalContext(
             settings=ev, prompts=prompts, splits=splits, images=kept, scale=float(scale), data=data, clip=clip,
-            features=net, reference=reference, notes=notes, out_dir=out_dir))
+            features=net, reference=reference, notes=notes, out_dir=out_dir, shared=shared,
+            first_candidates=np.concatenate(first_all)))
         results["scales"][f"{scale:g}"] = entry
         plot_points.append((float(scale), entry["clip_score"].get("clip_score"), entry["fid"].get("value")))
     if bar is not None:
@@ -286,7 +353,8 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
         f.write(svg)
     results.update({
         "checkpoint": os.path.abspath(checkpoint_dir),
-        "prompts": {"source": ev.prompts_file or "shapes splits", "splits": splits, "per_split": ev.num_prompts,
+        "prompts": {"source": ev.prompts_file or f"{data.get('source', '?') if data is not None else '?'} splits",
+                    "splits": splits, "per_split": ev.num_prompts,
                     "total": len(prompts)},
         "sampling": {"num_candidates": n_cand, "keep_top": keep, "top_k": settings.top_k,
                      "top_p": settings.top_p, "temperature": settings.temperature, "seed": ev.seed,
@@ -319,8 +387,8 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
 # ----------------------------------------------------------------------------------------------------------------
 def headline(entry: dict[str, Any]) -> tuple[str, float] | None:
     """A scale's headline number, higher is better: the validation split's fully-correct fraction (EVAL.md's
-    headline), else the mean fully-correct fraction of the splits that have one, else the CLIP score of all
-    prompts; None when the scale has none of them."""
+    headline), else the mean fully-correct fraction of the splits that have one, else the validation split's
+    R-precision (R@1), else the CLIP score of all prompts; None when the scale has none of them."""
     def number(v: Any) -> float | None:
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
@@ -331,6 +399,9 @@ def headline(entry: dict[str, Any]) -> tuple[str, float] | None:
     known = [v for v in acc.values() if v is not None]
     if known:
         return "fully correct (mean of the splits)", sum(known) / len(known)
+    r1 = number((splits.get("validation", {}).get("r_precision") or {}).get("r1"))
+    if r1 is not None:
+        return "validation R@1", r1
     clip = number((entry.get("clip_score") or {}).get("clip_score"))
     return ("CLIP score", clip) if clip is not None else None
 
@@ -518,9 +589,14 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for scale, entry in results["scales"].items():
-        acc = {s: (e.get("compositional") or {}).get("all") for s, e in entry["splits"].items()}
-        print(f"condition_scale {scale}: accuracy {acc}  CLIP score {entry['clip_score'].get('clip_score')}  "
-              f"{(results['fid_network'] or {}).get('metric', 'FID')} {entry['fid'].get('value')}")
+        parts = [f"condition_scale {scale}:"]
+        for key, label, field in (("compositional", "accuracy", "all"), ("r_precision", "R@1", "r1")):
+            values = {s: (e.get(key) or {}).get(field) for s, e in entry["splits"].items() if key in e}
+            if values:
+                parts.append(f"{label} {values}")
+        parts.append(f"CLIP score {entry['clip_score'].get('clip_score')}")
+        parts.append(f"{(results['fid_network'] or {}).get('metric', 'FID')} {entry['fid'].get('value')}")
+        print("  ".join(parts))
     for note in results["notes"]:
         print(f"note: {note}")
     written = results.get("sampling_written") or {}

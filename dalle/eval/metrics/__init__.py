@@ -40,6 +40,9 @@ class EvalContext:
     reference: Any = None  # reference statistics (dalle.eval.fid.Statistics) for `features`, or None
     notes: list[str] = dataclasses.field(default_factory=list)  # job-wide notes (metrics.json "notes")
     out_dir: str = ""  # where the job writes its outputs
+    shared: dict[str, Any] = dataclasses.field(default_factory=dict)  # kept across scales: pools, fitted models
+    first_candidates: np.ndarray | None = None  # uint8 [P, 1, H, W, 3]: each prompt's first sample (no reranking)
+    roundtrip: Callable[[np.ndarray], np.ndarray] | None = None  # image tokenizer encode + decode (ceilings)
     _cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -47,6 +50,17 @@ class EvalContext:
         if key not in self._cache:
             self._cache[key] = compute()
         return self._cache[key]
+
+    def shared_value(self, key: str, compute: Callable[[], Any]) -> Any:
+        """`compute()` once per eval job (all scales): caption pools, classifiers fitted on the train split."""
+        if key not in self.shared:
+            self.shared[key] = compute()
+        return self.shared[key]
+
+    def first_of(self, prompts: Sequence[Any]) -> np.ndarray:
+        """uint8 [n, 1, H, W, 3]: the first (not reranked) sample of each of `prompts`."""
+        where = {id(p): i for i, p in enumerate(self.prompts)}
+        return self.first_candidates[[where[id(p)] for p in prompts]]
 
     def image_features(self, images: np.ndarray | None = None) -> np.ndarray:
         """Feature vectors under `features` of `flat(images)`; those of all kept images (the default) are computed
@@ -67,6 +81,9 @@ class Metric:
     overall: bool = True  # measured over all prompts (<name>)
     not_asked: Callable[[EvalContext], dict] | None = None  # the <name> entry when left out of eval.metrics
     needs: tuple[str, ...] = ()  # what the job must load for it: "features" (the FID network + reference)
+    # (context without generated images) -> what real images and their tokenizer round trips score, per split:
+    # metrics.json ceilings.<name> (callable or "module:attr"); None: no ceiling.
+    ceiling: Any = None
 
     def __call__(self, context: EvalContext, images: np.ndarray, prompts: Sequence[Any]) -> dict:
         return registry.resolve(self.measure)(context, images, prompts)
