@@ -25,7 +25,7 @@ def _f(x, pct=False) -> str:
 
 def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "") -> str:
     s = metrics["sampling"]
-    lines = ["## The shapes world (the demo model)", ""] + ([note, ""] if note else []) + [
+    lines = ["## The shapes world (`dalle demo --config configs/shapes_tiny.py`)", ""] + ([note, ""] if note else []) + [
              f"Command: `.venv/bin/dalle eval --config configs/eval/shapes.py --checkpoint "
              f"{os.path.relpath(metrics['checkpoint'], ROOT)}` ({metrics['seconds']:.0f} s), then "
              f"`.venv/bin/python tools/eval_report.py {metrics_path}`.", "",
@@ -75,7 +75,8 @@ def _pct(entry: dict | None, key: str = "r1") -> str:
     return f"{100 * entry[key]:.1f}%" + (f" ± {100 * err:.1f}" if err is not None else "")
 
 
-def render_emoji(metrics: dict, metrics_path: str, extra: str = "", note: str = "") -> str:
+def render_emoji(metrics: dict, metrics_path: str, extra: str = "", note: str = "",
+                 title: str = "Real images: the emoji model") -> str:
     """The emoji section: goals, R-precision against its ceilings, zero-shot skin tone and style, CLIP score, FID."""
     s = metrics["sampling"]
     splits = metrics["prompts"]["splits"]
@@ -84,7 +85,7 @@ def render_emoji(metrics: dict, metrics_path: str, extra: str = "", note: str = 
     rp = ceil.get("r_precision", {})
     fidelity = metrics.get("tokenizer_fidelity", {})
     counts = {sp: next(iter(metrics["scales"].values()))["splits"][sp]["prompts"] for sp in splits}
-    lines = ["## Real images: the emoji model", ""] + ([note, ""] if note else []) + [
+    lines = [f"## {title}", ""] + ([note, ""] if note else []) + [
         f"Command: `.venv/bin/dalle eval --config configs/eval/emoji.py --checkpoint "
         f"{os.path.relpath(metrics['checkpoint'], ROOT)}` ({metrics['seconds']:.0f} s), then "
         f"`.venv/bin/python tools/eval_report.py {metrics_path}`.", "",
@@ -190,18 +191,26 @@ def replace_section(document: str, name: str, body: str) -> str:
     return document.rstrip() + "\n\n" + block
 
 
+def _option(argv: list[str], name: str) -> tuple[str, list[str]]:
+    if name not in argv:
+        return "", argv
+    i = argv.index(name)
+    return argv[i + 1], argv[:i] + argv[i + 2:]
+
+
 def main(argv: list[str]) -> int:
-    note = ""
-    if "--note" in argv:
-        i = argv.index("--note")
-        note, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+    """METRICS [--note TEXT] [--section NAME --title TEXT]: --section writes another model of the same kind (e.g. a
+    variant) into its own section; only the default sections update the README."""
+    note, argv = _option(argv, "--note")
+    section, argv = _option(argv, "--section")
+    title, argv = _option(argv, "--title")
     path = argv[0] if argv else "outputs/demo/dalle/eval/metrics.json"
     with open(path) as f:
         metrics = json.load(f)
     out_dir = os.path.dirname(path)
     first = next(iter(metrics["scales"].values()))
     kind = "emoji" if any("r_precision" in e for e in first["splits"].values()) else "shapes"
-    prefix = "eval_emoji_" if kind == "emoji" else "eval_"
+    prefix = f"eval_{section}_" if section else ("eval_emoji_" if kind == "emoji" else "eval_")
     os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
     svg = os.path.join(out_dir, "fid_vs_clip.svg")
     if os.path.exists(svg) and kind == "shapes":
@@ -214,15 +223,18 @@ def main(argv: list[str]) -> int:
         if g.startswith(wanted):
             shutil.copy(os.path.join(out_dir, "grids", g), os.path.join(ROOT, "docs", f"{prefix}{g}"))
             extra += f"![{g}](docs/{prefix}{g})\n"
-    title = "### Samples (one row per prompt: the kept image" + ("s" if kind == "shapes" else "") + ")\n\n"
-    render_fn = render_emoji if kind == "emoji" else render
-    body = render_fn(metrics, path, (title + extra) if extra else "", note)
+    samples = ("### Samples (one row per prompt: the kept image" + ("s" if kind == "shapes" else "") + ")\n\n"
+               + extra) if extra else ""
+    if kind == "emoji":
+        body = render_emoji(metrics, path, samples, note, title or "Real images: the emoji model")
+    else:
+        body = render(metrics, path, samples, note)
     target = os.path.join(ROOT, "EVAL.md")
     document = open(target).read() if os.path.exists(target) else ""
     with open(target, "w") as f:
-        f.write(replace_section(document, kind, body))
-    print(f"wrote the {kind} section of EVAL.md")
-    if kind == "emoji":
+        f.write(replace_section(document, section or kind, body))
+    print(f"wrote the {section or kind} section of EVAL.md")
+    if kind == "emoji" and not section:
         readme = os.path.join(ROOT, "README.md")
         text = open(readme).read()
         begin, end = "<!-- eval:emoji-summary -->", "<!-- /eval:emoji-summary -->"
