@@ -25,7 +25,8 @@ def _f(x, pct=False) -> str:
 
 def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "") -> str:
     s = metrics["sampling"]
-    lines = ["## The shapes world (`dalle demo --config configs/shapes_tiny.py`)", ""] + ([note, ""] if note else []) + [
+    title = "## The shapes world (`dalle demo --config configs/shapes_tiny.py`)"
+    lines = [title, ""] + ([note, ""] if note else []) + [
              f"Command: `.venv/bin/dalle eval --config configs/eval/shapes.py --checkpoint "
              f"{os.path.relpath(metrics['checkpoint'], ROOT)}` ({metrics['seconds']:.0f} s), then "
              f"`.venv/bin/python tools/eval_report.py {metrics_path}`.", "",
