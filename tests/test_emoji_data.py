@@ -193,3 +193,22 @@ def test_dalle_data_names_the_npm_problem(tmp_path, capsys, monkeypatch):
     assert code == 2
     assert "dalle data: error: `npm pack emoji-datasource-google@16.0.0` failed" in err and "ENOTFOUND" in err
     assert not (tmp_path / "tfds" / "emoji_collection").exists()
+
+
+def test_npm_pack_into_a_relative_cache(tmp_path, monkeypatch):
+    """`npm pack` (a stand-in that behaves like it: writes NAME-VERSION.tgz into --pack-destination, which must
+    exist) into a cache folder given relative to the working directory; the result is verified and kept."""
+    source = tmp_path / "registry"
+    pin_text = H.write_emoji_package(str(source), "google", H.emoji_entries(2, 1))
+    pin = npm.PinnedPackage.parse(pin_text)
+    fake = tmp_path / "bin" / "npm"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n"
+                    "while [ $# -gt 0 ]; do [ \"$1\" = --pack-destination ] && dest=$2; shift; done\n"
+                    f"[ -d \"$dest\" ] || {{ echo \"ENOENT: $dest\" >&2; exit 254; }}\n"
+                    f"cp {source / pin.tarball_name} \"$dest/\"\n")
+    fake.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    path = npm.fetch(pin, "cache/npm", npm=str(fake))
+    assert path == str(tmp_path / "cache" / "npm" / pin.tarball_name) and os.path.isfile(path)
+    assert os.listdir(tmp_path / "cache" / "npm") == [pin.tarball_name]  # no temporary folder left behind

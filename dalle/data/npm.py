@@ -83,6 +83,7 @@ def check_integrity(path: str, pin: PinnedPackage) -> None:
 
 def fetch(pin: PinnedPackage, cache_dir: str, npm: str = "npm", timeout_s: float = 600.0) -> str:
     """The path of the verified tarball of `pin` in `cache_dir`, downloaded with `npm pack` when absent."""
+    cache_dir = os.path.abspath(cache_dir)  # npm resolves --pack-destination against its own working directory
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, pin.tarball_name)
     if os.path.isfile(path):
@@ -95,7 +96,7 @@ def fetch(pin: PinnedPackage, cache_dir: str, npm: str = "npm", timeout_s: float
                        f"(`npm pack {pin.spec}` in {cache_dir})")
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".npm-pack-") as tmp:
         try:
-            result = subprocess.run([exe, "pack", pin.spec, "--silent", "--pack-destination", tmp],
+            result = subprocess.run([exe, "pack", pin.spec, "--loglevel=error", "--pack-destination", tmp],
                                     cwd=tmp, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise NpmError(f"`npm pack {pin.spec}` did not finish in {timeout_s:.0f} s: is the npm registry "
