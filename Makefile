@@ -37,7 +37,7 @@ $(REF_STAMP): $(STAMP) requirements-ref.txt
 setup-ref: $(REF_STAMP)
 
 demo: setup
-	$(VENV)/bin/dalle demo
+	$(VENV)/bin/dalle demo --config configs/emoji_tiny.py
 
 test: setup setup-ref
 	$(PY) -m pytest -q tests

@@ -52,3 +52,51 @@ def test_zero_shot_prompts_hold_out_combinations():
 def test_empty_summary_reports_none():
     s = compositional.summarize([])
     assert s["images"] == 0 and s["all"] is None
+
+
+def test_prompt_kinds_and_breakdown():
+    data = _data("multi_32")
+    prompts = [p for split in ("validation", "zero_shot") for p in compositional.shapes_prompts(data, split, 60)]
+    kinds = [compositional.prompt_kinds(p.request, p.scene) for p in prompts]
+    for p, ks in zip(prompts, kinds):
+        assert f"objects:{len(p.request.objects)}" in ks
+        assert all(f"relation:{r}" in ks for _, r, _ in p.request.relations)
+        assert ("background" in ks) == (p.request.background is not None)
+        assert any(k.startswith("held_out:") for k in ks) == (p.split == "zero_shot")
+    seen = {k for ks in kinds for k in ks}
+    assert {"objects:1", "objects:2", "objects:3", "count"} <= seen
+    assert any(k.startswith("relation:") for k in seen)
+    # Right images for the first half, blanks for the rest: the breakdown counts each group's own outcomes.
+    images = compositional.render_prompts(data, prompts)
+    half = len(prompts) // 2
+    images[half:] = 0
+    result = compositional.accuracy(images, [p.request for p in prompts], data, kinds)
+    assert result["all"] == pytest.approx(half / len(prompts))
+    assert result["stderr"] == pytest.approx(np.sqrt(0.25 / len(prompts)))
+    for kind, entry in result["by_kind"].items():
+        members = [i for i, ks in enumerate(kinds) if kind in ks]
+        assert entry["images"] == len(members)
+        assert entry["all"] == pytest.approx(np.mean([i < half for i in members]))
+
+
+def test_paraphrase_split_uses_validation_scenes_with_other_captions():
+    data = _data("one_object_32")
+    para = compositional.shapes_prompts(data, "paraphrase", 40)
+    grammar = compositional.shapes_prompts(data, "validation", 40)
+    assert [p.scene for p in para] == [p.scene for p in grammar]
+    assert all(a.caption != b.caption for a, b in zip(para, grammar))
+    # the rendered scenes satisfy what the paraphrases ask
+    images = compositional.render_prompts(data, para)
+    assert compositional.accuracy(images, [p.request for p in para], data)["all"] == 1.0
+
+
+def test_held_out_drawn_names_what_was_drawn_in_the_pairs_cell():
+    data = _data("one_object_32")
+    prompts = compositional.shapes_prompts(data, "zero_shot", 12)
+    images = compositional.render_prompts(data, prompts)
+    drawn = compositional.held_out_drawn(images, prompts, data)
+    assert sum(sum(c.values()) for c in drawn.values()) == 12
+    for pair, counts in drawn.items():
+        assert counts == {pair: sum(counts.values())}  # the renders show exactly the held-out pair
+    blank = compositional.held_out_drawn(np.zeros_like(images)[:, None], prompts, data)
+    assert all(list(c) == ["nothing"] for c in blank.values())

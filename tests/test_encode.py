@@ -141,7 +141,7 @@ def test_dalle_encode_cli_with_cpu_vqgan(shapes, tmp_path, capsys):
     from dalle.tokenizers import sentencepiece as tokenizer
     from dalle.modeling.vqgan import model as vqgan_lib
 
-    vq_config = config_lib.load_config("configs/vqgan_f4_32.py")
+    vq_config = config_lib.load_config("configs/vqgan_f4_32.py", ["--config.model.n_embed=512"])
     params = vqgan_lib.VQGAN(vqgan_lib.VQGANConfig.from_config(vq_config)).init(jax.random.PRNGKey(0))
     ckpt = checkpoint.save_model(str(tmp_path / "vqgan"), params, vq_config)
     tokenizer.train_from_config(shapes.data)

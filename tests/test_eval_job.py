@@ -56,7 +56,7 @@ def _save_dalle(tmp_path, data: ConfigDict) -> str:
     from dalle.modeling import presets
     from dalle.modeling.vqgan import model as vqgan_lib
 
-    vq_config = config_lib.load_config("configs/vqgan_f4_32.py", [])
+    vq_config = config_lib.load_config("configs/vqgan_f4_32.py", ["--config.model.n_embed=512"])
     vq = vqgan_lib.VQGAN(vqgan_lib.VQGANConfig.from_config(vq_config))
     vq_dir = checkpoint.save_model(str(tmp_path / "vqgan"), vq.init(jax.random.PRNGKey(1)),
                                    ConfigDict({"model": vq_config.model.to_dict()}))
@@ -100,6 +100,8 @@ def test_eval_job_end_to_end(tmp_path):
         for split, e in entry["splits"].items():
             acc = e["compositional"]
             assert acc["images"] == 3 and 0.0 <= acc["all"] <= 1.0 and 0.0 <= acc["count"] <= 1.0
+            assert acc["first_sample"]["images"] == 3 and acc["stderr"] is not None
+            assert sum(k["images"] for name, k in acc["by_kind"].items() if name.startswith("objects:")) == 3
             assert e["clip_score"]["backbone"] == "tiny-random-clip"
         assert entry["clip_score"]["count"] == 6
         assert entry["fid"]["value"] is not None and entry["fid"]["value"] >= -1e-6
@@ -167,6 +169,9 @@ def test_eval_job_on_rendered_candidates_without_clip(tmp_path):
     entry = res["scales"]["1"]
     assert entry["splits"]["validation"]["compositional"]["all"] == 0.5
     assert entry["splits"]["validation"]["compositional"]["images"] == 8
+    # Without reranking only candidate 0 counts: the noise, never right.
+    assert entry["splits"]["validation"]["compositional"]["first_sample"]["all"] == 0.0
+    assert entry["splits"]["validation"]["compositional"]["first_sample"]["images"] == 4
     # The tokenizer ceiling: the 4 prompts' renders through `roundtrip`, whose first image is lost.
     assert res["tokenizer_ceiling"]["validation"]["images"] == 4
     assert res["tokenizer_ceiling"]["validation"]["all"] == 0.75

@@ -82,6 +82,36 @@ def test_blank_caption_prob_is_seeded(config):
     assert not np.any((ev[:, 0] == 1) & np.all(ev[:, 1:] == 0, axis=1))
 
 
+@pytest.mark.parametrize("key,value", [("caption_unknown_word_prob", 1.0), ("caption_swap_prob", 1.0),
+                                       ("caption_word_dropout", 0.4)])
+def test_caption_noise_in_training_only(config, key, value):
+    data = config.data.copy_and_resolve_references()
+    data[key] = value
+    data.max_text_length = 64  # room for every caption plus the made-up word: no truncation to compare
+    data.task_name = f"dalle_noise_{key}"
+    names = tasks.register_tasks(data, raw=False)
+    vocab = tokenizer.load_vocabulary(data.tokenizer_path)
+    noisy = _batches(names.train, data, "train", 48, seed=1)[0]["text_tokens"]
+    again = _batches(names.train, data, "train", 48, seed=1)[0]["text_tokens"]
+    clean = _batches(names.eval, data, "train", 48, seed=1)[0]["text_tokens"]
+    np.testing.assert_array_equal(noisy, again)  # seeded: resumption replays the same captions
+    words = lambda row: [t for t in row.tolist() if t not in (0, vocab.eos_id)]  # noqa: E731
+    changed = 0
+    for a, b in zip(noisy, clean):
+        a, b = words(a), words(b)
+        assert a, "a caption lost every word"
+        changed += a != b
+        if key == "caption_unknown_word_prob":  # one made-up word inserted: the caption's pieces in order, plus some
+            it = iter(a)
+            assert len(a) > len(b) and all(t in it for t in b)
+        elif key == "caption_swap_prob":  # two neighbours swapped: the same pieces
+            assert sorted(a) == sorted(b)
+        else:
+            assert len(a) <= len(b)
+    assert changed >= 40
+    assert tasks.fingerprint(data) != tasks.fingerprint(config.data)
+
+
 def test_shard_info_partitions_examples(config):
     data = config.data
     tasks.register_tasks(data, raw=False)

@@ -204,6 +204,13 @@ def test_loss_pieces_on_fixed_values():
     x = jnp.zeros((1, 2, 2, 3))
     np.testing.assert_allclose(losses.psnr(x, x + 0.2), 10 * np.log10(1 / 0.01), rtol=1e-5)  # 0.1 in [0, 1]
     np.testing.assert_allclose(jnp.mean(losses.pixel_loss(x, x + 0.5, 1.0, 2.0)), 0.5 + 2 * 0.25)
+    # Foreground weights: 1 on the (median) background, 1 + w where a pixel is >= 0.5 away from it, linear between.
+    img = (-jnp.ones((1, 4, 4, 3))).at[0, 0, 0].set(1.0).at[0, 0, 1, 0].set(-0.8)
+    w = losses.foreground_weights(img, 3.0)
+    assert w.shape == (1, 4, 4, 1)
+    np.testing.assert_allclose(w[0, 0, 0, 0], 4.0)
+    np.testing.assert_allclose(w[0, 0, 1, 0], 1.0 + 3.0 * 0.2 / 0.5, rtol=1e-6)
+    np.testing.assert_allclose(w[0, 1:, :, 0], 1.0)
     counts, used, ppl = losses.code_stats(jnp.array([[0, 0, 1, 3]]), 8)
     np.testing.assert_array_equal(counts, [2, 1, 0, 1, 0, 0, 0, 0])
     assert float(used) == 3 / 8

@@ -23,40 +23,98 @@ def _f(x, pct=False) -> str:
     return f"{100 * x:.1f}%" if pct else f"{x:.2f}"
 
 
-def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "") -> str:
+def _acc(entry: dict | None) -> str:
+    """'92.2% ± 1.9 (n)' of a compositional entry (rate of `all` with its standard error)."""
+    if not entry or entry.get("all") is None:
+        return "n/a"
+    err = entry.get("stderr")
+    return f"{100 * entry['all']:.1f}%" + (f" ± {100 * err:.1f}" if err is not None else "")
+
+
+def _kind_order(kind: str) -> tuple:
+    group = ("objects:", "relation:", "count", "background", "held_out:")
+    return (next((i for i, g in enumerate(group) if kind.startswith(g)), len(group)), kind)
+
+
+def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "",
+           title: str = "The shapes world (`dalle demo --config configs/shapes_tiny.py`)") -> str:
+    """The shapes section: accuracy per split with standard errors, reranked and first sample, per kind of prompt,
+    against the tokenizer's round trip; CLIP score and FID per guidance scale."""
     s = metrics["sampling"]
-    title = "## The shapes world (`dalle demo --config configs/shapes_tiny.py`)"
-    lines = [title, ""] + ([note, ""] if note else []) + [
+    splits = metrics["prompts"]["splits"]
+    scales = sorted(metrics["scales"].items(), key=lambda kv: float(kv[0]))
+    written = metrics.get("sampling_written") or {}
+    best = f"{written['guidance']:g}" if written.get("guidance") is not None else scales[0][0]
+    best_entry = metrics["scales"][best]
+    ceiling = metrics.get("tokenizer_ceiling") or {}
+    counts = {sp: best_entry["splits"][sp].get("prompts") for sp in splits}
+    cand = s["num_candidates"]
+    lines = [f"## {title}", ""] + ([note, ""] if note else []) + [
              f"Command: `.venv/bin/dalle eval --config configs/eval/shapes.py --checkpoint "
              f"{os.path.relpath(metrics['checkpoint'], ROOT)}` ({metrics['seconds']:.0f} s), then "
              f"`.venv/bin/python tools/eval_report.py {metrics_path}`.", "",
-             f"Prompts: {metrics['prompts']['per_split']} per split ({', '.join(metrics['prompts']['splits'])}); "
-             f"{s['num_candidates']} candidates per prompt, best {s['keep_top']} kept"
+             f"Prompts: {', '.join(f'{counts[sp]} {sp}' for sp in splits)} (`paraphrase`: the validation scenes "
+             "captioned outside the caption grammar, dalle/eval/paraphrase.py); "
+             f"{cand} candidates per prompt, best {s['keep_top']} kept"
              f"{' by ' + s['reranked_by'] if s['reranked_by'] else ''}; top-k {s['top_k']}, temperature "
-             f"{s['temperature']}, seed {s['seed']}. CLIP backbone: {metrics['clip_backbone']}. "
-             f"FID network: {(metrics['fid_network'] or {}).get('metric', 'none')} "
-             f"({(metrics['fid_network'] or {}).get('name', '')}, reference: "
-             f"{(metrics['fid_network'] or {}).get('reference_count')} rendered scenes of the same prompts).", ""]
-    lines += ["### Compositional accuracy (shapes analyzer; fraction of images with every requested attribute right)",
-              "", "| guidance scale | split | " + " | ".join(ATTRS) + " |", "|---|---|" + "---|" * len(ATTRS)]
-    for scale, entry in sorted(metrics["scales"].items(), key=lambda kv: float(kv[0])):
+             f"{s['temperature']}, seed {s['seed']}. Every rate is the fraction of images with every requested "
+             "attribute right (shapes analyzer), ± its standard error. FID network: "
+             f"{(metrics['fid_network'] or {}).get('metric', 'none')} "
+             f"({(metrics['fid_network'] or {}).get('name', '')}).", ""]
+    lines += [f"### Fully correct at guidance {best} (the exported default)", "",
+              f"| split | first sample (no reranking) | CLIP-best of {cand} | VQGAN round trip of the prompt's scene |",
+              "|---|---|---|---|"]
+    for sp in splits:
+        comp = best_entry["splits"][sp].get("compositional") or {}
+        lines.append(f"| {sp} | {_acc(comp.get('first_sample'))} | {_acc(comp)} | {_acc(ceiling.get(sp))} |")
+    kinds = sorted({k for sp in splits for k in ((best_entry["splits"][sp].get("compositional") or {})
+                                                 .get("by_kind") or {})}, key=_kind_order)
+    if kinds:
+        lines += ["", f"### By what the prompt asks (guidance {best}; first sample / CLIP-best / round trip, "
+                  "images)", "", "| prompt asks | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+        for kind in kinds:
+            cells = []
+            for sp in splits:
+                comp = best_entry["splits"][sp].get("compositional") or {}
+                k = (comp.get("by_kind") or {}).get(kind)
+                if not k:
+                    cells.append("")
+                    continue
+                first = ((comp.get("first_sample") or {}).get("by_kind") or {}).get(kind)
+                rt = ((ceiling.get(sp) or {}).get("by_kind") or {}).get(kind)
+                pct = lambda e: "n/a" if not e or e.get("all") is None else f"{100 * e['all']:.0f}%"  # noqa: E731
+                cells.append(f"{pct(first)} / {pct(k)} / {pct(rt)} ({k['images'] // max(1, s['keep_top'])})")
+            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    drawn = ((best_entry["splits"].get("zero_shot") or {}).get("compositional") or {}).get("held_out_drawn")
+    if drawn:
+        lines += ["", f"### What the model draws for a held-out pair (zero_shot, first samples, guidance {best})", "",
+                  "The object the analyzer finds in the pair's cell: does the colour word or the shape word win?", "",
+                  "| held-out pair | drawn (images) |", "|---|---|"]
+        for pair, counts in drawn.items():
+            total = sum(counts.values())
+            top = ", ".join(f"{name} {100 * n / total:.0f}%" for name, n in list(counts.items())[:4])
+            lines.append(f"| {pair} | {top} ({total}) |")
+    lines += ["", "### Per attribute and guidance scale (CLIP-best candidate)", "",
+              "| guidance scale | split | " + " | ".join(ATTRS) + " | first sample |",
+              "|---|---|" + "---|" * (len(ATTRS) + 1)]
+    for scale, entry in scales:
         for split, e in entry["splits"].items():
             comp = e.get("compositional", {})
-            lines.append(f"| {scale} | {split} | " + " | ".join(_f(comp.get(a), True) for a in ATTRS) + " |")
-    if metrics.get("tokenizer_ceiling"):
-        lines += ["", "What the image tokenizer alone loses: the prompts' own reference scenes rendered, encoded and "
-                  "decoded by the model's VQGAN, judged by the same analyzer. Not a strict ceiling: a prompt fixes "
-                  "only what it names, and a model may draw an easier scene (e.g. a larger shape) than the reference:",
-                  "",
+            lines.append(f"| {scale} | {split} | " + " | ".join(_f(comp.get(a), True) for a in ATTRS)
+                         + f" | {_acc(comp.get('first_sample'))} |")
+    if ceiling:
+        lines += ["", "What the image tokenizer alone loses: the prompts' own scenes rendered, encoded and decoded by "
+                  "the model's VQGAN, judged by the same analyzer (not a strict ceiling: a prompt fixes only what it "
+                  "names, and a model may draw an easier scene than the reference):", "",
                   "| | split | " + " | ".join(ATTRS) + " |", "|---|---|" + "---|" * len(ATTRS)]
-        for split, comp in metrics["tokenizer_ceiling"].items():
+        for split, comp in ceiling.items():
             lines.append(f"| VQGAN round trip | {split} | " + " | ".join(_f(comp.get(a), True) for a in ATTRS) + " |")
     lines += ["", "### CLIP score and FID across guidance scales", "",
               "| guidance scale | CLIP score (all splits) | " + " | ".join(
-                  f"CLIP score {sp}" for sp in metrics["prompts"]["splits"]) + " | FID | KID |",
-              "|---|---|" + "---|" * len(metrics["prompts"]["splits"]) + "---|---|"]
-    for scale, entry in sorted(metrics["scales"].items(), key=lambda kv: float(kv[0])):
-        per = [_f(entry["splits"][sp].get("clip_score", {}).get("clip_score")) for sp in metrics["prompts"]["splits"]]
+                  f"CLIP score {sp}" for sp in splits) + " | FID | KID |",
+              "|---|---|" + "---|" * len(splits) + "---|---|"]
+    for scale, entry in scales:
+        per = [_f(entry["splits"][sp].get("clip_score", {}).get("clip_score")) for sp in splits]
         fid = entry["fid"]
         kid = entry["kid"]
         lines.append(f"| {scale} | {_f(entry['clip_score'].get('clip_score'))} | " + " | ".join(per)
@@ -177,6 +235,59 @@ def emoji_summary(metrics: dict) -> str:
             + (f"; VQGAN validation PSNR {fid['psnr']:.1f} dB" if fid else "") + ".*")
 
 
+def _training(workdir: str) -> dict:
+    """Steps and wall minutes of a trainer workdir's run (its metrics.jsonl), the model's config and seed."""
+    rows = []
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.isfile(path):
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    train = [r for r in rows if "train/loss" in r]
+    if not train:
+        return {"steps": None, "minutes": None}
+    first, last = train[0], train[-1]
+    rate = first.get("train/steps_per_s") or 0
+    minutes = (last["time"] - first["time"] + (first["step"] / rate if rate else 0)) / 60
+    return {"steps": last["step"], "minutes": minutes}
+
+
+def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "") -> str:
+    """One table over several eval jobs (runs labelled `name` or `name (seed N)`): fully correct per split at each
+    run's exported guidance, first sample and CLIP-best; runs sharing a name get a mean and spread row."""
+    splits = list(dict.fromkeys(sp for _, m in runs for sp in m["prompts"]["splits"]))
+    lines = ["## Composition experiments on the one-object shapes world", ""] + ([note, ""] if note else []) + [
+        f"Command: `{command}`, from each run's `dalle eval --config configs/eval/shapes.py` metrics.json. Cells: "
+        "first sample (no reranking) / CLIP-best of the candidates, fully correct, ± standard error.", "",
+        "| run | steps | training minutes | guidance | " + " | ".join(splits) + " |",
+        "|---|---|---|---|" + "---|" * len(splits)]
+    groups: dict[str, list[dict]] = {}
+    for label, m in runs:
+        written = m.get("sampling_written") or {}
+        g = f"{written['guidance']:g}" if written.get("guidance") is not None else next(iter(m["scales"]))
+        entry = m["scales"][g]
+        t = _training(m["checkpoint"])
+        cells, values = [], {}
+        for sp in splits:
+            comp = (entry["splits"].get(sp) or {}).get("compositional") or {}
+            cells.append(f"{_acc(comp.get('first_sample'))} / {_acc(comp)}")
+            values[sp] = ((comp.get("first_sample") or {}).get("all"), comp.get("all"))
+        minutes = f"{t['minutes']:.1f}" if t["minutes"] else "n/a"
+        lines.append(f"| {label} | {t['steps']} | {minutes} | {g} | " + " | ".join(cells) + " |")
+        groups.setdefault(label.split(" (seed")[0], []).append(values)
+    for name, members in groups.items():
+        if len(members) < 2:
+            continue
+        cells = []
+        for sp in splits:
+            parts = []
+            for k in (0, 1):
+                v = [m[sp][k] for m in members if m.get(sp) and m[sp][k] is not None]
+                parts.append(f"{100 * sum(v) / len(v):.1f}% (±{50 * (max(v) - min(v)):.1f})" if v else "n/a")
+            cells.append(" / ".join(parts))
+        lines.append(f"| **{name}: mean of {len(members)} seeds (± half range)** | | | | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 HEADER = "# Evaluation\n\nEach section is written by `tools/eval_report.py` from the metrics.json of the eval job it names.\n"
 
 
@@ -201,8 +312,22 @@ def _option(argv: list[str], name: str) -> tuple[str, list[str]]:
 
 def main(argv: list[str]) -> int:
     """METRICS [--note TEXT] [--section NAME --title TEXT]: --section writes another model of the same kind (e.g. a
-    variant) into its own section; only the default sections update the README."""
+    variant) into its own section; only the default sections update the README. `--experiments LABEL=METRICS...`
+    writes the composition-experiments table over several runs instead."""
     note, argv = _option(argv, "--note")
+    if argv and argv[0] == "--experiments":  # --experiments "label=metrics.json" ...: the composition table
+        runs = []
+        for item in argv[1:]:
+            label, _, path = item.partition("=")
+            with open(path) as f:
+                runs.append((label, json.load(f)))
+        command = ".venv/bin/python tools/eval_report.py --experiments " + " ".join(f'"{a}"' for a in argv[1:])
+        target = os.path.join(ROOT, "EVAL.md")
+        document = open(target).read() if os.path.exists(target) else ""
+        with open(target, "w") as f:
+            f.write(replace_section(document, "composition-experiments", render_experiments(runs, command, note)))
+        print("wrote the composition-experiments section of EVAL.md")
+        return 0
     section, argv = _option(argv, "--section")
     title, argv = _option(argv, "--title")
     path = argv[0] if argv else "outputs/demo/dalle/eval/metrics.json"
@@ -218,7 +343,7 @@ def main(argv: list[str]) -> int:
         shutil.copy(svg, os.path.join(ROOT, "docs", "eval_fid_vs_clip.svg"))
     grids = sorted(os.listdir(os.path.join(out_dir, "grids"))) if os.path.isdir(os.path.join(out_dir, "grids")) else []
     best = metrics.get("sampling_written", {}).get("guidance")
-    wanted = (f"s{best:g}_",) if (kind == "emoji" and best is not None) else ("s3_", "s2_")
+    wanted = (f"s{best:g}_",) if best is not None else ("s1_",)
     extra = ""
     for g in grids:
         if g.startswith(wanted):
@@ -229,7 +354,7 @@ def main(argv: list[str]) -> int:
     if kind == "emoji":
         body = render_emoji(metrics, path, samples, note, title or "Real images: the emoji model")
     else:
-        body = render(metrics, path, samples, note)
+        body = render(metrics, path, samples, note, *([title] if title else []))
     target = os.path.join(ROOT, "EVAL.md")
     document = open(target).read() if os.path.exists(target) else ""
     with open(target, "w") as f:

@@ -208,6 +208,10 @@ def real_data_defaults() -> ConfigDict:
     c.character_coverage = 0.9995
     c.max_text_length = 64  # text tokens per example, EOS included; longer captions are truncated
     c.blank_caption_prob = 0.0  # training drops captions with this probability (classifier-free guidance)
+    # Caption noise in training only (seeded, after normalization; 0 = off): robustness to prompts people type.
+    c.caption_word_dropout = 0.0  # each word dropped with this probability (never all of them)
+    c.caption_unknown_word_prob = 0.0  # probability of one made-up word inserted at a random place (an unknown word)
+    c.caption_swap_prob = 0.0  # probability of two neighbouring words swapped
     # seqio tasks / training stream.
     c.task_name = ""  # "" = derived from the source (dalle_<source>_encoded / dalle_<source>_raw)
     c.mixture = ()  # extra encoded datasets to mix in, as "encoded_dir:rate" strings; the main one has rate 1
@@ -234,8 +238,11 @@ def check_real_data(d: ConfigDict, _: ConfigDict):
         yield f"data.image_size = {d.image_size} must be positive"
     if not 0.0 <= d.validation_fraction < 1.0:
         yield f"data.validation_fraction = {d.validation_fraction} must be in [0, 1)"
-    if not 0.0 <= d.blank_caption_prob <= 1.0:
-        yield f"data.blank_caption_prob = {d.blank_caption_prob} must be in [0, 1]"
+    for key in ("blank_caption_prob", "caption_word_dropout", "caption_unknown_word_prob", "caption_swap_prob"):
+        if not 0.0 <= d[key] <= 1.0:
+            yield f"data.{key} = {d[key]} must be in [0, 1]"
+    if d.caption_word_dropout >= 1.0:
+        yield f"data.caption_word_dropout = {d.caption_word_dropout} must be < 1 (it would drop every word)"
     if d.max_text_length <= 0:
         yield f"data.max_text_length = {d.max_text_length} must be positive"
     if d.vocab_size < 4:

@@ -165,6 +165,59 @@ def make_blanker(prob: float):
     return blank
 
 
+@dataclasses.dataclass(frozen=True)
+class CaptionNoise:
+    """Training-only caption noise (data.caption_*): word dropout, one made-up word inserted, a neighbour swap."""
+
+    word_dropout: float = 0.0
+    unknown_word_prob: float = 0.0
+    swap_prob: float = 0.0
+
+    @classmethod
+    def from_config(cls, data_config: Any) -> "CaptionNoise":
+        return cls(float(data_config.get("caption_word_dropout", 0.0)),
+                   float(data_config.get("caption_unknown_word_prob", 0.0)),
+                   float(data_config.get("caption_swap_prob", 0.0)))
+
+    @property
+    def active(self) -> bool:
+        return self.word_dropout > 0 or self.unknown_word_prob > 0 or self.swap_prob > 0
+
+
+def make_caption_noiser(noise: CaptionNoise):
+    """Perturbs each caption's words from seqio's per-example seeds (deterministic for a seed, so resumption stays
+    exact). Empty (blanked) captions stay empty. The made-up word is 5 random letters: unknown to any word-level
+    vocabulary, so the model learns to read past words it does not know."""
+
+    @seqio.map_over_dataset(num_seeds=4)
+    def noisy(ex, seeds):
+        text = ex[TEXT]
+        words = tf.strings.split(text)
+        if noise.word_dropout > 0:
+            keep = tf.random.stateless_uniform(tf.shape(words), seed=seeds[0]) >= noise.word_dropout
+            kept = tf.boolean_mask(words, keep)
+            words = tf.cond(tf.size(kept) > 0, lambda: kept, lambda: words)
+        if noise.swap_prob > 0:
+            n = tf.size(words)
+            u = tf.random.stateless_uniform([2], seed=seeds[1])
+            i = tf.minimum(tf.cast(u[1] * tf.cast(tf.maximum(n - 1, 1), tf.float32), tf.int32), tf.maximum(n - 2, 0))
+            order = tf.range(n)
+            swapped = tf.tensor_scatter_nd_update(order, [[i], [i + 1]], [i + 1, i])
+            words = tf.cond((u[0] < noise.swap_prob) & (n >= 2), lambda: tf.gather(words, swapped), lambda: words)
+        if noise.unknown_word_prob > 0:
+            n = tf.size(words)
+            u = tf.random.stateless_uniform([2], seed=seeds[2])
+            letters = tf.random.stateless_uniform([5], seed=seeds[3], minval=97, maxval=123, dtype=tf.int32)
+            made_up = tf.strings.unicode_encode(letters, "UTF-8")
+            at = tf.minimum(tf.cast(u[1] * tf.cast(n + 1, tf.float32), tf.int32), n)
+            inserted = tf.concat([words[:at], [made_up], words[at:]], 0)
+            words = tf.cond(u[0] < noise.unknown_word_prob, lambda: inserted, lambda: words)
+        joined = tf.strings.reduce_join(words, separator=" ")
+        return {**ex, TEXT: tf.where(tf.equal(text, b""), text, joined)}
+
+    return noisy
+
+
 def image_tokens_to_targets(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.map(lambda ex: {**ex, IMAGE: ex["image_tokens"]}, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -252,8 +305,11 @@ def _replace_task(name: str, **kwargs: Any) -> seqio.Task:
     return seqio.TaskRegistry.add(name, **kwargs)
 
 
-def _text_preprocessors(options: text_lib.NormalizerOptions, blank_prob: float) -> list:
+def _text_preprocessors(options: text_lib.NormalizerOptions, blank_prob: float,
+                        noise: CaptionNoise | None = None) -> list:
     out = [caption_to_inputs, make_normalizer(options)]
+    if noise is not None and noise.active:
+        out.append(make_caption_noiser(noise))
     if blank_prob > 0:
         out.append(make_blanker(blank_prob))
     out += [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
@@ -262,8 +318,9 @@ def _text_preprocessors(options: text_lib.NormalizerOptions, blank_prob: float) 
 
 def register_encoded_task(name: str, encoded_dir: str, vocab: seqio.Vocabulary,
                           options: text_lib.NormalizerOptions, blank_caption_prob: float = 0.0,
-                          codebook_size: int | None = None, shuffle_buffer: int = 10_000) -> seqio.Task:
-    """A task over one `dalle encode` output directory."""
+                          codebook_size: int | None = None, shuffle_buffer: int = 10_000,
+                          noise: CaptionNoise | None = None) -> seqio.Task:
+    """A task over one `dalle encode` output directory (`noise`: training caption noise; None for eval tasks)."""
     source = EncodedDataSource(encoded_dir)
     codebook = codebook_size or source.info.get("codebook_size")
     if not codebook:
@@ -271,7 +328,7 @@ def register_encoded_task(name: str, encoded_dir: str, vocab: seqio.Vocabulary,
     return _replace_task(
         name,
         source=source,
-        preprocessors=[image_tokens_to_targets] + _text_preprocessors(options, blank_caption_prob),
+        preprocessors=[image_tokens_to_targets] + _text_preprocessors(options, blank_caption_prob, noise),
         output_features={TEXT: text_feature(vocab), IMAGE: image_feature(codebook)},
         shuffle_buffer_size=shuffle_buffer,
     )
@@ -307,8 +364,9 @@ def register_tasks(data_config: ConfigDict, *, raw: bool | None = None) -> TaskN
     image_length = codebook = None
     if data_config.encoded_dir and os.path.isfile(os.path.join(data_config.encoded_dir, encode_lib.INFO_FILE)):
         buf = int(data_config.get("shuffle_buffer", 10_000))
+        noise = CaptionNoise.from_config(data_config)
         t = register_encoded_task(base, data_config.encoded_dir, vocab, options, data_config.blank_caption_prob,
-                                  shuffle_buffer=buf)
+                                  shuffle_buffer=buf, noise=noise)
         register_encoded_task(eval_name, data_config.encoded_dir, vocab, options, 0.0, shuffle_buffer=buf)
         image_length = t.source.image_length
         codebook = int(t.output_features[IMAGE].vocabulary.vocab_size)
@@ -319,7 +377,7 @@ def register_tasks(data_config: ConfigDict, *, raw: bool | None = None) -> TaskN
                 where, _, rate = str(entry).rpartition(":")
                 name = f"{base}_mix{i}"
                 m = register_encoded_task(name, where, vocab, options, data_config.blank_caption_prob, codebook,
-                                          shuffle_buffer=buf)
+                                          shuffle_buffer=buf, noise=noise)
                 if m.source.image_length != image_length:
                     raise ValueError(f"data.mixture entry {entry!r} has image_length {m.source.image_length}, "
                                      f"but {data_config.encoded_dir!r} has {image_length}")
@@ -371,5 +429,8 @@ def fingerprint(data_config: ConfigDict) -> str:
     """Short hash of what determines the token stream (saved with the data position, checked on restore)."""
     keys = ("source", "encoded_dir", "tokenizer_path", "max_text_length", "blank_caption_prob", "lowercase",
             "ascii_fold", "max_caption_chars", "mixture", "shuffle_buffer", "task_name")
-    blob = repr([(k, data_config.get(k)) for k in keys])
+    # Caption noise counts only when on (streams saved before it existed keep their fingerprint).
+    noise = [(k, data_config.get(k)) for k in ("caption_word_dropout", "caption_unknown_word_prob",
+                                               "caption_swap_prob") if data_config.get(k)]
+    blob = repr([(k, data_config.get(k)) for k in keys] + noise)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]

@@ -3,7 +3,10 @@
 For every (image, caption request) the analyzer (dalle/eval/analyzer.py) reads the objects back from pixels and
 `matches` says per attribute (count, color, shape, size, position incl. relations, background, all) whether the
 request is satisfied. Rates are reported per attribute and overall, per split: `train` (train-like prompts),
-`validation` (unseen scenes, seen combinations) and `zero_shot` (held-out color-shape pairs and relations).
+`validation` (unseen scenes, seen combinations), `zero_shot` (held-out color-shape pairs and relations) and
+`paraphrase` (the validation scenes captioned outside the caption grammar: dalle/eval/paraphrase.py); each with its
+standard error and broken down by what the prompt asks (`prompt_kinds`: one/two/three objects, each relation,
+counted groups, background, each held-out combination).
 
     prompts = shapes_prompts(config.data, "zero_shot", 64)
     result = accuracy(images, [p.request for p in prompts], config.data)   # {"all": 0.8, "color": .., "images": n}
@@ -34,15 +37,41 @@ class ShapesPrompt:
     scene: Scene
 
 
+PARAPHRASE = "paraphrase"  # the eval-only split: validation scenes, off-grammar captions
+
+
 def shapes_prompts(data: Mapping[str, Any], split: str, count: int) -> list[ShapesPrompt]:
-    """The first `count` examples of a split, with the caption wording the data pipeline gives them."""
+    """The first `count` examples of a split, with the caption wording the data pipeline gives them; for
+    `paraphrase`, the first `count` validation scenes with the captions of dalle.eval.paraphrase."""
+    from dalle.eval import paraphrase
+
     world = ShapesWorld.from_config(data)
     out = []
     for i in range(count):
-        scene = world.scene(split, i)
-        cap = world.describe(scene, world.rng(split, i, stream=1))
+        if split == PARAPHRASE:
+            scene = world.scene("validation", i)
+            cap = paraphrase.paraphrase(scene, world.rng("validation", i, stream=2))
+        else:
+            scene = world.scene(split, i)
+            cap = world.describe(scene, world.rng(split, i, stream=1))
         out.append(ShapesPrompt(split, i, cap.text, cap.request, scene))
     return out
+
+
+def prompt_kinds(request: Request, scene: Scene | None = None) -> list[str]:
+    """What a prompt asks, as the groups its accuracy is also reported under: `objects:N` (N requested objects),
+    `relation:<name>` per relation, `count` (a counted group: "two green triangles"), `background` (a background
+    colour named), `held_out:<combination>` (the zero_shot scene's held-out pair or relation)."""
+    kinds = [f"objects:{len(request.objects)}"]
+    kinds += [f"relation:{rel}" for _, rel, _ in request.relations]
+    pairs = [(o.color, o.shape) for o in request.objects]
+    if len(set(pairs)) < len(pairs):
+        kinds.append("count")
+    if request.background is not None:
+        kinds.append("background")
+    if scene is not None and scene.tag:
+        kinds.append(f"held_out:{scene.tag.split(':', 1)[1]}")
+    return kinds
 
 
 def render_prompts(data: Mapping[str, Any], prompts: Sequence[ShapesPrompt]) -> np.ndarray:
@@ -72,16 +101,64 @@ def judge(images: Any, requests: Sequence[Request | str], data: Mapping[str, Any
     return out
 
 
-def summarize(results: Sequence[Mapping[str, bool]]) -> dict[str, Any]:
-    """Rate per attribute (`count` is the attribute "as many objects as asked") plus `images` (how many were
-    judged); an empty set reports None rates, not zeros."""
+def held_out_drawn(images: Any, prompts: Sequence[ShapesPrompt], data: Mapping[str, Any] | ShapesWorld
+                   ) -> dict[str, dict[str, int]]:
+    """What was drawn for each held-out colour-shape pair: {pair: {"<color> <shape>" | "nothing": images}}, from
+    the object the analyzer finds in the pair's cell of each prompt's scene (the zero_shot evidence of whether the
+    colour or the shape word wins when the two were never seen together). Prompts without a held-out pair are
+    skipped; images: uint8 [P, k, H, W, 3] (k candidates per prompt) or [P, H, W, 3]."""
+    from dalle.modeling.clip.model import to_uint8
+
+    world = data if isinstance(data, ShapesWorld) else ShapesWorld.from_config(data)
+    an = analyzer_lib.get_analyzer(world)
+    x = np.asarray(images)
+    x = x[:, None] if x.ndim == 4 else x
+    x = to_uint8(x.reshape(-1, *x.shape[2:])).reshape(x.shape)
+    out: dict[str, dict[str, int]] = {}
+    for p, per_prompt in zip(prompts, x):
+        if not p.scene.tag.startswith("pair:"):
+            continue
+        pair = p.scene.tag.split(":", 1)[1]
+        target = next(o for o in p.scene.objects if f"{o.color} {o.shape}" == pair)
+        for image in per_prompt:
+            found = {o.cell: o for o in an.analyze_scene(image).objects}
+            d = found.get(target.cell)
+            name = f"{d.color} {d.shape}" if d is not None else "nothing"
+            out.setdefault(pair, {})
+            out[pair][name] = out[pair].get(name, 0) + 1
+    return {pair: dict(sorted(c.items(), key=lambda kv: -kv[1])) for pair, c in sorted(out.items())}
+
+
+def rate(hits: Sequence[bool]) -> tuple[float | None, float | None]:
+    """(mean, standard error of the mean) of 0/1 outcomes; (None, None) for none."""
+    n = len(hits)
+    if not n:
+        return None, None
+    p = float(np.mean(hits))
+    return p, float(np.sqrt(p * (1 - p) / n))
+
+
+def summarize(results: Sequence[Mapping[str, bool]], kinds: Sequence[Sequence[str]] | None = None
+              ) -> dict[str, Any]:
+    """Rate per attribute (`count` is the attribute "as many objects as asked"), `stderr` (of `all`) and `images`
+    (how many were judged); with `kinds` (one list per result: `prompt_kinds`), `by_kind`: {kind: {all, stderr,
+    images}}. An empty set reports None rates, not zeros."""
     n = len(results)
     out: dict[str, Any] = {"images": n}
     for a in ATTRIBUTES:
-        out[a] = float(np.mean([r[a] for r in results])) if n else None
+        out[a] = rate([r[a] for r in results])[0]
+    out["stderr"] = rate([r["all"] for r in results])[1]
+    if kinds is not None:
+        if len(kinds) != n:
+            raise ValueError(f"{n} results but {len(kinds)} kind lists")
+        by: dict[str, list[bool]] = {}
+        for r, ks in zip(results, kinds):
+            for k in ks:
+                by.setdefault(k, []).append(bool(r["all"]))
+        out["by_kind"] = {k: dict(zip(("all", "stderr"), rate(v)), images=len(v)) for k, v in sorted(by.items())}
     return out
 
 
-def accuracy(images: Any, requests: Sequence[Request | str], data: Mapping[str, Any] | ShapesWorld
-             ) -> dict[str, Any]:
-    return summarize(judge(images, requests, data))
+def accuracy(images: Any, requests: Sequence[Request | str], data: Mapping[str, Any] | ShapesWorld,
+             kinds: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
+    return summarize(judge(images, requests, data), kinds)

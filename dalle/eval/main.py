@@ -462,7 +462,8 @@ def tokenizer_ceiling(ev, gen, prompts, splits, data) -> dict[str, Any] | None:
     for split in splits:
         sub = [p for p in prompts if p.split == split]
         out[split] = compositional.accuracy(gen.roundtrip(compositional.render_prompts(data, sub)),
-                                            [p.request for p in sub], data)
+                                            [p.request for p in sub], data,
+                                            [compositional.prompt_kinds(p.request, p.scene) for p in sub])
     return out
 
 

@@ -13,7 +13,9 @@ from dalle import config as config_lib
 from dalle import registry
 
 FID_FALLBACKS = ("clip", "none")
-SHAPES_SPLITS = ("train", "validation", "zero_shot")
+# The shapes world's splits plus `paraphrase`: the validation scenes captioned off the caption grammar
+# (dalle/eval/paraphrase.py). A built dataset (any other source) is asked for the splits it has.
+SHAPES_SPLITS = ("train", "validation", "zero_shot", "paraphrase")
 
 
 def eval_defaults() -> ConfigDict:

@@ -56,6 +56,15 @@ def pixel_loss(x: jax.Array, recon: jax.Array, l1_weight: float, l2_weight: floa
     return out
 
 
+def foreground_weights(x: jax.Array, foreground_weight: float, scale: float = 0.5) -> jax.Array:
+    """Per-pixel weights [B, H, W, 1] of images x in [-1, 1]: 1 on the background (each image's per-channel median
+    colour), rising linearly with the distance from it to 1 + foreground_weight at distance >= `scale`."""
+    x = x.astype(jnp.float32)
+    background = jnp.median(x.reshape(x.shape[0], -1, x.shape[-1]), axis=1)[:, None, None, :]
+    distance = jnp.linalg.norm(x - background, axis=-1, keepdims=True)
+    return 1.0 + foreground_weight * jnp.clip(distance / scale, 0.0, 1.0)
+
+
 def psnr(x: jax.Array, recon: jax.Array) -> jax.Array:
     """Mean per-image PSNR in dB of images in [-1, 1], measured in [0, 1] after clipping the reconstruction."""
     a = (x.astype(jnp.float32) + 1) / 2

@@ -167,7 +167,11 @@ class VQGANTask(Task):
 
     def _nll(self, x: jax.Array, recon: jax.Array) -> jax.Array:
         rec = losses.pixel_loss(x, recon, self.lc.l1_weight, self.lc.l2_weight)
-        nll = jnp.mean(rec)
+        if self.lc.foreground_weight:
+            w = losses.foreground_weights(x, self.lc.foreground_weight)
+            nll = jnp.mean(rec * w) / jnp.mean(w)  # normalized: the loss keeps its scale next to the codebook term
+        else:
+            nll = jnp.mean(rec)
         if self.perceptual is not None:
             nll = nll + self.lc.perceptual_weight * jnp.mean(self.perceptual(x, recon))
         return nll
