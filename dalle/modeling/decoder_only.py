@@ -9,6 +9,10 @@
 * Loss = `text_loss_weight * CE(text) + image_loss_weight * CE(image)` (DALL·E weighs 1/8 and 7/8): the text
   head predicts the next text token at non-padding targets, the image head the next image code. With
   `text_loss_weight = 0` there is no text head.
+* `image_code_features = F > 0`: a frozen table `image_codes/features` [codes, F] (the VQGAN's codebook vectors,
+  standardised; the trainer fills it) adds `features[code] @ W_in` to every code's embedding and
+  `(h @ W_out) @ features.T` to every code's logit. Codes then share what the model learns about their look: a
+  code that is never a training target still gets a logit from its features (EVAL.md, composition section).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import dataclasses
 import math
 from typing import Any, NamedTuple
 
+import haiku as hk
 import jax
 import jax.numpy as jnp
 import jmp
@@ -86,8 +91,13 @@ class DecoderOnly:
             parts.append(layers.Embed(cfg.text_vocab_size, cfg.d_model, self.policy, cfg.init_std,
                                       name="text_embed")(text_tokens))
         if image_inputs is not None:
-            parts.append(layers.Embed(cfg.image_vocab_size + 1, cfg.d_model, self.policy, cfg.init_std,
-                                      name="image_embed")(image_inputs))
+            image = layers.Embed(cfg.image_vocab_size + 1, cfg.d_model, self.policy, cfg.init_std,
+                                 name="image_embed")(image_inputs)
+            if cfg.image_code_features:
+                feats = jnp.take(self._code_features(), image_inputs, axis=0, mode="fill", fill_value=0)  # BOS: 0
+                image = image + layers.Dense(cfg.d_model, self.policy, False, cfg.init_std,
+                                             name="image_code_in")(feats)
+            parts.append(image)
         x = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         if cfg.scale_embedding:
             x = x * math.sqrt(cfg.d_model)
@@ -99,9 +109,21 @@ class DecoderOnly:
             x = layers.Norm(cfg.ln_type, use_scale=True, name="layernorm_embedding")(x)
         return layers.dropout(x, cfg.dropout, is_training), positions
 
+    def _code_features(self) -> jax.Array:
+        """The frozen [codes, F] feature table (zeros until the trainer puts the VQGAN codebook in)."""
+        cfg = self.cfg
+        with hk.name_scope("image_codes"):
+            table = hk.get_parameter("features", [cfg.image_vocab_size, cfg.image_code_features], jnp.float32,
+                                     init=jnp.zeros)
+        return self.policy.cast_to_compute(jax.lax.stop_gradient(table))
+
     def _image_head(self, x: jax.Array, decode_kernels: str = "xla") -> jax.Array:
-        out = layers.Dense(self.cfg.image_vocab_size, self.policy, False, self.cfg.init_std, name="image_head",
+        cfg = self.cfg
+        out = layers.Dense(cfg.image_vocab_size, self.policy, False, cfg.init_std, name="image_head",
                            decode_kernels=decode_kernels)(x)
+        if cfg.image_code_features:
+            query = layers.Dense(cfg.image_code_features, self.policy, False, cfg.init_std, name="image_code_out")(x)
+            out = out + jnp.einsum("...f,vf->...v", query, self._code_features())
         return sharding.constrain(out, ("batch", "length", "vocab"))
 
     def __call__(self, text_tokens: jax.Array, image_inputs: jax.Array, is_training: bool = False):
@@ -149,5 +171,8 @@ class DecoderOnly:
 def param_rules() -> tuple[tuple[str, tuple], ...]:
     return (
         (r"(text_embed|image_embed)/embedding$", ("vocab", "embed")),
+        (r"image_codes/features$", ("vocab", None)),
+        (r"image_code_in/kernel$", (None, "embed")),
+        (r"image_code_out/kernel$", ("embed", None)),
         (r"(image_head|text_head)/kernel$", ("embed", "vocab")),
     ) + layers.block_param_rules()

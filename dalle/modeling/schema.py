@@ -53,7 +53,6 @@ def _common(c: ConfigDict) -> None:
     c.scan_layers = True  # hk.layer_stack (dalle-mini's use_scan); False = one module per layer
     # Saved model directory whose text-encoder params (model.encoder_param_filter) initialise this model (the
     # trainer's load_pretrained reads it); "" = none.
-    c.encoder_init = ""
     c.encoder_init = ""  # model dir (converted or trained) whose text-encoder params start this model's encoder
 
 
@@ -85,6 +84,9 @@ def decoder_only_defaults() -> ConfigDict:
     c.embedding_ln = False
     c.text_loss_weight = 0.125  # DALL·E: 1/8 text, 7/8 image
     c.image_loss_weight = 0.875
+    # > 0: codes also embedded and scored through their VQGAN codebook vectors (this many dims; the VQGAN's
+    # embed_dim), a frozen table the trainer fills from data.vqgan_checkpoint (dalle/modeling/decoder_only.py).
+    c.image_code_features = 0
     return c
 
 
@@ -142,5 +144,7 @@ def check_decoder_only(m: ConfigDict, _: ConfigDict):
         yield "model.text_loss_weight and model.image_loss_weight must be >= 0"
     if m.text_loss_weight + m.image_loss_weight <= 0:
         yield "model.text_loss_weight + model.image_loss_weight must be positive"
+    if m.image_code_features < 0:
+        yield f"model.image_code_features = {m.image_code_features} must be >= 0 (0 = off)"
 
 

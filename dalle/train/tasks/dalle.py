@@ -34,6 +34,9 @@ class DalleTask(Task):
             trainable = self.model.embedding_param_filter
         else:
             trainable = None
+        if config.model.get("image_code_features", 0):  # the codebook table is data, never trained
+            base = trainable or (lambda path: True)
+            trainable = lambda path: base(path) and not is_code_feature_table(path)  # noqa: E731
         abstract = jax.eval_shape(self.model.init, jax.random.PRNGKey(0))
         self.tx = optim.make_optimizer(tc, abstract, trainable)
         self._sampler = None
@@ -46,7 +49,10 @@ class DalleTask(Task):
         return self.model.partition_rules
 
     def load_pretrained(self, state: dict) -> dict:
-        """`model.encoder_init`: copy every text-encoder param of a saved model into the fresh state."""
+        """`model.encoder_init`: copy every text-encoder param of a saved model into the fresh state;
+        `model.image_code_features`: put the VQGAN's codebook in the frozen feature table."""
+        if self.config.model.get("image_code_features", 0):
+            state = self._put_code_features(state)
         path = self.config.model.get("encoder_init", "")
         if not path:
             return state
@@ -67,6 +73,17 @@ class DalleTask(Task):
             key = sharding.path_str(p)
             if key in enc:
                 return jax.device_put(jnp.asarray(src[key], leaf.dtype), leaf.sharding)
+            return leaf
+
+        return {**state, "params": jax.tree_util.tree_map_with_path(put, state["params"])}
+
+    def _put_code_features(self, state: dict) -> dict:
+        features = codebook_features(self.config.data.get("vqgan_checkpoint", ""),
+                                     self.config.model.image_vocab_size, self.config.model.image_code_features)
+
+        def put(p, leaf):
+            if is_code_feature_table(sharding.path_str(p)):
+                return jax.device_put(jnp.asarray(features, leaf.dtype), leaf.sharding)
             return leaf
 
         return {**state, "params": jax.tree_util.tree_map_with_path(put, state["params"])}
@@ -153,3 +170,25 @@ class DalleTask(Task):
         from dalle import sampling_schema
 
         return state["params"], sampling_schema.with_section(self.config)
+
+
+def is_code_feature_table(path: str) -> bool:
+    return path.endswith("image_codes/features")
+
+
+def codebook_features(vqgan_dir: str, codes: int, dims: int) -> np.ndarray:
+    """The VQGAN's codebook vectors [codes, dims], centred and scaled to unit variance per dimension (the model's
+    feature table, `model.image_code_features`)."""
+    from dalle import model_dir as checkpoint
+
+    if not vqgan_dir:
+        raise ValueError("model.image_code_features needs data.vqgan_checkpoint (the VQGAN whose codebook it uses)")
+    config, params = checkpoint.load_model(vqgan_dir)
+    table = sharding.to_mapping(params).get("quantize/embeddings")
+    if table is None:
+        raise ValueError(f"data.vqgan_checkpoint = {vqgan_dir!r} has no quantize/embeddings codebook")
+    table = np.asarray(table, np.float32)
+    if table.shape != (codes, dims):
+        raise ValueError(f"data.vqgan_checkpoint = {vqgan_dir!r}: codebook is {table.shape}, but model.image_vocab_size"
+                         f" = {codes} and model.image_code_features = {dims}")
+    return (table - table.mean(0)) / (table.std(0) + 1e-6)
