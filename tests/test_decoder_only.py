@@ -81,3 +81,26 @@ def test_sharded_forward_equals_single_device():
         out = jax.jit(model.logits)(sharding.shard_put(params, shardings),
                                     sharding.host_to_global(jax.device_get(batch), mesh))
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+
+
+def _with_features(params, table):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, leaf: table if sharding.path_str(p).endswith("image_codes/features") else leaf, params)
+
+
+def test_code_features_enter_embedding_and_head():
+    """model.image_code_features: a code's logit moves with its (frozen) feature row, and cached decoding still
+    equals the full forward."""
+    model = small(image_code_features=6)
+    params = model_lib.random_params(model)
+    shapes = {k: np.shape(v) for k, v in sharding.to_mapping(params).items() if k.endswith("image_codes/features")}
+    assert list(shapes.values()) == [(40, 6)]
+    table = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    params = _with_features(params, table)
+    batch = batch_for(model.config)
+    full = jax.jit(model.logits)(params, batch)
+    np.testing.assert_allclose(cached_logits(model, params, batch), full[:, 2:], atol=2e-4, rtol=2e-4)
+    moved = table.copy()
+    moved[7] += 1.0
+    other = np.asarray(jax.jit(model.logits)(_with_features(params, moved), batch))
+    assert np.abs(other[..., 7] - np.asarray(full)[..., 7]).max() > 1e-4  # code 7's own logit moved
