@@ -124,3 +124,30 @@ def test_dry_run_for_a_sharded_mesh(base):
     assert report["devices"] == 8 and report["per_device_peak_bytes"] > 0
     assert report["params"] == DalleTask(cfg).model.param_count(
         jax.eval_shape(DalleTask(cfg).model.init, jax.random.PRNGKey(0)))
+
+
+def test_code_features_hold_the_vqgan_codebook_and_stay_frozen(base, tmp_path):
+    """model.image_code_features: the table is the VQGAN's codebook, standardised per dimension, before and after
+    training (it is data, not a weight), while the rest of the model trains."""
+    from dalle import config as config_lib
+    from dalle.train.tasks import dalle as dalle_task
+
+    vq_config, vq_params = checkpoint.load_model(base.data.vqgan_checkpoint)
+    codebook = np.asarray(sharding.to_mapping(vq_params)["quantize/embeddings"])
+    want = (codebook - codebook.mean(0)) / (codebook.std(0) + 1e-6)
+    cfg = _with(base, num_steps=3)
+    cfg.model.image_code_features = int(vq_config.model.embed_dim)
+    cfg = config_lib.validate(cfg)
+    task = DalleTask(cfg)
+    init = sharding.to_mapping(jax.device_get(task.load_pretrained(task.init_state(jax.random.PRNGKey(0))))["params"])
+    [key] = [k for k in init if dalle_task.is_code_feature_table(k)]
+    np.testing.assert_allclose(init[key], want, rtol=1e-5, atol=1e-5)
+    loop.train(cfg, str(tmp_path), task)
+    final = sharding.to_mapping(checkpoint.load_model(str(tmp_path))[1])
+    np.testing.assert_allclose(final[key], want, rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(final[key.replace("image_code_features", "image_code_out/kernel")],
+                              init[key.replace("image_code_features", "image_code_out/kernel")])
+    with pytest.raises(ValueError, match="codebook is"):
+        dalle_task.codebook_features(base.data.vqgan_checkpoint, tiny_pipeline.CODES, 3)
+    with pytest.raises(ValueError, match="needs data.vqgan_checkpoint"):
+        dalle_task.codebook_features("", tiny_pipeline.CODES, 8)

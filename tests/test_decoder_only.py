@@ -85,7 +85,7 @@ def test_sharded_forward_equals_single_device():
 
 def _with_features(params, table):
     return jax.tree_util.tree_map_with_path(
-        lambda p, leaf: table if sharding.path_str(p).endswith("image_codes/features") else leaf, params)
+        lambda p, leaf: table if sharding.path_str(p).endswith("/image_code_features") else leaf, params)
 
 
 def test_code_features_enter_embedding_and_head():
@@ -93,7 +93,7 @@ def test_code_features_enter_embedding_and_head():
     equals the full forward."""
     model = small(image_code_features=6)
     params = model_lib.random_params(model)
-    shapes = {k: np.shape(v) for k, v in sharding.to_mapping(params).items() if k.endswith("image_codes/features")}
+    shapes = {k: np.shape(v) for k, v in sharding.to_mapping(params).items() if k.endswith("/image_code_features")}
     assert list(shapes.values()) == [(40, 6)]
     table = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
     params = _with_features(params, table)
@@ -104,3 +104,35 @@ def test_code_features_enter_embedding_and_head():
     moved[7] += 1.0
     other = np.asarray(jax.jit(model.logits)(_with_features(params, moved), batch))
     assert np.abs(other[..., 7] - np.asarray(full)[..., 7]).max() > 1e-4  # code 7's own logit moved
+
+
+def test_from_features_weights_make_codes_that_look_alike_alike():
+    """model.image_code_weights = "from_features": no per-code weights, so two codes with the same feature row get
+    the same logit everywhere and feed the model the same embedding; cached decoding still equals the forward."""
+    model = small(image_code_features=6, image_code_weights="from_features")
+    params = model_lib.random_params(model)
+    names = sharding.to_mapping(params)
+    assert not any(k.endswith(("image_head/kernel", "image_embed/embedding")) for k in names)
+    assert any(k.endswith("/image_bos") for k in names)
+    table = np.random.default_rng(1).normal(size=(40, 6)).astype(np.float32)
+    table[5] = table[3]
+    params = _with_features(params, table)
+    batch = batch_for(model.config)
+    full = np.asarray(jax.jit(model.logits)(params, batch))
+    np.testing.assert_allclose(full[..., 5], full[..., 3], atol=1e-6)
+    assert np.abs(full[..., 4] - full[..., 3]).max() > 1e-4
+    np.testing.assert_allclose(cached_logits(model, params, batch), full[:, 2:], atol=2e-4, rtol=2e-4)
+    swapped = dict(batch, image_tokens=np.where(np.asarray(batch["image_tokens"]) == 3, 5,
+                                                np.asarray(batch["image_tokens"])))
+    np.testing.assert_allclose(np.asarray(jax.jit(model.logits)(params, swapped)), full, atol=1e-5)
+
+
+def test_from_features_needs_a_feature_table():
+    from dalle.modeling import schema
+
+    cfg = presets.tiny_decoder_only(text_vocab_size=50, image_vocab_size=40, max_text_length=8, image_length=12)
+    cfg.image_code_weights = "from_features"
+    assert "model.image_code_weights = 'from_features' needs model.image_code_features > 0" in list(
+        schema.check_decoder_only(cfg, None))
+    cfg.image_code_weights = "shared"
+    assert any("expected 'per_code' or 'from_features'" in e for e in schema.check_decoder_only(cfg, None))

@@ -235,25 +235,11 @@ def emoji_summary(metrics: dict) -> str:
             + (f"; VQGAN validation PSNR {fid['psnr']:.1f} dB" if fid else "") + ".*")
 
 
-def _training(workdir: str) -> dict:
-    """Steps and wall minutes of a trainer workdir's run (its metrics.jsonl), the model's config and seed."""
-    rows = []
-    path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.isfile(path):
-        with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    train = [r for r in rows if "train/loss" in r]
-    if not train:
-        return {"steps": None, "minutes": None}
-    first, last = train[0], train[-1]
-    rate = first.get("train/steps_per_s") or 0
-    minutes = (last["time"] - first["time"] + (first["step"] / rate if rate else 0)) / 60
-    return {"steps": last["step"], "minutes": minutes}
-
-
 def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "") -> str:
     """One table over several eval jobs (runs labelled `name` or `name (seed N)`): fully correct per split at each
     run's exported guidance, first sample and CLIP-best; runs sharing a name get a mean and spread row."""
+    from dalle.train import reporting
+
     splits = list(dict.fromkeys(sp for _, m in runs for sp in m["prompts"]["splits"]))
     lines = ["## Composition experiments on the one-object shapes world", ""] + ([note, ""] if note else []) + [
         f"Command: `{command}`, from each run's `dalle eval --config configs/eval/shapes.py` metrics.json. Cells: "
@@ -265,7 +251,7 @@ def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "
         written = m.get("sampling_written") or {}
         g = f"{written['guidance']:g}" if written.get("guidance") is not None else next(iter(m["scales"]))
         entry = m["scales"][g]
-        t = _training(m["checkpoint"])
+        t = reporting.run_summary(m["checkpoint"])
         cells, values = [], {}
         for sp in splits:
             comp = (entry["splits"].get(sp) or {}).get("compositional") or {}

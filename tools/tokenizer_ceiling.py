@@ -26,19 +26,12 @@ sys.path.insert(0, ROOT)
 SPLITS = ("validation", "zero_shot")
 
 
-def training_record(workdir: str) -> dict:
-    """Steps, minutes and the last logged PSNR of a trainer workdir (from its metrics.jsonl)."""
-    rows = []
-    path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.isfile(path):
-        with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    train = [r for r in rows if "train/psnr" in r]
-    if not train:
-        return {"steps": None, "minutes": None, "psnr": None}
-    steps = train[-1]["step"]
-    rate = train[-1].get("train/steps_per_s")
-    return {"steps": steps, "minutes": steps / rate / 60 if rate else None, "psnr": train[-1]["train/psnr"]}
+def _record(workdir: str) -> dict:
+    """Steps, minutes and the last logged PSNR of the VQGAN's trainer workdir."""
+    from dalle.train import reporting
+
+    run = reporting.run_summary(workdir, "train/psnr")
+    return {"steps": run["steps"], "minutes": run["minutes"], "psnr": run["last"]}
 
 
 def measure(data, vqgan_dir: str, prompts_per_split: int) -> dict:
@@ -56,7 +49,7 @@ def measure(data, vqgan_dir: str, prompts_per_split: int) -> dict:
     out = {"codes": int(vq.codebook_size),
            "held_out_pairs_in_training": list((trained.get("data") or {}).get("held_out_pairs", ["?"])),
            "foreground_weight": (trained.get("vqgan_loss") or {}).get("foreground_weight", 0.0),
-           **training_record(vqgan_dir), "splits": {}}
+           **_record(vqgan_dir), "splits": {}}
     for split in SPLITS:
         prompts = compositional.shapes_prompts(data, split, prompts_per_split)
         images = compositional.render_prompts(data, prompts)

@@ -9,10 +9,12 @@
 * Loss = `text_loss_weight * CE(text) + image_loss_weight * CE(image)` (DALL·E weighs 1/8 and 7/8): the text
   head predicts the next text token at non-padding targets, the image head the next image code. With
   `text_loss_weight = 0` there is no text head.
-* `image_code_features = F > 0`: a frozen table `image_codes/features` [codes, F] (the VQGAN's codebook vectors,
+* `image_code_features = F > 0`: a frozen table `image_code_features` [codes, F] (the VQGAN's codebook vectors,
   standardised; the trainer fills it) adds `features[code] @ W_in` to every code's embedding and
   `(h @ W_out) @ features.T` to every code's logit. Codes then share what the model learns about their look: a
   code that is never a training target still gets a logit from its features (EVAL.md, composition section).
+  `image_code_weights = "from_features"` goes further: no per-code embedding row or head column at all; both
+  tables are small MLPs of the features, so codes that look alike share every weight.
 """
 
 from __future__ import annotations
@@ -91,13 +93,7 @@ class DecoderOnly:
             parts.append(layers.Embed(cfg.text_vocab_size, cfg.d_model, self.policy, cfg.init_std,
                                       name="text_embed")(text_tokens))
         if image_inputs is not None:
-            image = layers.Embed(cfg.image_vocab_size + 1, cfg.d_model, self.policy, cfg.init_std,
-                                 name="image_embed")(image_inputs)
-            if cfg.image_code_features:
-                feats = jnp.take(self._code_features(), image_inputs, axis=0, mode="fill", fill_value=0)  # BOS: 0
-                image = image + layers.Dense(cfg.d_model, self.policy, False, cfg.init_std,
-                                             name="image_code_in")(feats)
-            parts.append(image)
+            parts.append(self._image_embed(image_inputs))
         x = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         if cfg.scale_embedding:
             x = x * math.sqrt(cfg.d_model)
@@ -109,20 +105,56 @@ class DecoderOnly:
             x = layers.Norm(cfg.ln_type, use_scale=True, name="layernorm_embedding")(x)
         return layers.dropout(x, cfg.dropout, is_training), positions
 
+    @property
+    def code_dims(self) -> int:
+        """`model.image_code_features` (absent from models saved before the option: 0)."""
+        return int(self.cfg.get("image_code_features", 0))
+
     def _code_features(self) -> jax.Array:
         """The frozen [codes, F] feature table (zeros until the trainer puts the VQGAN codebook in)."""
         cfg = self.cfg
-        with hk.name_scope("image_codes"):
-            table = hk.get_parameter("features", [cfg.image_vocab_size, cfg.image_code_features], jnp.float32,
-                                     init=jnp.zeros)
+        # One name in the module's own scope (hk.name_scope would open image_codes_1 on the second call).
+        table = hk.get_parameter("image_code_features", [cfg.image_vocab_size, self.code_dims], jnp.float32,
+                                 init=jnp.zeros)
         return self.policy.cast_to_compute(jax.lax.stop_gradient(table))
+
+    @property
+    def per_code_weights(self) -> bool:
+        """Whether every code has its own embedding row and head column (`model.image_code_weights`)."""
+        return self.cfg.get("image_code_weights", "per_code") == "per_code"
+
+    def _feature_table(self, name: str) -> jax.Array:
+        """`from_features`: a [codes, d_model] table computed from the feature table by a small MLP, so a code's
+        weights are a function of its look, shared with every code that looks alike."""
+        cfg = self.cfg
+        h = layers.Dense(cfg.d_model, self.policy, False, cfg.init_std, name=f"{name}_1")(self._code_features())
+        return layers.Dense(cfg.d_model, self.policy, False, cfg.init_std, name=f"{name}_2")(jax.nn.gelu(h))
+
+    def _image_embed(self, ids: jax.Array) -> jax.Array:
+        """Embeddings of image-side inputs (codes, and BOS = image_vocab_size)."""
+        cfg = self.cfg
+        if not self.per_code_weights:
+            bos = hk.get_parameter("image_bos", [cfg.d_model], jnp.float32,
+                                   init=hk.initializers.TruncatedNormal(cfg.init_std))
+            codes = jnp.take(self._feature_table("image_code_in"), ids, axis=0, mode="fill", fill_value=0)
+            return jnp.where((ids == cfg.image_vocab_size)[..., None], self.policy.cast_to_compute(bos), codes)
+        image = layers.Embed(cfg.image_vocab_size + 1, cfg.d_model, self.policy, cfg.init_std,
+                             name="image_embed")(ids)
+        if self.code_dims:
+            feats = jnp.take(self._code_features(), ids, axis=0, mode="fill", fill_value=0)  # BOS: 0
+            image = image + layers.Dense(cfg.d_model, self.policy, False, cfg.init_std, name="image_code_in")(feats)
+        return image
 
     def _image_head(self, x: jax.Array, decode_kernels: str = "xla") -> jax.Array:
         cfg = self.cfg
+        if not self.per_code_weights:
+            query = layers.Dense(cfg.d_model, self.policy, False, cfg.init_std, name="image_code_out")(x)
+            out = jnp.einsum("...d,vd->...v", query, self._feature_table("image_code_table_out"))
+            return sharding.constrain(out, ("batch", "length", "vocab"))
         out = layers.Dense(cfg.image_vocab_size, self.policy, False, cfg.init_std, name="image_head",
                            decode_kernels=decode_kernels)(x)
-        if cfg.image_code_features:
-            query = layers.Dense(cfg.image_code_features, self.policy, False, cfg.init_std, name="image_code_out")(x)
+        if self.code_dims:
+            query = layers.Dense(self.code_dims, self.policy, False, cfg.init_std, name="image_code_out")(x)
             out = out + jnp.einsum("...f,vf->...v", query, self._code_features())
         return sharding.constrain(out, ("batch", "length", "vocab"))
 
@@ -171,8 +203,10 @@ class DecoderOnly:
 def param_rules() -> tuple[tuple[str, tuple], ...]:
     return (
         (r"(text_embed|image_embed)/embedding$", ("vocab", "embed")),
-        (r"image_codes/features$", ("vocab", None)),
+        (r"image_code_features$", ("vocab", None)),
         (r"image_code_in/kernel$", (None, "embed")),
         (r"image_code_out/kernel$", ("embed", None)),
+        (r"image_code_(in|table_out)_[12]/kernel$", (None, None)),  # [F, d] and [d, d]: small
+        (r"image_bos$", (None,)),
         (r"(image_head|text_head)/kernel$", ("embed", "vocab")),
     ) + layers.block_param_rules()

@@ -295,7 +295,7 @@ class DecoderOnlyModel(_Model):
 
     def embedding_param_filter(self, path: Any) -> bool:
         return bool(re.search(r"(text_embed|image_embed|embed_positions|layernorm_embedding|final_ln|image_head|"
-                              r"text_head)/", _path(path)))
+                              r"text_head|image_code_\w+)/|image_bos$", _path(path)))
 
 
 Model = _Model

@@ -88,3 +88,21 @@ class Reporter:
             self._writer.close()
         if self._jsonl is not None:
             self._jsonl.close()
+
+
+def run_summary(workdir: str, metric: str = "train/loss") -> dict:
+    """What a finished (or stopped) run's metrics.jsonl says: its last step, its training minutes and the last
+    logged value of `metric` (None each when the log has no row with `metric`). The reports (tools/eval_report.py,
+    tools/tokenizer_ceiling.py) read runs through this, so they agree on what "minutes" means: wall time from the
+    first logged row to the last, plus the first row's steps at its logged rate (start-up and compile included)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    rows = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            rows = [r for r in (json.loads(line) for line in f if line.strip()) if metric in r]
+    if not rows:
+        return {"steps": None, "minutes": None, "last": None}
+    first, last = rows[0], rows[-1]
+    rate = first.get("train/steps_per_s") or 0
+    minutes = (last["time"] - first["time"] + (first["step"] / rate if rate else 0)) / 60
+    return {"steps": last["step"], "minutes": minutes, "last": last[metric]}

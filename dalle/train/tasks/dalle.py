@@ -173,7 +173,7 @@ class DalleTask(Task):
 
 
 def is_code_feature_table(path: str) -> bool:
-    return path.endswith("image_codes/features")
+    return path.endswith("/image_code_features")
 
 
 def codebook_features(vqgan_dir: str, codes: int, dims: int) -> np.ndarray:
