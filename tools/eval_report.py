@@ -244,8 +244,8 @@ def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "
     lines = ["## Composition experiments on the one-object shapes world", ""] + ([note, ""] if note else []) + [
         f"Command: `{command}`, from each run's `dalle eval --config configs/eval/shapes.py` metrics.json. Cells: "
         "first sample (no reranking) / CLIP-best of the candidates, fully correct, ± standard error.", "",
-        "| run | steps | training minutes | guidance | " + " | ".join(splits) + " |",
-        "|---|---|---|---|" + "---|" * len(splits)]
+        "| run | steps | training minutes | guidance | temperature | " + " | ".join(splits) + " |",
+        "|---|---|---|---|---|" + "---|" * len(splits)]
     groups: dict[str, list[dict]] = {}
     for label, m in runs:
         written = m.get("sampling_written") or {}
@@ -258,7 +258,8 @@ def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "
             cells.append(f"{_acc(comp.get('first_sample'))} / {_acc(comp)}")
             values[sp] = ((comp.get("first_sample") or {}).get("all"), comp.get("all"))
         minutes = f"{t['minutes']:.1f}" if t["minutes"] else "n/a"
-        lines.append(f"| {label} | {t['steps']} | {minutes} | {g} | " + " | ".join(cells) + " |")
+        temperature = (m.get("sampling") or {}).get("temperature")
+        lines.append(f"| {label} | {t['steps']} | {minutes} | {g} | {temperature} | " + " | ".join(cells) + " |")
         groups.setdefault(label.split(" (seed")[0], []).append(values)
     for name, members in groups.items():
         if len(members) < 2:
@@ -270,7 +271,8 @@ def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "
                 v = [m[sp][k] for m in members if m.get(sp) and m[sp][k] is not None]
                 parts.append(f"{100 * sum(v) / len(v):.1f}% (±{50 * (max(v) - min(v)):.1f})" if v else "n/a")
             cells.append(" / ".join(parts))
-        lines.append(f"| **{name}: mean of {len(members)} seeds (± half range)** | | | | " + " | ".join(cells) + " |")
+        lines.append(f"| **{name}: mean of {len(members)} seeds (± half range)** | | | | | " + " | ".join(cells)
+                     + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,41 @@
+"""tools/eval_report.py --experiments: one row per run, and a mean row over the seeds of a recipe."""
+
+import json
+
+from tools import eval_report
+
+
+def _metrics(workdir, val, val_first, zs, temperature=0.7, steps=1500):
+    (workdir / "metrics.jsonl").write_text(
+        json.dumps({"step": 50, "time": 0.0, "train/loss": 2.0, "train/steps_per_s": 2.0}) + "\n"
+        + json.dumps({"step": steps, "time": 600.0, "train/loss": 0.2, "train/steps_per_s": 2.0}) + "\n")
+
+    def comp(a, first):
+        return {"all": a, "stderr": 0.01, "images": 200, "first_sample": {"all": first, "stderr": 0.02}}
+
+    return {"checkpoint": str(workdir), "prompts": {"splits": ["validation", "zero_shot"]},
+            "sampling": {"temperature": temperature}, "sampling_written": {"guidance": 1.5},
+            "scales": {"1": {"splits": {}},
+                       "1.5": {"splits": {"validation": {"compositional": comp(val, val_first)},
+                                          "zero_shot": {"compositional": comp(zs, zs)}}}}}
+
+
+def test_experiments_table_rows_and_seed_mean(tmp_path):
+    runs = []
+    for seed, (val, first) in enumerate(((0.9, 0.8), (0.7, 0.6))):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        runs.append((f"baseline (seed {seed})", _metrics(d, val, first, 0.1)))
+    d = tmp_path / "t"
+    d.mkdir()
+    runs.append(("temperature 0.3", _metrics(d, 0.95, 0.9, 0.0, temperature=0.3)))
+    text = eval_report.render_experiments(runs, "cmd", "what it shows")
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| run | steps | training minutes | guidance | temperature | validation | zero_shot |"
+    seed0 = next(r for r in rows if r.startswith("| baseline (seed 0)"))
+    # 10 minutes logged plus the first 50 steps at 2 steps/s; guidance is the exported one (1.5)
+    assert "| 1500 | 10.4 | 1.5 | 0.7 |" in seed0 and "80.0" in seed0 and "90.0" in seed0
+    assert any(r.startswith("| temperature 0.3") and "| 0.3 |" in r for r in rows)
+    mean = next(r for r in rows if "mean of 2 seeds" in r)
+    assert "70.0% (±10.0) / 80.0% (±10.0)" in mean  # first sample / CLIP-best on validation
+    assert "what it shows" in text
