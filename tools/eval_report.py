@@ -36,8 +36,15 @@ def _kind_order(kind: str) -> tuple:
     return (next((i for i, g in enumerate(group) if kind.startswith(g)), len(group)), kind)
 
 
+def _shown(path: str) -> str:
+    """A path as the report prints it: relative inside the repository, absolute outside it."""
+    rel = os.path.relpath(os.path.abspath(path), ROOT)
+    return path if rel.startswith("..") else rel
+
+
 def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "",
-           title: str = "The shapes world (`dalle demo --config configs/shapes_tiny.py`)") -> str:
+           title: str = "The shapes world (`dalle demo --config configs/shapes_tiny.py`)",
+           svg: str = "docs/eval_fid_vs_clip.svg") -> str:
     """The shapes section: accuracy per split with standard errors, reranked and first sample, per kind of prompt,
     against the tokenizer's round trip; CLIP score and FID per guidance scale."""
     s = metrics["sampling"]
@@ -51,7 +58,7 @@ def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "",
     cand = s["num_candidates"]
     lines = [f"## {title}", ""] + ([note, ""] if note else []) + [
              f"Command: `.venv/bin/dalle eval --config configs/eval/shapes.py --checkpoint "
-             f"{os.path.relpath(metrics['checkpoint'], ROOT)}` ({metrics['seconds']:.0f} s), then "
+             f"{_shown(metrics['checkpoint'])}` ({metrics['seconds']:.0f} s), then "
              f"`.venv/bin/python tools/eval_report.py {metrics_path}`.", "",
              f"Prompts: {', '.join(f'{counts[sp]} {sp}' for sp in splits)} (`paraphrase`: the validation scenes "
              "captioned outside the caption grammar, dalle/eval/paraphrase.py); "
@@ -61,7 +68,8 @@ def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "",
              "attribute right (shapes analyzer), ± its standard error. FID network: "
              f"{(metrics['fid_network'] or {}).get('metric', 'none')} "
              f"({(metrics['fid_network'] or {}).get('name', '')}).", ""]
-    lines += [f"### Fully correct at guidance {best} (the exported default)", "",
+    why = "the exported default" if written.get("guidance") is not None else "the first scale swept"
+    lines += [f"### Fully correct at guidance {best} ({why})", "",
               f"| split | first sample (no reranking) | CLIP-best of {cand} | VQGAN round trip of the prompt's scene |",
               "|---|---|---|---|"]
     for sp in splits:
@@ -92,7 +100,8 @@ def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "",
                   "| held-out pair | drawn (images) |", "|---|---|"]
         for pair, counts in drawn.items():
             total = sum(counts.values())
-            top = ", ".join(f"{name} {100 * n / total:.0f}%" for name, n in list(counts.items())[:4])
+            top = ", ".join(f"{name} {100 * n / total:.0f}%" for name, n in
+                            sorted(counts.items(), key=lambda kv: -kv[1])[:4])
             lines.append(f"| {pair} | {top} ({total}) |")
     lines += ["", "### Per attribute and guidance scale (CLIP-best candidate)", "",
               "| guidance scale | split | " + " | ".join(ATTRS) + " | first sample |",
@@ -120,7 +129,7 @@ def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "",
         lines.append(f"| {scale} | {_f(entry['clip_score'].get('clip_score'))} | " + " | ".join(per)
                      + f" | {_f(fid.get('value'))} {fid.get('metric', '')} | "
                      + (f"{kid['value']:.4f}" if kid.get("value") is not None else "n/a") + " |")
-    lines += ["", "![FID against CLIP score across guidance scales](docs/eval_fid_vs_clip.svg)", ""]
+    lines += ["", f"![FID against CLIP score across guidance scales]({svg})", ""]
     if metrics.get("notes"):
         lines += ["Notes from the job:", ""] + [f"- {n}" for n in metrics["notes"]] + [""]
     lines += [extra] if extra else []
@@ -146,7 +155,7 @@ def render_emoji(metrics: dict, metrics_path: str, extra: str = "", note: str = 
     counts = {sp: next(iter(metrics["scales"].values()))["splits"][sp]["prompts"] for sp in splits}
     lines = [f"## {title}", ""] + ([note, ""] if note else []) + [
         f"Command: `.venv/bin/dalle eval --config configs/eval/emoji.py --checkpoint "
-        f"{os.path.relpath(metrics['checkpoint'], ROOT)}` ({metrics['seconds']:.0f} s), then "
+        f"{_shown(metrics['checkpoint'])}` ({metrics['seconds']:.0f} s), then "
         f"`.venv/bin/python tools/eval_report.py {metrics_path}`.", "",
         f"Prompts: the first caption of each image, {', '.join(f'{counts[sp]} {sp}' for sp in splits)}; "
         f"{s['num_candidates']} candidates per prompt, best {s['keep_top']} kept"
@@ -328,7 +337,7 @@ def main(argv: list[str]) -> int:
     os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
     svg = os.path.join(out_dir, "fid_vs_clip.svg")
     if os.path.exists(svg) and kind == "shapes":
-        shutil.copy(svg, os.path.join(ROOT, "docs", "eval_fid_vs_clip.svg"))
+        shutil.copy(svg, os.path.join(ROOT, "docs", f"{prefix}fid_vs_clip.svg"))
     grids = sorted(os.listdir(os.path.join(out_dir, "grids"))) if os.path.isdir(os.path.join(out_dir, "grids")) else []
     best = metrics.get("sampling_written", {}).get("guidance")
     wanted = (f"s{best:g}_",) if best is not None else ("s1_",)
@@ -342,7 +351,8 @@ def main(argv: list[str]) -> int:
     if kind == "emoji":
         body = render_emoji(metrics, path, samples, note, title or "Real images: the emoji model")
     else:
-        body = render(metrics, path, samples, note, *([title] if title else []))
+        body = render(metrics, path, samples, note, *([title] if title else []),
+                      svg=f"docs/{prefix}fid_vs_clip.svg")
     target = os.path.join(ROOT, "EVAL.md")
     document = open(target).read() if os.path.exists(target) else ""
     with open(target, "w") as f:
