@@ -58,8 +58,10 @@ def main() -> None:
                          f"--config.train.max_minutes={args.minutes}"])
         if code:
             raise SystemExit(f"training failed with exit code {code}")
-    train_s = time.time() - t0
-    steps = [json.loads(l)["step"] for l in open(os.path.join(args.workdir, "metrics.jsonl"))]
+    trained_now = time.time() - t0 > 60
+    from dalle.train import reporting
+
+    run = reporting.run_summary(args.workdir, "train/psnr")
     with open(os.path.join(args.workdir, "config.json")) as f:  # the training run's config (data + model)
         config = checkpoint.ConfigDict(checkpoint._tuplify(json.load(f)))
     r = evaluate(os.path.join(args.workdir, "model"), config.data)
@@ -71,15 +73,17 @@ def main() -> None:
     ok = r["psnr"] >= 28 and r["codebook_usage"] >= 0.5
     body = common.table(
         ["config", "budget", "steps trained", "validation PSNR", "codebook in use", "goal (>= 28 dB, >= 50%)"],
-        [(f"`{args.config}`", f"{args.minutes:g} min", max(steps), f"{r['psnr']:.2f} dB",
+        [(f"`{args.config}`", f"{args.minutes:g} min", run["steps"], f"{r['psnr']:.2f} dB",
           f"{100 * r['codebook_usage']:.1f}% of {config.model.n_embed}", "met" if ok else "NOT met")])
     body += (f"\nMeasured on {r['images']} validation renders of the shapes world ({config.data.image_size} px, "
              f"{config.data.max_objects} object(s) max); PSNR of the VQGAN round trip in [0, 1]; usage = distinct "
-             f"codes over those images. Training wall time {train_s / 60:.1f} min (0 when the workdir was reused). "
+             f"codes over those images. Training: {run['minutes'] or 0:.1f} min by its metrics.jsonl"
+             f"{'' if trained_now else ' (an existing workdir, evaluated as it was)'}. "
              f"Top: originals, bottom: reconstructions (docs/vqgan_reconstructions.png).\n\n"
              f"![originals vs reconstructions](docs/vqgan_reconstructions.png)\n")
     common.write_result("vqgan_quality", "VQGAN quality on the shapes data (CPU preset, time-boxed)",
-                        f".venv/bin/python -m benchmarks.bench_vqgan_quality --minutes {args.minutes:g}", body)
+                        f".venv/bin/python -m benchmarks.bench_vqgan_quality --minutes {args.minutes:g}"
+                        + (f" --workdir {args.workdir}" if args.workdir != p.get_default("workdir") else ""), body)
 
 
 if __name__ == "__main__":

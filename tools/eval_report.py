@@ -177,9 +177,9 @@ def render_emoji(metrics: dict, metrics_path: str, extra: str = "", note: str = 
               f"| reconstructions R@1 >= 90% of real | {_pct({'r1': v_rec})}: {ratio(v_rec, v_real)} |",
               f"| zero-shot skin tone >= 70% right | {_pct(zs.get('skin_tone', {}).get('zero_shot'), 'accuracy')} |",
               f"| zero-shot style (reported) | {_pct(zs.get('style', {}).get('zero_shot'), 'accuracy')} |",
-              f"| VQGAN validation PSNR >= 25 dB | "
+              "| VQGAN validation PSNR >= 25 dB | "
               + (f"{fid_v['psnr']:.1f} dB ({fid_v['images']} images)" if fid_v else "n/a") + " |",
-              f"| >= 50% of VQGAN codes used | "
+              "| >= 50% of VQGAN codes used | "
               + (f"{100 * fid_v['codebook_usage']:.0f}% ({fid_v['codes_used']} of {fid_v['codebook_size']}, "
                  f"validation images)" if fid_v else "n/a") + " |", ""]
     lines += ["### R-precision (R@1) per split", "",
