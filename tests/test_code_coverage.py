@@ -9,15 +9,27 @@ def test_scene_stats_counts_unseen_and_rare_object_codes():
     counts = np.zeros(10, np.int64)
     counts[[0, 1]] = 100  # backgrounds / common codes
     counts[2] = 3  # rare
-    tokens = np.array([[0, 0, 0, 1, 2],    # background 0; objects 1 (seen), 2 (rare)
-                       [0, 0, 0, 5, 5],    # objects 5, 5 (unseen)
-                       [7, 7, 7, 7, 1]])   # background 7 is unseen but not an object; object 1 seen
-    s = code_coverage.scene_stats(tokens, counts)
+    tokens = np.array([[0, 0, 0, 1, 2],    # objects at 1 (seen), 2 (rare)
+                       [0, 0, 0, 5, 5],    # objects at 5, 5 (unseen)
+                       [7, 7, 7, 7, 1]])   # code 7 is unseen but covers no object; object 1 seen
+    obj = np.zeros(tokens.shape, bool)
+    obj[0, 3:] = obj[1, 3:] = obj[2, 4] = True
+    s = code_coverage.scene_stats(tokens, counts, obj)
     assert s["scenes"] == 3
     assert s["object_tokens"] == (2 + 2 + 1) / 3
     assert s["unseen_tokens"] == 2 / 5 and s["rare_tokens"] == 3 / 5
     assert s["per_scene_unseen"].tolist() == [False, True, False]
     assert abs(s["scenes_with_unseen"] - 1 / 3) < 1e-9
+
+
+def test_object_mask_marks_the_cells_an_object_covers():
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    images[0, 0:2, 6:8] = (255, 0, 0)  # top-right cell of a 4x4 grid (2 px cells)
+    images[1] = 200  # a grey background...
+    images[1, 3:5, 3:5] = (0, 0, 255)  # ...with an object across the four centre cells
+    mask = code_coverage.object_mask(images, 4).reshape(2, 4, 4)
+    assert mask[0].sum() == 1 and mask[0, 0, 3]
+    assert mask[1].sum() == 4 and mask[1, 1:3, 1:3].all()
 
 
 def test_render_names_every_split():

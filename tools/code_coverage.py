@@ -6,7 +6,7 @@ missing from (or rare in) the pre-encoded training split, and writes the `compos
 
     .venv/bin/python tools/code_coverage.py --encoded outputs/demo/encoded --vqgan outputs/demo/vqgan [--prompts 400]
 
-Object tokens are those whose code differs from the scene's most frequent code (its background).
+Object tokens are the token cells whose pixels in the rendered scene are not all background colour.
 """
 
 from __future__ import annotations
@@ -38,10 +38,21 @@ def training_code_counts(encoded_dir: str, codebook_size: int) -> np.ndarray:
     return counts
 
 
-def scene_stats(tokens: np.ndarray, counts: np.ndarray) -> dict:
-    """Per-scene unseen/rare object tokens of `tokens` [N, L]."""
-    background = np.array([np.bincount(t).argmax() for t in tokens])
-    obj = tokens != background[:, None]
+def object_mask(images: np.ndarray, grid: int) -> np.ndarray:
+    """[N, grid*grid] bool: token cells whose pixels are not all the scene's background colour (its most frequent
+    pixel), read from the rendered image itself."""
+    n, h, w, _ = images.shape
+    flat = images.reshape(n, h * w, -1)
+    masks = []
+    for img in flat:
+        colours, counts = np.unique(img, axis=0, return_counts=True)
+        masks.append((img != colours[counts.argmax()]).any(-1).reshape(h, w))
+    cells = np.stack(masks).reshape(n, grid, h // grid, grid, w // grid)
+    return cells.any(axis=(2, 4)).reshape(n, grid * grid)
+
+
+def scene_stats(tokens: np.ndarray, counts: np.ndarray, obj: np.ndarray) -> dict:
+    """Per-scene unseen/rare object tokens of `tokens` [N, L]; `obj` [N, L] marks the tokens covering an object."""
     unseen = (counts[tokens] == 0) & obj
     rare = (counts[tokens] < RARE) & obj
     return {"scenes": len(tokens),
@@ -65,7 +76,8 @@ def measure(data, encoded_dir: str, vqgan_dir: str, prompts_per_split: int) -> d
         images = compositional.render_prompts(data, prompts)
         tokens = np.concatenate([np.asarray(vq.encode(images[i:i + 64])).reshape(len(images[i:i + 64]), -1)
                                  for i in range(0, len(images), 64)])
-        stats = scene_stats(tokens, counts)
+        grid = int(round(np.sqrt(tokens.shape[1])))
+        stats = scene_stats(tokens, counts, object_mask(np.asarray(images), grid))
         flags = stats.pop("per_scene_unseen")
         by_kind = collections.defaultdict(list)
         for p, flag in zip(prompts, flags):
