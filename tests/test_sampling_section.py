@@ -19,7 +19,7 @@ MODEL = {"kind": "decoder_only", "image_vocab_size": 512}
 def test_schema_defaults_and_section_checks_name_the_key():
     cfg = config_lib.load_config("configs/shapes_tiny.py")
     shapes_tiny = config_lib._import_file("configs/shapes_tiny.py")
-    assert cfg.sampling.to_dict() == dict(guidance=1.5, temperature=0.7, top_k=8, top_p=1.0, candidates=4, keep=1,
+    assert cfg.sampling.to_dict() == dict(guidance=1.5, temperature=0.3, top_k=8, top_p=1.0, candidates=4, keep=1,
                                           clip_checkpoint="outputs/demo/clip/model",
                                           examples=shapes_tiny.EXAMPLE_PROMPTS)
     filled = config_lib.validate(ConfigDict({"sampling": {"guidance": 2}}))
