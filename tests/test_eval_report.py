@@ -39,3 +39,14 @@ def test_experiments_table_rows_and_seed_mean(tmp_path):
     mean = next(r for r in rows if "mean of 2 seeds" in r)
     assert "70.0% (±10.0) / 80.0% (±10.0)" in mean  # first sample / CLIP-best on validation
     assert "what it shows" in text
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+    target = tmp_path / "EVAL.md"
+    target.write_text(eval_report.HEADER)
+    eval_report.write_section("a", "## A v1\n", str(target))
+    eval_report.write_section("b", "## B\n", str(target))
+    eval_report.write_section("a", "## A v2\n", str(target))
+    text = target.read_text()
+    assert text.startswith(eval_report.HEADER) and "A v1" not in text
+    assert text.index("## A v2") < text.index("## B")

@@ -127,12 +127,7 @@ def main(argv: list[str]) -> int:
     print(body)
     if args.no_write:
         return 0
-    target = os.path.join(ROOT, "EVAL.md")
-    with open(target) as f:
-        document = f.read()
-    with open(target, "w") as f:
-        f.write(eval_report.replace_section(document, "composition-codes", body))
-    print("wrote the composition-codes section of EVAL.md")
+    eval_report.write_section("composition-codes", body)
     return 0
 
 

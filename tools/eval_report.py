@@ -300,6 +300,15 @@ def replace_section(document: str, name: str, body: str) -> str:
     return document.rstrip() + "\n\n" + block
 
 
+def write_section(name: str, body: str, target: str = "") -> None:
+    """Puts `body` in section `name` of EVAL.md (or `target`), appended when new: every report tool writes here."""
+    target = target or os.path.join(ROOT, "EVAL.md")
+    document = open(target).read() if os.path.exists(target) else ""
+    with open(target, "w") as f:
+        f.write(replace_section(document, name, body))
+    print(f"wrote the {name} section of {os.path.basename(target)}")
+
+
 def _option(argv: list[str], name: str) -> tuple[str, list[str]]:
     if name not in argv:
         return "", argv
@@ -319,11 +328,7 @@ def main(argv: list[str]) -> int:
             with open(path) as f:
                 runs.append((label, json.load(f)))
         command = ".venv/bin/python tools/eval_report.py --experiments " + " ".join(f'"{a}"' for a in argv[1:])
-        target = os.path.join(ROOT, "EVAL.md")
-        document = open(target).read() if os.path.exists(target) else ""
-        with open(target, "w") as f:
-            f.write(replace_section(document, "composition-experiments", render_experiments(runs, command, note)))
-        print("wrote the composition-experiments section of EVAL.md")
+        write_section("composition-experiments", render_experiments(runs, command, note))
         return 0
     section, argv = _option(argv, "--section")
     title, argv = _option(argv, "--title")
@@ -353,11 +358,7 @@ def main(argv: list[str]) -> int:
     else:
         body = render(metrics, path, samples, note, *([title] if title else []),
                       svg=f"docs/{prefix}fid_vs_clip.svg")
-    target = os.path.join(ROOT, "EVAL.md")
-    document = open(target).read() if os.path.exists(target) else ""
-    with open(target, "w") as f:
-        f.write(replace_section(document, section or kind, body))
-    print(f"wrote the {section or kind} section of EVAL.md")
+    write_section(section or kind, body)
     if kind == "emoji" and not section:
         readme = os.path.join(ROOT, "README.md")
         text = open(readme).read()

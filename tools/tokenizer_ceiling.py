@@ -123,12 +123,7 @@ def main(argv: list[str]) -> int:
     if args.no_write:
         print(body)
         return 0
-    target = os.path.join(ROOT, "EVAL.md")
-    with open(target) as f:
-        document = f.read()
-    with open(target, "w") as f:
-        f.write(eval_report.replace_section(document, "composition-tokenizer", body))
-    print("wrote the composition-tokenizer section of EVAL.md")
+    eval_report.write_section("composition-tokenizer", body)
     return 0
 
 
