@@ -147,7 +147,33 @@ def test_code_features_hold_the_vqgan_codebook_and_stay_frozen(base, tmp_path):
     np.testing.assert_allclose(final[key], want, rtol=1e-5, atol=1e-5)
     assert not np.array_equal(final[key.replace("image_code_features", "image_code_out/kernel")],
                               init[key.replace("image_code_features", "image_code_out/kernel")])
-    with pytest.raises(ValueError, match="codebook is"):
+    with pytest.raises(ValueError, match="gives .* features"):
         dalle_task.codebook_features(base.data.vqgan_checkpoint, tiny_pipeline.CODES, 3)
     with pytest.raises(ValueError, match="needs data.vqgan_checkpoint"):
         dalle_task.codebook_features("", tiny_pipeline.CODES, 8)
+
+
+def test_codebook_pixel_features_add_what_the_decoder_draws_for_each_code(base):
+    """model.image_code_feature_source = "codebook_pixels": the codebook columns, then the RGB pixels of each code
+    drawn alone (centre cell of a 3x3 grid of it), every column standardised."""
+    from dalle.modeling.vqgan.api import VQGANTokenizer
+    from dalle.train.tasks import dalle as dalle_task
+
+    vq_config, vq_params = checkpoint.load_model(base.data.vqgan_checkpoint)
+    dims = int(vq_config.model.embed_dim)
+    tok = VQGANTokenizer(vq_params, vq_config)
+    f = tok.downsample_factor
+    width = dims + 3 * f * f
+    table = dalle_task.codebook_features(base.data.vqgan_checkpoint, tiny_pipeline.CODES, width, "codebook_pixels")
+    assert table.shape == (tiny_pipeline.CODES, width)
+    np.testing.assert_allclose(table[:, :dims], dalle_task.codebook_features(
+        base.data.vqgan_checkpoint, tiny_pipeline.CODES, dims), rtol=1e-5, atol=1e-5)
+    code = tiny_pipeline.CODES - 1
+    pixels = tok.decode(np.full((1, 3, 3), code, np.int32))[0, f:2 * f, f:2 * f].reshape(-1)
+    raw = dalle_task.decoded_code_pixels(vq_config, vq_params, tiny_pipeline.CODES, batch=3)
+    np.testing.assert_allclose(raw[code], pixels, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(table[:, dims:], (raw - raw.mean(0)) / (raw.std(0) + 1e-6), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="gives .* features"):
+        dalle_task.codebook_features(base.data.vqgan_checkpoint, tiny_pipeline.CODES, dims, "codebook_pixels")
+    with pytest.raises(ValueError, match="image_code_feature_source = 'pixels'"):
+        dalle_task.codebook_features(base.data.vqgan_checkpoint, tiny_pipeline.CODES, dims, "pixels")

@@ -136,3 +136,6 @@ def test_from_features_needs_a_feature_table():
         schema.check_decoder_only(cfg, None))
     cfg.image_code_weights = "shared"
     assert any("expected 'per_code' or 'from_features'" in e for e in schema.check_decoder_only(cfg, None))
+    cfg.image_code_feature_source = "pixels"
+    assert any("image_code_feature_source = 'pixels': expected one of 'codebook', 'codebook_pixels'" in e
+               for e in schema.check_decoder_only(cfg, None))

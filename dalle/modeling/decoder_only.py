@@ -10,6 +10,7 @@
   head predicts the next text token at non-padding targets, the image head the next image code. With
   `text_loss_weight = 0` there is no text head.
 * `image_code_features = F > 0`: a frozen table `image_code_features` [codes, F] (the VQGAN's codebook vectors,
+  with `image_code_feature_source = "codebook_pixels"` also the pixels its decoder draws for each code,
   standardised; the trainer fills it) adds `features[code] @ W_in` to every code's embedding and
   `(h @ W_out) @ features.T` to every code's logit. Codes then share what the model learns about their look: a
   code that is never a training target still gets a logit from its features (EVAL.md, composition section).

@@ -87,6 +87,9 @@ def decoder_only_defaults() -> ConfigDict:
     # > 0: codes also embedded and scored through their VQGAN codebook vectors (this many dims; the VQGAN's
     # embed_dim), a frozen table the trainer fills from data.vqgan_checkpoint (dalle/modeling/decoder_only.py).
     c.image_code_features = 0
+    # What fills that table: "codebook" (the codebook vector, F = the VQGAN's embed_dim) or "codebook_pixels" (that
+    # vector and the RGB pixels the VQGAN decoder draws for the code, F = embed_dim + 3 * factor**2).
+    c.image_code_feature_source = "codebook"
     # "per_code": each code has its own embedding row and head column (plus the features above, if any);
     # "from_features": both are MLPs of the feature table only (needs image_code_features > 0).
     c.image_code_weights = "per_code"
@@ -140,6 +143,9 @@ def check_dalle_bart(m: ConfigDict, _: ConfigDict):
                "(as dalle-mini requires)")
 
 
+CODE_FEATURE_SOURCES = ("codebook", "codebook_pixels")
+
+
 def check_decoder_only(m: ConfigDict, _: ConfigDict):
     yield from check_sizes(m, DECODER_ONLY_SIZE_KEYS)
     yield from _check_common(m, {"num_heads": m.num_heads})
@@ -149,6 +155,9 @@ def check_decoder_only(m: ConfigDict, _: ConfigDict):
         yield "model.text_loss_weight + model.image_loss_weight must be positive"
     if m.image_code_features < 0:
         yield f"model.image_code_features = {m.image_code_features} must be >= 0 (0 = off)"
+    if m.image_code_feature_source not in CODE_FEATURE_SOURCES:
+        yield (f"model.image_code_feature_source = {m.image_code_feature_source!r}: expected one of "
+               f"{', '.join(map(repr, CODE_FEATURE_SOURCES))}")
     if m.image_code_weights not in ("per_code", "from_features"):
         yield f"model.image_code_weights = {m.image_code_weights!r}: expected 'per_code' or 'from_features'"
     elif m.image_code_weights == "from_features" and m.image_code_features <= 0:

@@ -78,8 +78,9 @@ class DalleTask(Task):
         return {**state, "params": jax.tree_util.tree_map_with_path(put, state["params"])}
 
     def _put_code_features(self, state: dict) -> dict:
-        features = codebook_features(self.config.data.get("vqgan_checkpoint", ""),
-                                     self.config.model.image_vocab_size, self.config.model.image_code_features)
+        m = self.config.model
+        features = codebook_features(self.config.data.get("vqgan_checkpoint", ""), m.image_vocab_size,
+                                     m.image_code_features, m.get("image_code_feature_source", "codebook"))
 
         def put(p, leaf):
             if is_code_feature_table(sharding.path_str(p)):
@@ -176,9 +177,11 @@ def is_code_feature_table(path: str) -> bool:
     return path.endswith("/image_code_features")
 
 
-def codebook_features(vqgan_dir: str, codes: int, dims: int) -> np.ndarray:
-    """The VQGAN's codebook vectors [codes, dims], centred and scaled to unit variance per dimension (the model's
-    feature table, `model.image_code_features`)."""
+def codebook_features(vqgan_dir: str, codes: int, dims: int, source: str = "codebook") -> np.ndarray:
+    """The model's frozen feature table [codes, dims] (`model.image_code_features`), each column centred and scaled
+    to unit variance. `source` "codebook": the VQGAN's codebook vectors; "codebook_pixels": those and the RGB pixels
+    the VQGAN decoder draws for each code (the centre cell of a 3x3 grid of that code), so that codes that look
+    alike get alike features, whatever their distance in the codebook."""
     from dalle import model_dir as checkpoint
 
     if not vqgan_dir:
@@ -188,7 +191,27 @@ def codebook_features(vqgan_dir: str, codes: int, dims: int) -> np.ndarray:
     if table is None:
         raise ValueError(f"data.vqgan_checkpoint = {vqgan_dir!r} has no quantize/embeddings codebook")
     table = np.asarray(table, np.float32)
+    if source == "codebook_pixels":
+        table = np.concatenate([table, decoded_code_pixels(config, params, table.shape[0])], axis=1)
+    elif source != "codebook":
+        raise ValueError(f"model.image_code_feature_source = {source!r}: expected 'codebook' or 'codebook_pixels'")
     if table.shape != (codes, dims):
-        raise ValueError(f"data.vqgan_checkpoint = {vqgan_dir!r}: codebook is {table.shape}, but model.image_vocab_size"
+        raise ValueError(f"data.vqgan_checkpoint = {vqgan_dir!r} with model.image_code_feature_source = {source!r} "
+                         f"gives {table.shape[0]} codes x {table.shape[1]} features, but model.image_vocab_size"
                          f" = {codes} and model.image_code_features = {dims}")
     return (table - table.mean(0)) / (table.std(0) + 1e-6)
+
+
+def decoded_code_pixels(vqgan_config: Any, vqgan_params: Any, codes: int, batch: int = 256) -> np.ndarray:
+    """[codes, 3 * f * f]: what the VQGAN decoder draws for each code, read from the centre cell of a 3x3 grid
+    filled with it (the border cells keep the decoder's zero padding away from the centre)."""
+    from dalle.modeling.vqgan.api import VQGANTokenizer
+
+    tok = VQGANTokenizer(vqgan_params, vqgan_config)
+    f = tok.downsample_factor
+    out = []
+    for start in range(0, codes, batch):
+        ids = np.arange(start, min(start + batch, codes), dtype=np.int32)
+        images = tok.decode(np.broadcast_to(ids[:, None, None], (len(ids), 3, 3)))
+        out.append(images[:, f:2 * f, f:2 * f].reshape(len(ids), -1))
+    return np.concatenate(out).astype(np.float32)
