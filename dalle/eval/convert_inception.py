@@ -17,15 +17,10 @@ from ml_collections import ConfigDict
 
 
 def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--from {path!r} does not exist (pytorch-fid's pt_inception-2015-12-05-*.pth)")
-    if path.endswith(".npz"):
-        with np.load(path) as z:
-            return {k: z[k] for k in z.keys()}
-    import torch
+    """pytorch-fid's .pth (or an .npz), read as data only (dalle.weights_files)."""
+    from dalle import weights_files
 
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.detach().numpy() for k, v in sd.items()}
+    return weights_files.load_state_dict(path)
 
 
 def main(argv: Sequence[str]) -> int:

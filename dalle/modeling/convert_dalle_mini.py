@@ -29,12 +29,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
+from dalle import weights_files
 from dalle.modeling import norm_placement
 from dalle.modeling import schema as model_schema
 
 
-class ConversionError(ValueError):
-    """A dalle-mini checkpoint that cannot be converted; the message names the key or parameter."""
+ConversionError = weights_files.ConversionError  # a checkpoint that cannot be converted; names the key or param
 
 
 # dalle-mini's DalleBartConfig defaults (configuration.py), for keys a config.json leaves out.

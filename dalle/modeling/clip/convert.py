@@ -1,13 +1,14 @@
 """`dalle convert clip --from SRC --out DIR`: an OpenAI CLIP or open_clip ViT state dict -> a dalle CLIP checkpoint.
 
-Sources: OpenAI's released TorchScript archives (`ViT-B-32.pt`: `torch.jit.load(...).state_dict()`), open_clip
+Sources: OpenAI's released TorchScript archives (`ViT-B-32.pt`, only with `--allow_torchscript`: loading one runs
+code from the file), open_clip
 checkpoints (`open_clip_pytorch_model.bin`, training checkpoints with a `state_dict` entry and `module.`
 prefixes), a `.safetensors` file, or an `.npz` of `<torch key>` arrays (the test fixtures). The architecture is
 read from tensor shapes (as OpenAI's `build_model` does); what shapes cannot tell is a flag: the number of heads
 (default width / 64, OpenAI's rule) and the MLP activation (OpenAI archives use QuickGELU; open_clip models
 without `-quickgelu` in their name use exact GELU, so for open_clip files `--activation` must be given).
 
-    dalle convert clip --from ViT-B-32.pt --out checkpoints/clip_vit_b32 --tokenizer_path bpe_simple_vocab_16e6.txt.gz
+    dalle convert clip --from ViT-B-32.pt --allow_torchscript --out checkpoints/clip_vit_b32 --tokenizer_path bpe_simple_vocab_16e6.txt.gz
 """
 
 from __future__ import annotations
@@ -22,42 +23,19 @@ from typing import Mapping, Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
+from dalle import weights_files
+
 OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # scalars in OpenAI's TorchScript archives
 IGNORED = ("attn_mask",)  # buffers that are not weights
 
 
-class ConversionError(ValueError):
-    """A state dict that is not a supported CLIP; the message names the key or shape."""
+ConversionError = weights_files.ConversionError  # not a supported CLIP; the message names the key or shape
 
 
-def load_state_dict(path: str) -> dict[str, np.ndarray]:
-    """Reads a state dict from .pt/.pth/.bin (torch), .safetensors or .npz into float32/int numpy arrays."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--from {path!r} does not exist")
-    if path.endswith(".npz"):
-        with np.load(path) as z:
-            keys = list(z.keys())
-            if any(k.startswith("sd/") for k in keys):
-                return {k[3:]: z[k] for k in keys if k.startswith("sd/")}
-            return {k: z[k] for k in keys}
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        return dict(load_file(path))
-    import torch
-
-    try:
-        obj = torch.jit.load(path, map_location="cpu").state_dict()  # OpenAI's archives are TorchScript
-    except (RuntimeError, ValueError):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    out = {}
-    for k, v in obj.items():
-        if hasattr(v, "detach"):
-            v = v.detach().float().numpy() if v.is_floating_point() else v.detach().numpy()
-        out[k] = np.asarray(v)
-    return out
+def load_state_dict(path: str, allow_torchscript: bool = False) -> dict[str, np.ndarray]:
+    """A state dict from .pt/.pth/.bin (torch), .safetensors or .npz, read as data only (dalle.weights_files);
+    OpenAI's TorchScript archives need `allow_torchscript` (loading them runs code from the file)."""
+    return weights_files.load_state_dict(path, allow_torchscript=allow_torchscript)
 
 
 def _strip_prefixes(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -177,6 +155,9 @@ def main(argv: Sequence[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="src", required=True, help="OpenAI .pt, open_clip .bin/.pt/.safetensors, .npz")
     parser.add_argument("--out", required=True, help="output model directory (dalle.model_dir format)")
+    parser.add_argument("--allow_torchscript", action="store_true",
+                        help="load a TorchScript archive (OpenAI's .pt files): this EXECUTES code from the file, "
+                             "so only for files you trust")
     parser.add_argument("--vision_heads", type=int, default=0, help="default: vision width / 64")
     parser.add_argument("--text_heads", type=int, default=0, help="default: text width / 64")
     parser.add_argument("--activation", choices=("auto", "quick_gelu", "gelu"), default="auto",
@@ -188,7 +169,7 @@ def main(argv: Sequence[str]) -> int:
                         help="bpe_simple_vocab_16e6.txt.gz (openai_bpe) or a .model (sentencepiece); copied in")
     args = parser.parse_args(argv)
     try:
-        sd = _strip_prefixes(load_state_dict(args.src))
+        sd = _strip_prefixes(load_state_dict(args.src, args.allow_torchscript))
         activation = args.activation
         if activation == "auto":
             if not any(k in sd for k in OPENAI_EXTRAS):

@@ -23,13 +23,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
+from dalle import weights_files
+
 _NUMBERED = re.compile(r"^(down|up|block|attn)_(\d+)$")
 # Entries of a taming training checkpoint that are not part of the autoencoder.
 _IGNORED_PREFIXES = ("loss.",)
 
 
-class ConversionError(ValueError):
-    """Source weights that do not fit; the message lists the offending keys."""
+ConversionError = weights_files.ConversionError  # source weights that do not fit; the message lists the keys
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,10 +138,7 @@ def flax_to_taming_state_dict(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return flat
 
 
-def _as_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # torch tensor
-        return value.detach().cpu().float().numpy()
-    return np.asarray(value)
+_as_numpy = weights_files.tensor_to_numpy
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -232,24 +230,9 @@ def model_config(arch: Mapping[str, Any], legacy_loss: bool = True) -> ConfigDic
 # ----------------------------------------------------------------------------------------------------------------
 # Loading sources
 # ----------------------------------------------------------------------------------------------------------------
-def load_torch_state_dict(path: str) -> dict[str, Any]:
-    if path.endswith(".npz"):
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    try:
-        import torch
-    except ImportError:
-        raise ConversionError(f"reading {path!r} needs torch (pip install -r requirements-ref.txt), or pass the "
-                              "state dict as an .npz file") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # Lightning checkpoints pickle callbacks and hparams: needs the full unpickler
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise ConversionError(f"{path}: expected a state dict (or a checkpoint with 'state_dict'), got {type(obj)}")
-    return {k: _as_numpy(v) for k, v in obj.items()}
+def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A taming checkpoint's (or an .npz/.safetensors) tensors, read as data only (dalle.weights_files)."""
+    return weights_files.load_state_dict(path)
 
 
 def load_source(src: str, taming_config: str = "", resolution: int = 256,
