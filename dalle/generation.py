@@ -118,10 +118,16 @@ class Generator:
 
         if not prompts:
             raise GenerationError("no prompts given")
+        options = text.options_from_config(self.config.data)
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
                 raise GenerationError(f"prompt {i + 1} is empty; describe the image, e.g. 'a red circle'")
-        options = text.options_from_config(self.config.data)
+            if not text.normalize_caption(p, options).strip():
+                # Control or zero-width characters, or only a URL: the caption cleaner drops all of it, and an
+                # empty caption is the unconditional prompt - images of nothing the user asked for.
+                raise GenerationError(f"prompt {i + 1} ({p[:40]!r}) has no words left after caption cleaning "
+                                      f"(only control or invisible characters, punctuation or a URL); describe the "
+                                      f"image, e.g. 'a red circle'")
         length = self.model.max_text_length
         tokens = tasks.encode_captions(list(prompts), self.vocab, length, options)
         truncated = [i for i, p in enumerate(prompts)

@@ -60,6 +60,13 @@ def test_unconditional_prompt_is_the_blank_caption(model_dir):
     assert blank[0, 0] == gen.vocab.eos_id and not blank[0, 1:].any()
 
 
+@pytest.mark.parametrize("prompt", ["\x01\x02\x03", "\u200b\u200c\u2060", "https://example.com/a.png"])
+def test_prompts_that_clean_to_nothing_are_refused_not_sampled_unconditionally(model_dir, prompt):
+    gen = generation.Generator.from_checkpoint(model_dir)
+    with pytest.raises(generation.GenerationError, match="prompt 2 .* has no words left after caption cleaning"):
+        gen.tokenize(["a red circle", prompt])
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["generate", ""], "prompt 1 is empty"),
     (["generate"], "no prompt given"),
