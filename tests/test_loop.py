@@ -165,9 +165,11 @@ def test_sigterm_checkpoints_and_stops(tmp_path):
     assert checkpointing.Checkpointer(str(tmp_path)).latest_step() == step
 
 
-def test_nonfinite_loss_skips_update_and_is_counted(reference_run, tmp_path):
+@pytest.mark.parametrize("poison", ["nan_steps", "nan_grad_steps"])
+def test_nonfinite_loss_or_gradient_skips_update_and_is_counted(reference_run, tmp_path, poison):
+    """A NaN loss, or NaN gradients under a finite loss (which clipping does not stop), never reach the params."""
     cfg = toy_task.toy_config(**{"train.num_steps": 4, "train.checkpoint_every": 1, "train.keep_checkpoints": 5})
-    result = loop.train(cfg, str(tmp_path), toy_task.ToyTask(cfg, nan_steps={2}))
+    result = loop.train(cfg, str(tmp_path), toy_task.ToyTask(cfg, **{poison: {2}}))
     assert result.nonfinite_steps == 1 and result.step == 4
     ck = checkpointing.Checkpointer(str(tmp_path))
     task = toy_task.ToyTask(cfg)
@@ -182,7 +184,8 @@ def test_nonfinite_loss_skips_update_and_is_counted(reference_run, tmp_path):
 
 def test_too_many_nonfinite_in_a_row_stops_with_step(tmp_path):
     cfg = toy_task.toy_config(**{"train.max_nonfinite_in_a_row": 3})
-    with pytest.raises(loop.TrainingDiverged, match="3 non-finite losses in a row, the last at step 5"):
+    with pytest.raises(loop.TrainingDiverged,
+                       match=r"3 non-finite steps \(loss or update\) in a row, the last at step 5"):
         loop.train(cfg, str(tmp_path), toy_task.ToyTask(cfg, nan_steps={2, 3, 4}))
 
 

@@ -37,9 +37,12 @@ class ToyData(DataIterator):
 
 
 class ToyTask(Task):
-    def __init__(self, config: ConfigDict, nan_steps=(), trainable=None):
+    def __init__(self, config: ConfigDict, nan_steps=(), trainable=None, nan_grad_steps=()):
+        """`nan_steps`: loss and gradients NaN at these step indices; `nan_grad_steps`: the gradients only (the
+        loss stays finite)."""
         super().__init__(config)
         self.nan_steps = jnp.asarray(sorted(nan_steps) or [-1], jnp.int32)
+        self.nan_grad_steps = jnp.asarray(sorted(nan_grad_steps) or [-1], jnp.int32)
         abstract = jax.eval_shape(self.init_params, jax.random.PRNGKey(0))
         self.tx = optim.make_optimizer(config.train, abstract, trainable)
 
@@ -54,7 +57,8 @@ class ToyTask(Task):
         loss, grads = jax.value_and_grad(toy_sharded.loss_fn)(state["params"], batch["x"], batch["y"])
         poison = jnp.any(self.nan_steps == state["step"])
         loss = jnp.where(poison, jnp.nan, loss)
-        grads = jax.tree_util.tree_map(lambda g: jnp.where(poison, jnp.nan, g), grads)
+        poison_grads = poison | jnp.any(self.nan_grad_steps == state["step"])
+        grads = jax.tree_util.tree_map(lambda g: jnp.where(poison_grads, jnp.nan, g), grads)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, {"loss": loss}

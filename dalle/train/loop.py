@@ -1,7 +1,7 @@
 """The one train loop: from a laptop CPU to a pod, for every model family (see dalle/train/task.py).
 
 It builds the mesh from config, creates the state already sharded (or restores it straight onto its devices),
-runs the jitted step with explicit in/out shardings and donated state, guards against non-finite losses,
+runs the jitted step with explicit in/out shardings and donated state, guards against non-finite losses and updates,
 evaluates, samples, checkpoints (async, keep-N, with data position), handles SIGTERM and time limits, and reports
 metrics (loss, throughput, MFU) to the console, TensorBoard and metrics.jsonl.
 """
@@ -15,7 +15,7 @@ import math
 import os
 import signal
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ from dalle.train.task import Task
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many non-finite losses in a row."""
+    """Too many non-finite steps (loss or update) in a row."""
 
 
 @dataclasses.dataclass
@@ -53,12 +53,20 @@ def _numeric(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if np.asarray(v).dtype.kind in "biuf"}
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every floating-point leaf of `tree` is finite (one fused reduction per leaf)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 def guarded_step(task: Task) -> Callable:
-    """The task's step, but a non-finite loss keeps the old state (the step counter still advances)."""
+    """The task's step, but a non-finite loss or a non-finite new state (a NaN/inf gradient reaches the params and
+    the optimizer moments even when the loss is finite) keeps the old state; the step counter still advances."""
 
     def step(state, batch, rng):
         new_state, metrics = task.train_step(state, batch, rng)
-        ok = jnp.isfinite(metrics["loss"])
+        ok = jnp.isfinite(metrics["loss"]) & all_finite(new_state)
         kept = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new_state, state)
         if isinstance(kept, dict) and "step" in kept:
             kept = {**kept, "step": state["step"] + 1}
@@ -187,10 +195,12 @@ def train(config: ConfigDict, workdir: str, task: Task | None = None) -> RunResu
                     if metrics["nonfinite"]:
                         nonfinite_total += 1
                         in_a_row += 1
-                        reporter.message(f"step {step}: non-finite loss, update skipped ({in_a_row} in a row)")
+                        reporter.message(f"step {step}: non-finite loss or update, update skipped ({in_a_row} in a "
+                                         f"row)")
                         if in_a_row >= tc.max_nonfinite_in_a_row:
                             raise TrainingDiverged(
-                                f"{in_a_row} non-finite losses in a row, the last at step {step}; stopping "
+                                f"{in_a_row} non-finite steps (loss or update) in a row, the last at step {step}; "
+                                f"stopping "
                                 f"(train.max_nonfinite_in_a_row = {tc.max_nonfinite_in_a_row})"
                             )
                     else:
