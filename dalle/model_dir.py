@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -18,6 +19,8 @@ from ml_collections import ConfigDict
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+PARTIAL_SUFFIX = ".partial"  # params being written by save_model
+OLD_SUFFIX = ".old"  # the previous params while save_model swaps the new ones in
 
 
 class CheckpointError(ValueError):
@@ -25,21 +28,53 @@ class CheckpointError(ValueError):
 
 
 def save_model(directory: str, params: Any, config: ConfigDict, extra: dict | None = None) -> str:
-    """Writes params (any pytree of arrays) and the config that builds them. Returns the directory."""
+    """Writes params (any pytree of arrays) and the config that builds them. Returns the directory.
+
+    Re-exporting over an existing model never loses it: the new params are written next to the old ones
+    (`params.partial`) and swapped in only once complete, so a crash leaves the old model, or the new one with its
+    old weights in `params.old` (put back by `recover_interrupted_export`). Other files in the directory (a CLIP's
+    tokenizer, say) are kept."""
     directory = os.path.abspath(directory)
     main = jax.process_index() == 0
+    final, partial, old = (os.path.join(directory, PARAMS_DIR + s) for s in ("", PARTIAL_SUFFIX, OLD_SUFFIX))
     if main:
         os.makedirs(directory, exist_ok=True)
+        recover_interrupted_export(directory)
+        shutil.rmtree(partial, ignore_errors=True)  # left by a save that died before it finished
+    _sync_processes("dalle.model_dir.save_model:start")
     # Sharded jax arrays are written by every process (orbax coordinates); numpy arrays as they are.
     params = jax.tree_util.tree_map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), params)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(directory, PARAMS_DIR), params, force=True)
+        ckptr.save(partial, params)
     if main:
         meta = {"config": json.loads(config.to_json_best_effort()), **(extra or {})}
-        with open(os.path.join(directory, CONFIG_FILE + ".tmp"), "w") as f:
+        tmp = os.path.join(directory, f"{CONFIG_FILE}.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
-        os.replace(os.path.join(directory, CONFIG_FILE + ".tmp"), os.path.join(directory, CONFIG_FILE))
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(partial, final)
+        os.replace(tmp, os.path.join(directory, CONFIG_FILE))
+        shutil.rmtree(old, ignore_errors=True)
+    _sync_processes("dalle.model_dir.save_model:end")
     return directory
+
+
+def recover_interrupted_export(directory: str) -> bool:
+    """Puts `params.old` back when an export died between moving the old params aside and moving the new ones in.
+    Returns whether it did."""
+    final, old = os.path.join(directory, PARAMS_DIR), os.path.join(directory, PARAMS_DIR + OLD_SUFFIX)
+    if os.path.isdir(old) and not os.path.exists(final):
+        os.replace(old, final)
+        return True
+    return False
+
+
+def _sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _read_meta(directory: str) -> tuple[str, dict]:
@@ -68,7 +103,7 @@ def read_extra(directory: str) -> dict:
 def exported_model_dir(directory: str) -> str | None:
     """The model directory holding `directory`'s exported model: itself, or a trainer workdir's `model/`
     (None when training has not exported one yet)."""
-    if os.path.isdir(os.path.join(directory, PARAMS_DIR)) and os.path.isfile(os.path.join(directory, CONFIG_FILE)):
+    if _params_dir(directory) is not None and os.path.isfile(os.path.join(directory, CONFIG_FILE)):
         return directory
     exported = os.path.join(directory, "model")
     return exported if os.path.isfile(os.path.join(exported, CONFIG_FILE)) else None
@@ -97,11 +132,20 @@ def _tuplify(x: Any) -> Any:
     return x
 
 
+def _params_dir(directory: str) -> str | None:
+    """`params/`, or `params.old` when an export died after moving it aside (config.json is still the old one)."""
+    for name in (PARAMS_DIR, PARAMS_DIR + OLD_SUFFIX):
+        path = os.path.join(os.path.abspath(directory), name)
+        if os.path.isdir(path):
+            return path
+    return None
+
+
 def load_params(directory: str, target: Any | None = None, shardings: Any | None = None) -> Any:
     """Restores params; with `target` (arrays or ShapeDtypeStructs) the structure and shapes are checked, and with
     `shardings` each array is restored straight onto its devices (no full host copy)."""
-    params_dir = os.path.join(os.path.abspath(directory), PARAMS_DIR)
-    if not os.path.isdir(params_dir):
+    params_dir = _params_dir(directory)
+    if params_dir is None:
         raise CheckpointError(f"{directory!r} has no {PARAMS_DIR}/ directory")
     with ocp.StandardCheckpointer() as ckptr:
         if target is None:
@@ -126,7 +170,7 @@ def load_params(directory: str, target: Any | None = None, shardings: Any | None
 
 def load_model(directory: str) -> tuple[ConfigDict, Any]:
     """(config, params) from an exported model directory or a trainer workdir (its latest checkpoint)."""
-    if os.path.isdir(os.path.join(directory, PARAMS_DIR)):
+    if _params_dir(directory) is not None:
         return read_config(directory), load_params(directory)
     return load_latest_model(directory)
 

@@ -75,7 +75,8 @@ class Checkpointer:
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # a save cut off by a crash leaves a `<step>.orbax-checkpoint-tmp-*`
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
