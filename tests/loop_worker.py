@@ -34,6 +34,9 @@ def main(workdir: str, num_steps: int, slow: float, mode: str = "single", pid: i
         task.train_step = slowed
     result = loop.train(config, workdir, task)
     print(f"RESULT status={result.status} step={result.step}", flush=True)
+    from dalle.train import main as train_main
+
+    sys.exit(train_main.exit_code(result.status))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,19 @@ def guarded_step(task: Task) -> Callable:
     return step
 
 
+def agreed_stop(preempted: bool, out_of_time: bool) -> tuple[bool, bool]:
+    """The stop flags of every process, or-ed: each host gets its own SIGTERM and reads its own clock, but all must
+    checkpoint the same step and stop together (one host saving while the others run the next step hangs the run
+    and loses the final checkpoint). One tiny all-gather per step, only with several processes."""
+    if jax.process_count() == 1:
+        return preempted, out_of_time
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray([preempted, out_of_time], np.int32))
+    flags = np.asarray(flags).reshape(-1, 2).max(axis=0)
+    return bool(flags[0]), bool(flags[1])
+
+
 class _Preemption:
     """SIGTERM (what schedulers send before preempting) asks the loop to checkpoint and stop."""
 
@@ -231,8 +244,9 @@ def train(config: ConfigDict, workdir: str, task: Task | None = None) -> RunResu
                     if tc.sample_every and step % tc.sample_every == 0:
                         reporter.images(step, task.summaries(state, step))
 
-                    out_of_time = tc.max_minutes and (time.time() - t_start) / 60 >= tc.max_minutes
-                    if preempt.requested:
+                    out_of_time = bool(tc.max_minutes) and (time.time() - t_start) / 60 >= tc.max_minutes
+                    preempted, out_of_time = agreed_stop(preempt.requested, out_of_time)
+                    if preempted:
                         status = "preempted"
                     elif out_of_time:
                         status = "time_limit"

@@ -3,6 +3,8 @@
 Trains the model the config describes (DALL·E model, VQGAN or CLIP: chosen by `model.kind`) with the one train
 loop; the same command resumes an interrupted run. Multi-host: pass --coordinator/--num_processes/--process_id
 (or DALLE_COORDINATOR=host:port, DALLE_NUM_PROCESSES, DALLE_PROCESS_ID; `auto` on TPU pods) on every host.
+Exit codes: 0 finished (or stopped at its time budget, model exported), 1 diverged or cannot resume, 2 bad config,
+75 preempted by SIGTERM (checkpoint saved on every host; requeue the same command).
 """
 
 from __future__ import annotations
@@ -25,7 +27,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", help="host:port of process 0 for multi-host runs ('auto' on TPU pods)")
     p.add_argument("--num_processes", type=int)
     p.add_argument("--process_id", type=int)
+    p.add_argument("--heartbeat_timeout_s", type=int, default=None,
+                   help="multi-host: a process silent this long counts as dead and the run stops with an error on "
+                        "every host (default: $DALLE_HEARTBEAT_TIMEOUT_S or 60)")
     return p
+
+
+# A preempted run (SIGTERM) saved its checkpoint and must be requeued: a distinct non-zero code (sysexits'
+# EX_TEMPFAIL, "try again later") so that a scheduler restarts it instead of counting it as finished.
+EXIT_PREEMPTED = 75
+
+
+def exit_code(status: str) -> int:
+    """The process exit code of a finished `loop.train` (RunResult.status)."""
+    return EXIT_PREEMPTED if status == "preempted" else 0
 
 
 def main(argv: Sequence[str]) -> int:
@@ -46,7 +61,8 @@ def main(argv: Sequence[str]) -> int:
             return subprocess.call([sys.executable, "-m", "dalle", "train", *argv], env=env)
     from dalle.train import distributed
 
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                           heartbeat_timeout_s=args.heartbeat_timeout_s)
     try:
         config = config_lib.load_config(args.config, overrides)
     except config_lib.ConfigError as e:
@@ -73,5 +89,6 @@ def main(argv: Sequence[str]) -> int:
         print(f"stopped at the time budget (train.max_minutes) at step {result.step}; model in {model_dir}; "
               f"the same command with a larger --config.train.max_minutes continues the run")
     else:
-        print(f"{result.status} at step {result.step}; run the same command to resume")
-    return 0
+        print(f"{result.status} at step {result.step}; checkpoint saved, run the same command to resume "
+              f"(exit code {exit_code(result.status)})")
+    return exit_code(result.status)
