@@ -1,10 +1,11 @@
 """Builds and registers the C++ XLA:CPU custom calls in this package (compiled on first use, then cached).
 
 Each `<name>.cc` here is compiled with the system C++ compiler (`$CXX`, default `g++`, `-O3 -march=native`) into
-`$DALLE_KERNEL_CACHE` (default `~/.cache/dalle/kernels`, else a temporary directory), keyed by a hash of the
-source and the package's headers, the flags and the jax version, and its FFI handlers are registered with XLA:CPU. Where that cannot work
-(another backend, no compiler, a failed build, `DALLE_NATIVE_KERNELS=0`) `available(name)` is False and the reason
-is logged once; callers then stay on XLA's own ops.
+`$DALLE_KERNEL_CACHE` (default `~/.cache/dalle/kernels`, else a per-user temporary directory; each used only if
+it is a 0700-style folder this user owns), keyed by a hash of the source and the package's headers, the flags, the
+jax version and the host CPU that `-march=native` targets, and its FFI handlers are registered with XLA:CPU.
+Where that cannot work (another backend, no compiler, a failed build, `DALLE_NATIVE_KERNELS=0`) `available(name)`
+is False and the reason is logged once; callers then stay on XLA's own ops.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 
@@ -30,18 +33,67 @@ class KernelUnavailable(RuntimeError):
     pass
 
 
+def _private_dir(d: str) -> bool:
+    """Creates `d` (mode 0700) and accepts it only if it is a real directory that this user owns and nobody else
+    can write to: a shared or planted folder could hand us a library that runs someone else's code."""
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        st = os.lstat(d)
+    except OSError:
+        return False
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        log.warning("kernel cache %s is not a directory owned by this user; not using it", d)
+        return False
+    if st.st_mode & 0o022:
+        try:
+            os.chmod(d, st.st_mode & ~0o022)
+        except OSError:
+            return False
+    return os.access(d, os.W_OK)
+
+
 def _cache_dir() -> str:
     for d in (os.environ.get("DALLE_KERNEL_CACHE"), os.path.join(os.path.expanduser("~"), ".cache", "dalle", "kernels"),
               os.path.join(tempfile.gettempdir(), f"dalle-kernels-{os.getuid()}")):
-        if not d:
-            continue
-        try:
-            os.makedirs(d, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(d, os.W_OK):
+        if d and _private_dir(d):
             return d
-    raise KernelUnavailable("no writable directory for compiled kernels (set DALLE_KERNEL_CACHE)")
+    raise KernelUnavailable("no private writable directory for compiled kernels (set DALLE_KERNEL_CACHE to a "
+                            "folder you own)")
+
+
+@functools.lru_cache(maxsize=None)
+def host_target(cxx: str) -> str:
+    """What `-march=native` means on this machine: the compiler's resolved target options (GCC), else the CPU's
+    model and feature flags. Part of the cache key, so that a cache shared between machines (an NFS home) never
+    hands one CPU a library built for another's instruction set."""
+    try:
+        out = subprocess.run([cxx, "-march=native", "-Q", "--help=target"], capture_output=True, text=True,
+                             timeout=30)
+        if out.returncode == 0 and "-march=" in out.stdout:
+            return out.stdout
+    except (OSError, subprocess.SubprocessError):
+        pass
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu += "".join(sorted({line for line in f if line.split(":")[0].strip() in ("model name", "flags",
+                                                                                       "Features")}))
+    except OSError:
+        pass
+    return cpu
+
+
+def library_name(source: str, cxx: str) -> str:
+    """`<name>-<key>.so`: the key hashes the source and the headers next to it (e.g. parallel.h), the compiler and
+    flags, the jax version and the host CPU target."""
+    text = b""
+    folder = os.path.dirname(source)
+    for path in [source] + sorted(os.path.join(folder, h) for h in os.listdir(folder) if h.endswith(".h")):
+        with open(path, "rb") as f:
+            text += f.read()
+    key = hashlib.sha256(text + " ".join((cxx,) + _FLAGS).encode() + jax.__version__.encode()
+                         + host_target(cxx).encode()).hexdigest()[:16]
+    return f"{os.path.splitext(os.path.basename(source))[0]}-{key}.so"
 
 
 def build(source: str) -> str:
@@ -50,15 +102,8 @@ def build(source: str) -> str:
     cxx = shutil.which(compiler)
     if cxx is None:
         raise KernelUnavailable(f"no C++ compiler: {compiler!r} is not on PATH")
-    # The source and the headers next to it (e.g. parallel.h) make the cache key.
-    text = b""
-    folder = os.path.dirname(source)
-    for path in [source] + sorted(os.path.join(folder, h) for h in os.listdir(folder) if h.endswith(".h")):
-        with open(path, "rb") as f:
-            text += f.read()
-    key = hashlib.sha256(text + " ".join((cxx,) + _FLAGS).encode() + jax.__version__.encode()).hexdigest()[:16]
     out_dir = _cache_dir()
-    lib = os.path.join(out_dir, f"{os.path.splitext(os.path.basename(source))[0]}-{key}.so")
+    lib = os.path.join(out_dir, library_name(source, cxx))
     if os.path.exists(lib):
         return lib
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
