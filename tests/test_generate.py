@@ -73,10 +73,33 @@ def test_prompts_that_clean_to_nothing_are_refused_not_sampled_unconditionally(m
     (["generate", "x", "--n", "0"], "--n = 0 must be >= 1"),
     (["generate", "x", "--n", "2", "--top", "3"], "--top = 3"),
     (["generate", "x", "--checkpoint", "/nonexistent/ckpt"], "make demo"),
+    (["generate", "x", "--seed", "9" * 400], "--seed = 999"),
+    (["generate", "x", "--seed", "-1"], "--seed = -1 must be between 0 and 2147483647"),
+    (["generate", "x", "--out", "/dev/null/grid.png"], "--out '/dev/null/grid.png': cannot create the folder '/dev/null'"),
+    (["generate", "x", "--out", "/"], "--out '/' is a folder"),
+    (["generate", "x", "--out-dir", "/dev/null/imgs"], "--out-dir '/dev/null/imgs': cannot create the folder"),
+    (["generate", "--prompts-file", "/"], "--prompts-file '/' does not exist or is not a file"),
 ])
 def test_errors_a_user_can_act_on(argv, needle, capsys):
     assert cli.main(argv) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_unreadable_prompts_files(tmp_path, capsys):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    assert cli.main(["generate", "--prompts-file", str(bad)]) == 2
+    assert "is not UTF-8 text (byte 3)" in capsys.readouterr().err
+
+
+def test_a_prompts_file_without_read_permission(tmp_path, capsys):
+    locked = tmp_path / "locked.txt"
+    locked.write_text("a red circle\n")
+    os.chmod(locked, 0)
+    if os.access(locked, os.R_OK):  # root reads anything
+        pytest.skip("running as root: permissions are not enforced")
+    assert cli.main(["generate", "--prompts-file", str(locked)]) == 2
+    assert "cannot be read" in capsys.readouterr().err
 
 
 def test_bad_numbers_and_long_prompt(model_dir, capsys, tmp_path):

@@ -47,13 +47,43 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+MAX_SEED = 2 ** 31 - 1  # seeds are int32 in jax's PRNG; prompt i samples with (seed + i) mod 2**31
+
+
+def check_writable_dir(flag: str, directory: str) -> None:
+    """Creates `directory` if needed; ValueError naming `flag` when it cannot be written to."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{flag} {directory!r}: cannot create the folder {directory!r} ({e.strerror})") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {directory!r}: the folder {directory!r} is not writable")
+
+
+def check_writable_file(flag: str, path: str) -> None:
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a folder; give a file name such as grid.png")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        check_writable_dir(flag, folder)
+    except ValueError as e:
+        raise ValueError(f"{flag} {path!r}: {str(e).split(': ', 1)[1]}") from None
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {path!r} exists and is not writable")
+
+
 def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompts)
     if args.prompts_file:
         if not os.path.isfile(args.prompts_file):
-            raise ValueError(f"--prompts-file {args.prompts_file!r} does not exist")
-        with open(args.prompts_file, encoding="utf-8") as f:
-            prompts += [line.strip() for line in f if line.strip()]
+            raise ValueError(f"--prompts-file {args.prompts_file!r} does not exist or is not a file")
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                prompts += [line.strip() for line in f if line.strip()]
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--prompts-file {args.prompts_file!r} is not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise ValueError(f"--prompts-file {args.prompts_file!r} cannot be read: {e.strerror}") from None
     if not prompts:
         raise ValueError("no prompt given: dalle generate \"a red circle\" (or --prompts-file FILE)")
     for i, p in enumerate(prompts):
@@ -73,6 +103,12 @@ def main(argv: Sequence[str]) -> int:
             raise ValueError(f"--top = {args.top} must be between 0 (all) and --n = {args.n}")
         if args.scale < 1:
             raise ValueError(f"--scale = {args.scale} must be >= 1")
+        if not 0 <= args.seed <= MAX_SEED:
+            raise ValueError(f"--seed = {str(args.seed)[:30]} must be between 0 and {MAX_SEED}")
+        # Before sampling, which may take minutes: where the images go must be writable.
+        check_writable_file("--out", args.out)
+        if args.out_dir:
+            check_writable_dir("--out-dir", args.out_dir)
     except ValueError as e:
         print(f"dalle generate: error: {e}", file=sys.stderr)
         return 2
@@ -102,7 +138,7 @@ def main(argv: Sequence[str]) -> int:
         warnings.simplefilter("always")
         try:
             for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="prompt", file=sys.stderr)):
-                images = gen.images([prompt], num_images=settings.candidates, seed=args.seed + i,
+                images = gen.images([prompt], num_images=settings.candidates, seed=(args.seed + i) % (MAX_SEED + 1),
                                     **settings.sampler_kwargs())
                 if scorer is not None:
                     order = scorer(prompt, images)[:keep]
@@ -116,13 +152,15 @@ def main(argv: Sequence[str]) -> int:
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     grid = generation.make_grid(np.concatenate(rows), cols=keep)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    generation.save_png(args.out, grid, scale=args.scale)
-    if args.out_dir:
-        os.makedirs(args.out_dir, exist_ok=True)
-        for i, (prompt, imgs) in enumerate(zip(names, rows)):
-            for j, img in enumerate(imgs):
-                generation.save_png(os.path.join(args.out_dir, f"{i:03d}_{j:02d}.png"), img, scale=args.scale)
+    try:
+        generation.save_png(args.out, grid, scale=args.scale)
+        if args.out_dir:
+            for i, (prompt, imgs) in enumerate(zip(names, rows)):
+                for j, img in enumerate(imgs):
+                    generation.save_png(os.path.join(args.out_dir, f"{i:03d}_{j:02d}.png"), img, scale=args.scale)
+    except OSError as e:
+        print(f"dalle generate: error: cannot write {e.filename or args.out!r}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"wrote {args.out} ({len(prompts)} prompt(s) x {keep} image(s)"
           f"{', reranked by CLIP' if scorer else ''})")
     return 0
