@@ -15,6 +15,7 @@ import difflib
 import importlib
 import importlib.util
 import dataclasses
+import math
 import os
 from typing import Any, Callable, Iterable, Sequence
 
@@ -283,6 +284,9 @@ def _merge(defaults: ConfigDict, given: ConfigDict, prefix: str, errors: list[st
             continue
         if not _type_ok(default, value):
             errors.append(f"{name!r} = {value!r} has type {type(value).__name__}, expected {type(default).__name__}")
+            continue
+        if isinstance(value, float) and math.isnan(value):
+            errors.append(f"{name!r} = nan is not a number")
             continue
         if isinstance(default, float) and isinstance(value, int):
             value = float(value)

@@ -186,8 +186,16 @@ def rules_from_config(*configs: Any) -> tuple[tuple[str, Any], ...]:
 def batch_shards(mesh: Mesh, rules: LogicalRules) -> int:
     """How many ways the `batch` logical axis is split on `mesh` under `rules` (the product of the sizes of the
     mesh axes it maps to): global batches must have a multiple of this many rows."""
-    spec = logical_to_spec(("batch",), rules, mesh)
-    return math.prod(mesh.shape[a] for a in _as_tuple(spec[0] if len(spec) else None))
+    return logical_axis_shards("batch", rules, dict(mesh.shape))
+
+
+def logical_axis_shards(name: str, rules: LogicalRules, axis_sizes: Mapping[str, int]) -> int:
+    """How many ways logical axis `name` is split over mesh axes of these sizes (no devices needed: config
+    validation uses it for meshes it has not built)."""
+    table: dict[str, Any] = {}
+    for rule_name, target in rules:
+        table.setdefault(rule_name, target)
+    return math.prod(axis_sizes[a] for a in dict.fromkeys(_as_tuple(table.get(name))) if a in axis_sizes)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -52,11 +52,22 @@ def test_override_of_schema_key_absent_from_file():
         ("--config.mesh.shape=(4,4,4)", r"mesh.shape \(4, 4, 4\) needs 64 devices but there are 8"),
         ("--config.mesh.shape=(-1,-1,1)", "more than one -1"),
         ("--config.train", "not of the form"),
+        ("--config.train.batch_size=12", r"train.batch_size = 12 does not split over the 8 batch shards of mesh "
+                                         r"\{'data': 8, 'fsdp': 1, 'model': 1\}: use a multiple of 8"),
+        ("--config.train.optimizer.lr=nan", "'train.optimizer.lr' = nan is not a number"),
     ],
 )
 def test_validation_errors_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle):
         config_lib.load_config(EXAMPLE, [override])
+
+
+def test_microbatches_must_split_over_the_batch_shards():
+    with pytest.raises(ConfigError, match=r"train.batch_size = 16 \(microbatches of 4\) does not split over the 8"):
+        config_lib.load_config(EXAMPLE, ["--config.train.batch_size=16", "--config.train.grad_accum_steps=4"])
+    ok = config_lib.load_config(EXAMPLE, ["--config.train.batch_size=16", "--config.train.grad_accum_steps=4",
+                                          "--config.mesh.shape=(2,1,4)"])  # batch -> (data, fsdp): 2 shards
+    assert ok.train.batch_size == 16 and ok.train.grad_accum_steps == 4 and tuple(ok.mesh.shape) == (2, 1, 4)
 
 
 def _write(tmp_path, body):

@@ -117,6 +117,35 @@ def check_train(t: ConfigDict, _: ConfigDict):
         yield "train.freeze_encoder and train.embeddings_only are mutually exclusive"
 
 
+def check_batch_against_mesh(config: ConfigDict, _: ConfigDict):
+    """Every microbatch must split evenly over the mesh axes `batch` maps to, and the global batch over the
+    processes: otherwise the first step fails deep inside jax with a shape error."""
+    if "train" not in config or "mesh" not in config:
+        return
+    t, mesh = config.train, config.mesh
+    if t.batch_size <= 0 or t.grad_accum_steps <= 0 or t.batch_size % t.grad_accum_steps:
+        return  # check_train reports these
+    import jax
+
+    from dalle import sharding
+
+    try:
+        shape = sharding.resolve_mesh_shape(mesh.axes, mesh.shape, mesh.target_devices or jax.device_count())
+    except sharding.ShardingError:
+        return  # check_mesh reports it
+    sizes = dict(zip(mesh.axes, shape))
+    shards = sharding.logical_axis_shards("batch", sharding.rules_from_config(config), sizes)
+    micro = t.batch_size // t.grad_accum_steps
+    if micro % shards:
+        per = f" (microbatches of {micro})" if t.grad_accum_steps > 1 else ""
+        yield (f"train.batch_size = {t.batch_size}{per} does not split over the {shards} batch shards of mesh "
+               f"{dict(sizes)}: use a multiple of {shards}")
+    processes = jax.process_count()
+    if not mesh.target_devices and t.batch_size % processes:
+        yield f"train.batch_size = {t.batch_size} does not split over the {processes} processes"
+
+
+config_lib.register_global_check(check_batch_against_mesh)
 config_lib.register_schema("", root_defaults)
 config_lib.register_schema("mesh", mesh_defaults, check_mesh)
 config_lib.register_schema("train", train_defaults, check_train)
