@@ -96,6 +96,18 @@ def test_resume_skips_finished_shards(shapes, tmp_path):
                           codebook_size=1, process_index=0, process_count=1, progress=False)
 
 
+def test_another_vqgan_is_refused_even_before_the_first_run_finished(shapes, tmp_path):
+    """info.json is written at the end; the VQGAN's hash is recorded before the first shard."""
+    config = _with(shapes, encoded_dir=str(tmp_path / "e"))
+    encode.run_encode(config, fake_encoder, vqgan_config=FAKE_VQGAN_CONFIG, codebook_size=64, process_index=0,
+                      process_count=1, progress=False, max_shards=1)
+    os.remove(tmp_path / "e" / encode.INFO_FILE)  # as if killed before the end
+    other = data_helpers.ConfigDict({"model": {"n_embed": 1}})
+    with pytest.raises(ValueError, match="config hash .*encoder.json.*use another data.encoded_dir"):
+        encode.run_encode(config, fake_encoder, vqgan_config=other, codebook_size=1, process_index=0,
+                          process_count=1, progress=False)
+
+
 def test_each_process_encodes_its_own_shards(shapes, tmp_path):
     config = _with(shapes, encoded_dir=str(tmp_path / "mp"))
     seen = {0: [], 1: []}

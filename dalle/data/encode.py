@@ -38,6 +38,9 @@ from ml_collections import ConfigDict
 log = logging.getLogger(__name__)
 
 INFO_FILE = "info.json"
+# Written before the first shard: which VQGAN this directory's codes come from, so that a resumed job with another
+# VQGAN is refused even when the first run died before info.json (written at the end) existed.
+ENCODER_FILE = "encoder.json"
 EXTENSIONS = {"tfrecord": ".tfrecord", "array_record": ".array_record"}
 Encoder = Callable[[np.ndarray], np.ndarray]  # uint8 [B, H, W, 3] -> int32 [B, h, w]
 
@@ -207,7 +210,7 @@ def run_encode(
     out_dir = os.path.abspath(data.encoded_dir)
     os.makedirs(out_dir, exist_ok=True)
     vq_hash = config_hash(vqgan_config) if vqgan_config is not None else ""
-    _check_existing(out_dir, vq_hash)
+    _check_existing(out_dir, vq_hash, process_index)
     splits = [s for s in data.encode_splits if s in builder.info.splits]
     if not splits:
         raise ValueError(f"none of data.encode_splits {tuple(data.encode_splits)} is in dataset {builder.name!r} "
@@ -294,15 +297,24 @@ def _local_batch_size(config: ConfigDict, process_count: int) -> int:
     return global_batch // process_count
 
 
-def _check_existing(out_dir: str, vq_hash: str) -> None:
-    """Refuses to resume into a directory encoded with another VQGAN."""
-    path = os.path.join(out_dir, INFO_FILE)
-    if vq_hash and os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f).get("vqgan_config_hash")
-        if old and old != vq_hash:
-            raise ValueError(f"{out_dir!r} was encoded with a VQGAN of config hash {old}, this one is {vq_hash}: "
-                             "use another data.encoded_dir")
+def _check_existing(out_dir: str, vq_hash: str, process_index: int = 0) -> None:
+    """Refuses to resume into a directory encoded with another VQGAN; claims a new one for this VQGAN."""
+    if not vq_hash:
+        return
+    for name in (ENCODER_FILE, INFO_FILE):
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                old = json.load(f).get("vqgan_config_hash")
+            if old and old != vq_hash:
+                raise ValueError(f"{out_dir!r} holds codes of a VQGAN with config hash {old} ({name}), this one is "
+                                 f"{vq_hash}: use another data.encoded_dir")
+    path = os.path.join(out_dir, ENCODER_FILE)
+    if process_index == 0 and not os.path.isfile(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"vqgan_config_hash": vq_hash}, f)
+        os.replace(tmp, path)
 
 
 def _progress(enabled: bool, total: int):
