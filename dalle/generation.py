@@ -110,6 +110,10 @@ class Generator:
             if not given[key] and ("data" not in config or not config.data.get(key)):
                 raise GenerationError(f"{directory}: its config has no data.{key}; it cannot turn prompts into "
                                       f"images")
+            if not given[key]:  # the model's own paths: found from wherever the command runs
+                config.data[key] = checkpoint.resolve_path(directory, config.data[key])
+        if "sampling" in config and config.sampling.get("clip_checkpoint"):
+            config.sampling.clip_checkpoint = checkpoint.resolve_path(directory, config.sampling.clip_checkpoint)
         return cls.from_parts(config, params, mesh, tokenizer_path, vqgan_checkpoint, decode_kernels=decode_kernels)
 
     # --- text ------------------------------------------------------------------------------------------------

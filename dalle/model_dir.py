@@ -123,6 +123,25 @@ def set_config_section(directory: str, section: str, values: dict, extra: dict |
     return path
 
 
+def resolve_path(directory: str, path: str) -> str:
+    """A path stored in the config of the model in `directory` (a tokenizer, a VQGAN, a CLIP): training writes
+    them relative to where it ran (e.g. `outputs/demo/tokenizer/spm.model`), so a relative path is looked up
+    under the model directory and each folder above it (nearest first), then under the current directory; the
+    first that exists wins. Absolute or unfound paths come back unchanged, for the caller's error message."""
+    if not path or os.path.isabs(path):
+        return path
+    here = os.path.abspath(directory)
+    while True:
+        candidate = os.path.join(here, path)
+        if os.path.exists(candidate):
+            return candidate
+        parent = os.path.dirname(here)
+        if parent == here:
+            break
+        here = parent
+    return os.path.abspath(path) if os.path.exists(path) else path
+
+
 def _tuplify(x: Any) -> Any:
     """JSON turns tuples into lists; configs use tuples."""
     if isinstance(x, dict):

@@ -160,3 +160,28 @@ def test_flags_override_the_model_sampling_section(model_dir, tmp_path, monkeypa
     assert np.asarray(Image.open(out)).shape == (32 + 2 * 2, 3 * 32 + 4 * 2, 3)  # all 3 kept
     assert cli.main(base + ["--top", "3"]) == 2
     assert "--top = 3 must be between 0 (keep all) and the model's sampling.candidates = 2" in capsys.readouterr().err
+
+
+def test_paths_in_a_model_config_resolve_from_any_directory(model_dir, tmp_path, monkeypatch):
+    """Training stores paths relative to where it ran (outputs/demo/...): generation finds them from the model
+    directory upwards, whatever the current directory."""
+    import shutil
+
+    config, params = checkpoint.load_model(model_dir)
+    proj = tmp_path / "proj"
+    shutil.copytree(config.data.vqgan_checkpoint, proj / "vqgan")
+    (proj / "tok").mkdir()
+    shutil.copy(config.data.tokenizer_path, proj / "tok" / "spm.model")
+    (proj / "clip").mkdir()
+    config.data.tokenizer_path = "proj/tok/spm.model"  # as written by a run started in tmp_path
+    config.data.vqgan_checkpoint = "proj/vqgan"
+    config.sampling = {"clip_checkpoint": "proj/clip"}
+    moved = checkpoint.save_model(str(proj / "runs" / "dalle" / "model"), params, config)
+    monkeypatch.chdir(tmp_path / "proj" / "tok")  # nowhere near the paths' root
+    gen = generation.Generator.from_checkpoint(moved)
+    assert gen.config.data.tokenizer_path == str(proj / "tok" / "spm.model")
+    assert gen.config.data.vqgan_checkpoint == str(proj / "vqgan")
+    assert gen.config.sampling.clip_checkpoint == str(proj / "clip")
+    assert gen.tokenize(["a red circle"]).tokens.shape[0] == 1
+    assert checkpoint.resolve_path(moved, "no/such/file") == "no/such/file"
+    assert checkpoint.resolve_path(moved, "/abs/path") == "/abs/path"

@@ -409,9 +409,11 @@ def load_clip(directory: str, tokenizer_path: str = "") -> LoadedCLIP:
         raise checkpoint.CheckpointError(f"{directory!r} holds a model of kind "
                                          f"{None if m is None else m.get('kind')!r}, not clip")
     if not m.get("tokenizer_path") and "data" in config and config.data.get("tokenizer_path"):
-        tokenizer_path = tokenizer_path or config.data.tokenizer_path
+        tokenizer_path = tokenizer_path or checkpoint.resolve_path(directory, config.data.tokenizer_path)
     from dalle.tokenizers.sentencepiece import EOS_ID
 
     mc = resolve_eos(m.to_dict(), EOS_ID)
+    if mc.get("tokenizer_path"):
+        mc["tokenizer_path"] = checkpoint.resolve_path(directory, mc["tokenizer_path"])
     return LoadedCLIP(CLIP(mc), params, make_tokenizer(mc, tokenizer_path),
                       schema.backbone_name(schema.complete_clip_config(ConfigDict(mc))))
