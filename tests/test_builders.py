@@ -244,6 +244,25 @@ def test_parquet_builder(tmp_path):
     assert "hf style" in {c for _, c in _read(dc).values()}
 
 
+def test_captions_that_are_not_text_or_not_utf8_are_counted(tmp_path):
+    """A number where a caption should be is skipped (never crashes the build); bytes that are not UTF-8 are kept
+    with replacement characters and counted."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    red = _good_images()["red"][0]
+    (tmp_path / "pq").mkdir()
+    pq.write_table(pa.table({"jpg": [red, red], "caption": [7, 8]}), tmp_path / "pq" / "00000.parquet")
+    pq.write_table(pa.table({"jpg": [red, red], "caption": [b"caf\xe9 rouge", "a red square"]}),
+                   tmp_path / "pq" / "00001.parquet")
+    dc = _data_config(source="parquet", path=str(tmp_path / "pq"), data_dir=str(tmp_path / "tfds"))
+    result = build.build_dataset(dc)
+    assert result["examples"] == 2 and result["skipped"] == {"caption_not_text": 2}
+    assert result["converted"]["caption_bad_encoding"] == 1
+    captions = sorted(c for _, c in _read(dc).values())
+    assert captions == ["a red square", "caf\ufffd rouge"]
+
+
 @pytest.mark.parametrize("naming", ["index", "sha1"])
 def test_cc_tsv_builder(tmp_path, naming):
     imgs = tmp_path / "images"

@@ -122,6 +122,25 @@ class RealDataBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         Problems found while listing (missing caption files, corrupt shards) are counted in `self.stats` here.
         """
 
+    def _caption_text(self, key: str, caption: Any) -> str | None:
+        """The caption as text, or None (skipped and counted): a source may hold bytes, numbers or nothing where
+        a caption should be. Bytes that are not UTF-8, and text that already carries U+FFFD replacement characters
+        (decoded with errors="replace" by a reader), are kept and counted as `caption_bad_encoding`."""
+        if caption is None:
+            self.stats.skip(key, "missing_caption")
+            return None
+        if isinstance(caption, bytes):
+            try:
+                caption = caption.decode("utf-8")
+            except UnicodeDecodeError:
+                caption = caption.decode("utf-8", errors="replace")
+        if not isinstance(caption, str):
+            self.stats.skip(f"{key} ({type(caption).__name__} {str(caption)[:40]!r})", "caption_not_text")
+            return None
+        if "\ufffd" in caption:
+            self.stats.report(key, "caption_bad_encoding")
+        return caption
+
     def _generate_examples(self, split: str):
         seen: set[str] = set()
         for key, image, caption in self._iter_raw():
@@ -131,8 +150,8 @@ class RealDataBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 self.stats.skip(key, "duplicate_key")
                 continue
             seen.add(key)
+            caption = self._caption_text(key, caption)
             if caption is None:
-                self.stats.skip(key, "missing_caption")
                 continue
             caption = caption.strip()
             if not caption:
