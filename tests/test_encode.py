@@ -192,3 +192,29 @@ def test_dalle_encode_cli_with_cpu_vqgan(shapes, tmp_path, capsys):
     batch = next(ds.batch(4).as_numpy_iterator())
     assert batch["text_tokens"].shape == (4, data.max_text_length) and batch["image_tokens"].shape == (4, 64)
     np.testing.assert_array_equal(batch["image_tokens"], got[:4])
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_two_processes_need_one_shared_output_folder(tmp_path, shared):
+    """Two live processes: a folder both see passes; one folder per process (no shared filesystem) is refused by
+    both, with the same error, before any shard is encoded."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "encode_dir_worker.py")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    folders = [tmp_path / "enc"] * 2 if shared else [tmp_path / "host0", tmp_path / "host1"]
+    procs = [subprocess.Popen([sys.executable, worker, str(i), str(port), str(folders[i])], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        if shared:
+            assert "SHARED" in out, out[-3000:]
+        else:
+            assert "REFUSED" in out and "is not one folder that every process sees (process(es) [1]" in out, out
+    assert not any(f.name.startswith(".shared-check") for folder in set(folders) for f in folder.iterdir())

@@ -209,6 +209,11 @@ def run_encode(
     fmt = data.encoded_format
     out_dir = os.path.abspath(data.encoded_dir)
     os.makedirs(out_dir, exist_ok=True)
+    if process_count > 1:
+        import jax
+
+        if jax.process_count() == process_count:  # a live multi-process run (tests simulate processes in one)
+            check_shared_dir(out_dir, process_index)
     vq_hash = config_hash(vqgan_config) if vqgan_config is not None else ""
     _check_existing(out_dir, vq_hash, process_index)
     splits = [s for s in data.encode_splits if s in builder.info.splits]
@@ -325,6 +330,35 @@ def _progress(enabled: bool, total: int):
     except ImportError:  # pragma: no cover
         return None
     return tqdm(total=total, unit="img", desc="encode", dynamic_ncols=True, mininterval=1.0)
+
+
+def check_shared_dir(out_dir: str, process_index: int) -> None:
+    """Every process must see the same `data.encoded_dir`: which shards are done is read from its files, so hosts
+    that each see their own folder would pick different work and wait on each other forever. Process 0 writes a
+    random token there; every process reads it back; any miss stops all of them with the same error."""
+    from jax.experimental import multihost_utils
+
+    token = np.frombuffer(os.urandom(8), np.uint32) if process_index == 0 else np.zeros(2, np.uint32)
+    token = np.asarray(multihost_utils.broadcast_one_to_all(token))
+    path = os.path.join(out_dir, f".shared-check-{token[0]:08x}{token[1]:08x}")
+    if process_index == 0:
+        with open(path, "w") as f:
+            f.write(f"{token[0]:08x}{token[1]:08x}")
+    multihost_utils.sync_global_devices("dalle_encode_shared_check_written")
+    try:
+        with open(path) as f:
+            seen = f.read() == f"{token[0]:08x}{token[1]:08x}"
+    except OSError:
+        seen = False
+    everyone = np.asarray(multihost_utils.process_allgather(np.asarray([seen], np.int32))).reshape(-1)
+    multihost_utils.sync_global_devices("dalle_encode_shared_check_read")
+    if process_index == 0:
+        os.remove(path)
+    if not everyone.all():
+        blind = [int(i) for i in np.flatnonzero(everyone == 0)]
+        raise ValueError(f"data.encoded_dir = {out_dir!r} is not one folder that every process sees (process(es) "
+                         f"{blind} cannot read what process 0 wrote there): dalle encode keeps its per-shard "
+                         f"progress in that folder, so give it a shared filesystem path, or run one process")
 
 
 def _barrier(process_count: int) -> None:
