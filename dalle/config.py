@@ -85,9 +85,54 @@ def _load_schemas() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------------------------
+def packaged_configs_dir() -> str:
+    """The configs that ship with the package (`dalle/configs`: in a checkout a link to the repo's configs/)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def config_file(path: str) -> str:
+    """A config file from a path, or from a name of a packaged config: `shapes_tiny`, `eval/shapes`, or a
+    checkout-relative `configs/shapes_tiny.py` run from elsewhere (the pipeline configs name each other so)."""
+    if os.path.isfile(path):
+        return path
+    name = path[len("configs/"):] if path.startswith("configs/") else path
+    name = name[:-3] if name.endswith(".py") else name
+    candidate = os.path.join(packaged_configs_dir(), *name.split("/")) + ".py"
+    if name and not os.path.isabs(name) and os.path.isfile(candidate):
+        return candidate
+    known = [n for n, _ in list_configs()]
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else " (`dalle config list` shows the packaged configs)"
+    if "/" in path or path.endswith(".py"):
+        raise ConfigError(f"config file {path!r} does not exist, nor is {name!r} a packaged config name{hint}")
+    raise ConfigError(f"config {path!r} is neither a file nor a packaged config name{hint}")
+
+
+def list_configs() -> list[tuple[str, str]]:
+    """(name, first line of its docstring) of every packaged config with a get_config, read without running it."""
+    root = packaged_configs_dir()
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(("_", ".")))
+        for f in sorted(filenames):
+            if not f.endswith(".py") or f.startswith("_"):
+                continue
+            path = os.path.join(dirpath, f)
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    tree = ast.parse(fh.read())
+            except (OSError, SyntaxError):
+                continue
+            if not any(isinstance(n, ast.FunctionDef) and n.name == "get_config" for n in tree.body):
+                continue
+            doc = (ast.get_docstring(tree) or "").strip().splitlines()
+            name = os.path.relpath(path, root)[:-3].replace(os.sep, "/")
+            out.append((name, doc[0] if doc else ""))
+    return out
+
+
 def _import_file(path: str):
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist")
+    path = config_file(path)
     name = "dalle_config_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -98,7 +143,8 @@ def _import_file(path: str):
 
 
 def load_config(spec: str, overrides: Sequence[str] = (), validate_config: bool = True) -> ConfigDict:
-    """`spec` is `file.py` or `file.py:variant`; `overrides` are `--config.a.b=value` or `a.b=value` strings."""
+    """`spec` is `file.py`, `file.py:variant` or a packaged config's name (`shapes_tiny:multi`); `overrides` are
+    `--config.a.b=value` or `a.b=value` strings."""
     path, _, arg = spec.partition(":")
     module = _import_file(path)
     try:

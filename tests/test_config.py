@@ -171,3 +171,24 @@ def test_real_data_image_size_is_required_but_shapes_keeps_its_default():
     assert config_lib.validate(config_lib.ConfigDict({"data": {"source": "shapes"}})).data.image_size == 32
     c = config_lib.load_config("configs/real_data.py:csv", ["--config.data.image_size=64"])
     assert c.data.image_size == 64
+
+
+def test_packaged_configs_load_by_name_from_any_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # outside the checkout: configs/ is not here
+    by_name = config_lib.load_config("shapes_tiny:multi")
+    assert by_name.name == "shapes_tiny_multi"
+    assert config_lib.load_config("configs/shapes_tiny.py:multi").name == "shapes_tiny_multi"  # pipeline-style path
+    assert config_lib.load_config("eval/shapes").eval
+    with pytest.raises(ConfigError, match="'shapes_tny' is neither a file nor a packaged config name; did you mean "
+                                          "shapes_tiny"):
+        config_lib.load_config("shapes_tny")
+    names = dict(config_lib.list_configs())
+    assert "shapes_tiny" in names and "eval/shapes" in names and "model_presets" in names
+    assert names["shapes_tiny"].startswith("A text-to-image model")
+    from dalle import cli
+
+    assert cli.main(["config", "list"]) == 0 and "eval/emoji" in capsys.readouterr().out
+    assert cli.main(["--version"]) == 0
+    from dalle import __version__
+
+    assert capsys.readouterr().out.strip() == f"dalle {__version__}"

@@ -12,7 +12,7 @@ from typing import Sequence
 
 # name -> (module:function, one-line help). Nested commands (`dalle convert vqgan`) use "name sub".
 COMMANDS: dict[str, tuple[str, str]] = {
-    "config": ("dalle.cli:config_main", "load, validate and print a config (with variant and overrides)"),
+    "config": ("dalle.cli:config_main", "print a config (name or path, variant, overrides); `config list` lists them"),
     "data": ("dalle.data.build:main", "build a tfds dataset (captioned shapes, image folders, webdataset, ...)"),
     "tokenizer": ("dalle.tokenizers.sentencepiece:main", "train a sentencepiece tokenizer on a dataset's captions"),
     "encode": ("dalle.data.encode:main", "pre-encode a dataset's images to VQGAN tokens"),
@@ -30,7 +30,9 @@ def _usage() -> str:
     for name, (_, text) in COMMANDS.items():
         lines.append(f"  {name:10s} {text}")
     lines.append("")
-    lines.append("`dalle <command> --help` for a command's options.")
+    lines.append("`dalle <command> --help` for a command's options; `dalle --version` for the version.")
+    lines.append("Configs are named (`--config shapes_tiny:multi`, see `dalle config list`) or given by path, and")
+    lines.append("any config key is overridden on the command line: `--config.train.batch_size=32`.")
     return "\n".join(lines)
 
 
@@ -39,9 +41,20 @@ def config_main(argv: Sequence[str]) -> int:
 
     from dalle import config as config_lib
 
+    if list(argv[:1]) == ["list"]:
+        rows = config_lib.list_configs()
+        width = max(len(n) for n, _ in rows) if rows else 0
+        for name, doc in rows:
+            print(f"{name:{width}s}  {doc}")
+        return 0
     overrides, rest = config_lib.split_config_args(argv)
-    parser = argparse.ArgumentParser(prog="dalle config", description="Load, validate and print a config.")
-    parser.add_argument("--config", required=True, help="path/to/config.py[:variant]")
+    parser = argparse.ArgumentParser(
+        prog="dalle config", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Load, validate and print a config.",
+        epilog="examples:\n  dalle config list\n  dalle config --config shapes_tiny:multi\n"
+               "  dalle config --config configs/shapes_tiny.py --config.train.batch_size=32")
+    parser.add_argument("--config", required=True,
+                        help="a packaged config's name or a path/to/config.py, with an optional :variant")
     args = parser.parse_args(rest)
     try:
         config = config_lib.load_config(args.config, overrides)
@@ -56,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("--version", "-V", "version"):
+        from dalle import __version__
+
+        print(f"dalle {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
