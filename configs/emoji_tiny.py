@@ -78,7 +78,7 @@ def get_config(arg=None):
     c.train.eval_every = 500
     c.train.eval_batches = 4
     c.train.checkpoint_every = 250
-    c.train.sample_every = 0
+    c.train.sample_every = 500  # TensorBoard samples of sample_prompts (a few seconds each)
     c.train.sample_prompts = EXAMPLE_PROMPTS[:3]
     c.mesh = ConfigDict(dict(axes=("data", "fsdp", "model"), shape=(-1, 1, 1)))
     c.sampling = ConfigDict(dict(guidance=2.0, temperature=1.0, top_k=32, top_p=1.0, candidates=4, keep=1,

@@ -83,7 +83,7 @@ def get_config(arg=None):
     c.train.eval_every = 400
     c.train.eval_batches = 4
     c.train.checkpoint_every = 200
-    c.train.sample_every = 0
+    c.train.sample_every = 500  # TensorBoard samples of sample_prompts (a few seconds each)
     c.train.sample_prompts = ("a red circle", "a small blue square in the top left", "a large green star")
     c.mesh = ConfigDict(dict(axes=("data", "fsdp", "model"), shape=(-1, 1, 1)))
     # How the exported model samples by default (`dalle generate`, `dalle serve`, `dalle eval`): the CLIP-best of

@@ -177,3 +177,18 @@ def test_codebook_pixel_features_add_what_the_decoder_draws_for_each_code(base):
         dalle_task.codebook_features(base.data.vqgan_checkpoint, tiny_pipeline.CODES, dims, "codebook_pixels")
     with pytest.raises(ValueError, match="image_code_feature_source = 'pixels'"):
         dalle_task.codebook_features(base.data.vqgan_checkpoint, tiny_pipeline.CODES, dims, "pixels")
+
+
+def test_training_writes_image_samples_to_tensorboard(base, tmp_path):
+    """train.sample_every: the sample prompts drawn as the exported model would, as TensorBoard images."""
+    import glob
+
+    from tensorboard.backend.event_processing import event_accumulator
+
+    cfg = _with(base, num_steps=2, sample_every=2, sample_prompts=("a red circle", "a blue square"))
+    loop.train(cfg, str(tmp_path), DalleTask(cfg))
+    [events] = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+    acc = event_accumulator.EventAccumulator(events, size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert "samples" in tags.get("images", []) + tags.get("tensors", [])

@@ -84,7 +84,9 @@ def train_defaults() -> ConfigDict:
     c.log_every = 50
     c.eval_every = 500
     c.eval_batches = 4
-    c.sample_every = 0
+    # TensorBoard image samples every this many steps (0 = never): the text-to-image models draw one image per
+    # `sample_prompts` prompt, sampled as the exported model will be; the VQGAN shows reconstructions.
+    c.sample_every = 1000
     c.sample_prompts = ()
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
