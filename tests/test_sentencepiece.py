@@ -56,8 +56,10 @@ def test_dalle_tokenizer_train_cli_on_shapes(tmp_path, capsys):
     start = time.time()
     rc = tokenizer.main(["train", "--config", str(cfg), f"--config.data.tokenizer_path={out_path}"])
     seconds = time.time() - start
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert rc == 0, printed
+    assert "tokenizer: captions" in captured.err and "tokenizer: training sentencepiece" in captured.err
     info = json.loads(printed[printed.index("{\n"):])
     assert info["num_captions"] == data_helpers.SHAPES_SIZES["train_size"]
     vocab = tokenizer.load_vocabulary(str(out_path))

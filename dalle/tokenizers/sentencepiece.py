@@ -64,8 +64,10 @@ def train_tokenizer(
     normalizer: text_lib.NormalizerOptions = text_lib.NormalizerOptions(),
     max_sentences: int = 2_000_000,
     seed_sentencepiece_size: int = 1_000_000,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Trains and writes `model_path` (a `.model` file) and `model_path + '.json'`; returns that info dict."""
+    """Trains and writes `model_path` (a `.model` file) and `model_path + '.json'`; returns that info dict.
+    `progress`: a bar while captions are read and normalised, then a line around sentencepiece's own training."""
     import sentencepiece as spm
 
     if not model_path.endswith(".model"):
@@ -75,6 +77,11 @@ def train_tokenizer(
     count = 0
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
         corpus = f.name
+        if progress:
+            from tqdm import tqdm
+
+            captions = tqdm(captions, desc="tokenizer: captions", unit="caption", file=sys.stderr,
+                            total=max_sentences or None, dynamic_ncols=True, mininterval=1.0)
         for caption in captions:
             norm = text_lib.normalize_caption(caption, normalizer)
             if norm:
@@ -83,8 +90,13 @@ def train_tokenizer(
             if max_sentences and count >= max_sentences:
                 break
     try:
+        if progress and hasattr(captions, "close"):
+            captions.close()
         if count == 0:
             raise ValueError("no non-empty captions to train the tokenizer on")
+        if progress:
+            print(f"tokenizer: training sentencepiece ({model_type}, {vocab_size} pieces) on {count} captions...",
+                  file=sys.stderr, flush=True)
         spm.SentencePieceTrainer.train(
             input=corpus,
             model_prefix=model_path[: -len(".model")],
@@ -157,7 +169,7 @@ def check_normalizer(model_path: str, options: text_lib.NormalizerOptions) -> No
                          f"asks for {now} (differs in {sorted(diff)}); retrain it or change data.lowercase/...")
 
 
-def train_from_config(data_config: ConfigDict, output: str | None = None) -> dict[str, Any]:
+def train_from_config(data_config: ConfigDict, output: str | None = None, progress: bool = False) -> dict[str, Any]:
     path = output or data_config.tokenizer_path
     if not path:
         raise ValueError("no output path: set data.tokenizer_path or pass --output")
@@ -168,6 +180,7 @@ def train_from_config(data_config: ConfigDict, output: str | None = None) -> dic
         character_coverage=data_config.character_coverage,
         normalizer=text_lib.options_from_config(data_config),
         max_sentences=data_config.tokenizer_max_sentences,
+        progress=progress,
     )
     info["path"] = os.path.abspath(path)
     return info
@@ -186,7 +199,7 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         config = config_lib.load_config(args.config, overrides)
-        info = train_from_config(config.data, args.output)
+        info = train_from_config(config.data, args.output, progress=True)
     except (config_lib.ConfigError, ValueError, FileNotFoundError) as e:
         print(f"dalle tokenizer: error: {e}", file=sys.stderr)
         return 2
