@@ -13,12 +13,13 @@ An interrupted demo resumes: finished stages are skipped and the training stages
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from typing import Any, Callable, Sequence
+
+from dalle.cli.args import Parser
 
 # The subcommands the stages run (the same modules `dalle` dispatches to; named here, not imported from
 # dalle.cli, which itself dispatches to this module).
@@ -151,7 +152,8 @@ def main(argv: Sequence[str]) -> int:
     from dalle import config as config_lib
 
     overrides, rest = config_lib.split_config_args(list(argv))
-    p = argparse.ArgumentParser(prog="dalle demo", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="dalle demo", description=__doc__.split("\n\n")[0], takes_config=True,
+               examples="dalle demo --config emoji_tiny\ndalle demo --config shapes_tiny:multi,root=outputs/multi")
     p.add_argument("--config", default="configs/shapes_tiny.py",
                    help="the text-to-image recipe (its data paths; its pipeline() names the other stages)")
     p.add_argument("--root", default="", help="where every stage writes (default: the recipe's own root)")

@@ -9,7 +9,6 @@ skipped by reason, converted) in `build_stats.json` beside the dataset and in it
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from typing import Any, Sequence
 from ml_collections import ConfigDict
 
 from dalle import registry
+from dalle.cli.args import Parser
 from dalle.data import sources
 from dalle.data.npm import NpmError
 
@@ -96,7 +96,8 @@ def main(argv: Sequence[str]) -> int:
     from dalle import config as config_lib
 
     overrides, rest = config_lib.split_config_args(argv)
-    parser = argparse.ArgumentParser(prog="dalle data", description="Build the tfds dataset a config names.")
+    parser = Parser(prog="dalle data", description="Build the tfds dataset a config names.", takes_config=True,
+                    examples="dalle data --config emoji --config.data.cache_dir=~/.cache/dalle/npm")
     parser.add_argument("--config", required=True, help="path/to/config.py[:variant]")
     args = parser.parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

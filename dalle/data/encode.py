@@ -21,7 +21,6 @@ normalization, which makes them useless for conditional training.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -34,6 +33,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
+
+from dalle.cli.args import Parser
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +419,8 @@ def main(argv: Sequence[str]) -> int:
     from dalle import config as config_lib
 
     overrides, rest = config_lib.split_config_args(argv)
-    parser = argparse.ArgumentParser(prog="dalle encode", description="Pre-encode a dataset's images to VQGAN tokens.")
+    parser = Parser(prog="dalle encode", description="Pre-encode a dataset's images to VQGAN tokens.",
+                    takes_config=True)
     parser.add_argument("--config", required=True, help="path/to/config.py[:variant]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(rest)

@@ -7,13 +7,14 @@ Every key and shape is checked against dalle/eval/inception.py's table before an
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
+
+from dalle.cli.args import Parser
 
 
 def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -24,8 +25,7 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="dalle convert inception", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="dalle convert inception", description=__doc__)
     parser.add_argument("--from", dest="src", required=True, help="pt_inception-2015-12-05-*.pth (or an .npz)")
     parser.add_argument("--out", required=True, help="output model directory")
     args = parser.parse_args(argv)

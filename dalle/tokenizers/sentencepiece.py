@@ -11,7 +11,6 @@ words) yields a smaller model instead of an error; the actual size is printed an
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ml_collections import ConfigDict
 
+from dalle.cli.args import Parser
 from dalle.data import text as text_lib
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,8 @@ def main(argv: Sequence[str]) -> int:
     from dalle import config as config_lib
 
     overrides, rest = config_lib.split_config_args(argv)
-    parser = argparse.ArgumentParser(prog="dalle tokenizer", description="Tokenizer tools.")
+    parser = Parser(prog="dalle tokenizer", description="Tokenizer tools.", takes_config=True,
+                    examples="dalle tokenizer train --config shapes_tiny")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a sentencepiece model on the dataset's captions")
     train.add_argument("--config", required=True, help="path/to/config.py[:variant]")

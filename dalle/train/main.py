@@ -9,16 +9,19 @@ Exit codes: 0 finished (or stopped at its time budget, model exported), 1 diverg
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 from typing import Sequence
 
+from dalle.cli.args import Parser
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dalle train", description=__doc__.split("\n\n")[1])
+
+def _parser() -> Parser:
+    p = Parser(prog="dalle train", description=__doc__.split("\n\n")[1], takes_config=True,
+               examples="dalle train --config shapes_tiny --workdir runs/shapes\n"
+                        "dalle train --config dalle_mini --dry-run --config.mesh.target_devices=8")
     p.add_argument("--config", required=True, help="path/to/config.py[:variant]")
     p.add_argument("--workdir", help="where checkpoints, logs and the exported model go (required unless --dry_run)")
     p.add_argument("--dry_run", action="store_true",

@@ -13,7 +13,6 @@ without `-quickgelu` in their name use exact GELU, so for open_clip files `--act
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -24,6 +23,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from dalle import weights_files
+from dalle.cli.args import Parser
 
 OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # scalars in OpenAI's TorchScript archives
 IGNORED = ("attn_mask",)  # buffers that are not weights
@@ -151,8 +151,7 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], model: ConfigDict) -> dict[
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="dalle convert clip", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="dalle convert clip", description=__doc__)
     parser.add_argument("--from", dest="src", required=True, help="OpenAI .pt, open_clip .bin/.pt/.safetensors, .npz")
     parser.add_argument("--out", required=True, help="output model directory (dalle.model_dir format)")
     parser.add_argument("--allow_torchscript", action="store_true",

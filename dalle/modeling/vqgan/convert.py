@@ -13,7 +13,6 @@ taming training checkpoint are dropped, and reported); otherwise the error lists
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -24,6 +23,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from dalle import weights_files
+from dalle.cli.args import Parser
 
 _NUMBERED = re.compile(r"^(down|up|block|attn)_(\d+)$")
 # Entries of a taming training checkpoint that are not part of the autoencoder.
@@ -197,18 +197,38 @@ def config_from_taming_yaml(path: str) -> dict[str, Any]:
                 dropout=float(dd.get("dropout", 0.0)), n_embed=params["n_embed"], embed_dim=params["embed_dim"])
 
 
+# The architecture keys of a vqgan-jax `config.json` (VQGANConfig of patil-suraj/vqgan-jax): the required ones,
+# then the optional ones.
+VQGAN_JAX_KEYS = ("resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions",
+                  "z_channels", "n_embed", "embed_dim")
+VQGAN_JAX_OPTIONAL_KEYS = ("dropout", "resamp_with_conv")
+FLAX_WEIGHTS = "flax_model.msgpack"
+
+
+def is_vqgan_jax_dir(directory: str) -> bool:
+    """Whether `directory` holds a vqgan-jax checkpoint: flax weights and a config.json with every architecture
+    key (what dalle-mini's VQGAN repositories hold). Never raises: a folder that is not one is simply not one."""
+    cfg_path = os.path.join(directory, "config.json")
+    if not (os.path.isfile(cfg_path) and os.path.isfile(os.path.join(directory, FLAX_WEIGHTS))):
+        return False
+    try:
+        with open(cfg_path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and all(k in doc for k in VQGAN_JAX_KEYS)
+
+
 def config_from_vqgan_jax(path: str) -> dict[str, Any]:
     """The fields of a vqgan-jax `config.json` that define the architecture."""
     with open(path) as f:
         doc = json.load(f)
-    keys = ("resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions",
-            "z_channels", "n_embed", "embed_dim", "dropout", "resamp_with_conv")
-    missing = [k for k in keys[:10] if k not in doc]
+    missing = [k for k in VQGAN_JAX_KEYS if k not in doc]
     if missing:
         raise ConversionError(f"{path}: missing keys {missing} (is this a vqgan-jax config.json?)")
     if doc.get("double_z"):
         raise ConversionError(f"{path}: double_z is true; a VQGAN has double_z false")
-    out = {k: doc[k] for k in keys if k in doc}
+    out = {k: doc[k] for k in VQGAN_JAX_KEYS + VQGAN_JAX_OPTIONAL_KEYS if k in doc}
     out["ch_mult"] = tuple(out["ch_mult"])
     out["attn_resolutions"] = tuple(out["attn_resolutions"])
     return out
@@ -241,7 +261,7 @@ def load_source(src: str, taming_config: str = "", resolution: int = 256,
     from dalle.modeling.vqgan import model as vqgan_lib
 
     if os.path.isdir(src):
-        msgpack = os.path.join(src, "flax_model.msgpack")
+        msgpack = os.path.join(src, FLAX_WEIGHTS)
         cfg_json = os.path.join(src, "config.json")
         if not os.path.isfile(msgpack) or not os.path.isfile(cfg_json):
             raise ConversionError(f"{src!r} is a directory but not a vqgan-jax checkpoint "
@@ -266,7 +286,7 @@ def load_source(src: str, taming_config: str = "", resolution: int = 256,
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="dalle convert vqgan", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="dalle convert vqgan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--from", dest="src", required=True,
                         help="taming .ckpt/.pt/.npz state dict, or a vqgan-jax dir (config.json + flax_model.msgpack)")
     parser.add_argument("--out", required=True, help="output dalle model checkpoint directory")
@@ -277,16 +297,24 @@ def main(argv: Sequence[str]) -> int:
                         help="record the fixed quantizer loss weighting (published taming models use the legacy one)")
     args = parser.parse_args(list(argv))
     try:
-        params, config, ignored = load_source(args.src, args.taming_config, args.resolution,
-                                              legacy_loss=not args.no_legacy_loss)
+        summary = write_converted(args.src, args.out, args.taming_config, args.resolution,
+                                  legacy_loss=not args.no_legacy_loss)
     except ConversionError as e:
         print(f"dalle convert vqgan: {e}", file=sys.stderr)
         return 1
+    print(f"wrote {args.out}: {summary}")
+    return 0
+
+
+def write_converted(src: str, out: str, taming_config: str = "", resolution: int = 256,
+                    legacy_loss: bool = True) -> str:
+    """Converts `src` (see `load_source`) into the dalle model directory `out`; returns a one-line summary. Also
+    what `dalle convert dalle-mini` runs on the vqgan-jax checkpoint it finds next to dalle-mini's weights."""
     from dalle import model_dir as checkpoint
     from dalle.modeling.vqgan import model as vqgan_lib
 
-    checkpoint.save_model(args.out, params, config, extra={"converted_from": os.path.abspath(args.src)})
+    params, config, ignored = load_source(src, taming_config, resolution, legacy_loss=legacy_loss)
+    checkpoint.save_model(out, params, config, extra={"converted_from": os.path.abspath(src)})
     cfg = vqgan_lib.VQGANConfig.from_config(config)
-    print(f"wrote {args.out}: VQGAN f{cfg.downsample_factor}, {cfg.n_embed} codes, "
-          f"{vqgan_lib.num_params(params):,} params" + (f" ({len(ignored)} loss.* keys dropped)" if ignored else ""))
-    return 0
+    return (f"VQGAN f{cfg.downsample_factor}, {cfg.n_embed} codes, {vqgan_lib.num_params(params):,} params"
+            + (f" ({len(ignored)} loss.* keys dropped)" if ignored else ""))
