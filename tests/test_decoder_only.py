@@ -139,3 +139,18 @@ def test_from_features_needs_a_feature_table():
     cfg.image_code_feature_source = "pixels"
     assert any("image_code_feature_source = 'pixels': expected one of 'codebook', 'codebook_pixels'" in e
                for e in schema.check_decoder_only(cfg, None))
+
+
+def test_the_model_boundary_checks_token_shapes_and_types():
+    """chex contracts at `logits`/`loss`/`prefill`: a wrong text length, float ids or mismatched batches fail
+    with a message naming the shapes, not deep inside an attention einsum."""
+    cfg = presets.tiny_decoder_only(text_vocab_size=50, image_vocab_size=40, max_text_length=8, image_length=12)
+    model = model_lib.build_model(cfg)
+    params = model.init(jax.random.PRNGKey(0))
+    good = {"text_tokens": np.ones((2, 8), np.int32), "image_tokens": np.zeros((2, 12), np.int32)}
+    assert model.logits(params, good).shape == (2, 12, 40)
+    for bad, needle in [({**good, "text_tokens": np.ones((2, 9), np.int32)}, r"\(2, 9\)"),
+                        ({**good, "text_tokens": np.ones((2, 8), np.float32)}, "float32"),
+                        ({**good, "image_tokens": np.zeros((3, 12), np.int32)}, "prefix")]:
+        with pytest.raises(AssertionError, match=needle):
+            model.logits(params, bad)

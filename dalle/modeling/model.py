@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+import chex
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -20,13 +21,11 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
-from dalle import kinds, registry, sharding
+from dalle import kinds, precision, registry, sharding
 from dalle.modeling import dalle_bart, decoder_only, layers
 
 Params = Any
 Batch = Mapping[str, jax.Array]
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 sharding.register_partition_rules("dalle_bart", dalle_bart.param_rules())
 sharding.register_partition_rules("decoder_only", decoder_only.param_rules())
@@ -106,6 +105,19 @@ class _Model:
     def max_text_length(self) -> int:
         return self.config.max_text_length
 
+    def check_tokens(self, text_tokens: jax.Array | None, image_tokens: jax.Array | None = None,
+                     image_length: int | None = None) -> None:
+        """Shape/dtype contract at the model boundary (static under jit, so free): integer ids, text
+        `[B, max_text_length]`, image `[B, image_length]` with the same B. chex names the offending argument."""
+        if text_tokens is not None:
+            chex.assert_type(text_tokens, int)
+            chex.assert_shape(text_tokens, (None, self.max_text_length))
+        if image_tokens is not None:
+            chex.assert_type(image_tokens, int)
+            chex.assert_shape(image_tokens, (None, self.image_length if image_length is None else image_length))
+        if text_tokens is not None and image_tokens is not None:
+            chex.assert_equal_shape_prefix([text_tokens, image_tokens], 1)
+
     @property
     def bos_id(self) -> int:
         return self.config.image_vocab_size
@@ -116,8 +128,8 @@ class _Model:
 
     def transformed(self, compute_dtype: str = "float32") -> hk.Transformed:
         if compute_dtype not in self._transforms:
-            policy = jmp.Policy(param_dtype=jnp.float32, compute_dtype=_DTYPES[compute_dtype],
-                                output_dtype=_DTYPES[compute_dtype])
+            dtype = precision.jnp_dtype(compute_dtype)
+            policy = jmp.Policy(param_dtype=jnp.float32, compute_dtype=dtype, output_dtype=dtype)
 
             def fn(method: str, *args, **kwargs):
                 with hk.name_scope(self.kind):
@@ -178,6 +190,7 @@ class _Model:
     def prefill(self, params: Params, text_tokens: jax.Array, image_inputs: jax.Array, repeats: int = 1,
                 compute_dtype: str = "float32"):
         """-> (code logits `[B * repeats, image_vocab_size]` for the next position, cache)."""
+        self.check_tokens(text_tokens, image_inputs, image_inputs.shape[1])
         logits, cache = self.apply(params, "prefill", text_tokens, image_inputs, self.image_length, repeats,
                                    compute_dtype=compute_dtype)
         return logits[..., : self.image_vocab_size].astype(jnp.float32), cache
@@ -192,6 +205,8 @@ class _Model:
 
         `decode_kernels="native"` runs the step on `dalle.kernels`' CPU kernels (`layers.TransformerSpec.
         decode_kernels`); `params` must then carry the packed weights of `layers.with_panel_kernels`."""
+        chex.assert_type(tokens, int)
+        chex.assert_rank(tokens, 2)
         logits, self_kv = self.apply(params, "decode_step", tokens, index, cache, decode_kernels,
                                      compute_dtype=compute_dtype)
         return logits[..., : self.image_vocab_size].astype(jnp.float32), cache._replace(self_kv=self_kv)
@@ -210,6 +225,7 @@ class DalleBartModel(_Model):
     def logits(self, params: Params, batch: Batch, rng: jax.Array | None = None, is_training: bool = False,
                compute_dtype: str = "float32") -> jax.Array:
         """Teacher-forced next-code logits `[B, image_length, image_vocab_size]` (float32)."""
+        self.check_tokens(batch["text_tokens"], batch["image_tokens"])
         out = self.apply(params, "__call__", batch["text_tokens"], self.decoder_inputs(batch["image_tokens"]),
                          is_training, rng=rng, compute_dtype=compute_dtype)
         return out[..., : self.image_vocab_size].astype(jnp.float32)
@@ -256,6 +272,7 @@ class DecoderOnlyModel(_Model):
         return self.config.text_vocab_size
 
     def _forward(self, params, batch, rng, is_training, compute_dtype):
+        self.check_tokens(batch["text_tokens"], batch["image_tokens"])
         text_logits, image_logits = self.apply(
             params, "__call__", batch["text_tokens"], self.decoder_inputs(batch["image_tokens"]), is_training,
             rng=rng, compute_dtype=compute_dtype)
