@@ -2,6 +2,7 @@
 progress reporting, reranking, error handling, and the real command on a tiny random-weight checkpoint.
 
 The browser test (tests/test_serve_browser.py) drives the page itself; these pin the API the page relies on.
+Slow, stalled and malformed clients against the real server over raw sockets: tests/test_serve_hostile.py.
 """
 # bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
@@ -11,6 +12,8 @@ import io
 import json
 import os
 import random
+import re
+import socket
 import threading
 import time
 import urllib.error
@@ -82,6 +85,18 @@ def request(url: str, body: object = None, *, headers: dict | None = None, raw: 
     except urllib.error.HTTPError as e:
         status, ctype, payload = e.code, e.headers.get("Content-Type", ""), e.read()
     return status, (json.loads(payload) if ctype.startswith("application/json") else payload)
+
+
+def fetch(url: str, body: object = None, *, method: str | None = None) -> tuple[int, object, bytes]:
+    """(status, headers, raw body), without raising on HTTP errors."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data is not None else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
 
 
 def submit(server: serve.Server, **fields) -> dict:
@@ -176,16 +191,76 @@ def test_without_reranking_all_images_are_kept_and_top_is_refused():
         serve.parse_request({"prompt": "a", "n": 5, "top": 2}, LIMITS, DEFAULTS, reranking=False)
 
 
+HUGE = "9" * 5000  # over Python's 4300-digit limit for int(str)
+
+
+@pytest.mark.parametrize("raw, field, fragment", [
+    (b"[" * 2000 + b"]" * 2000, None, "it nests 2000 levels deep; the limit is 16"),
+    (b'{"prompt": "a", "n": ' + HUGE.encode() + b"}", "n",
+     "number of images = 999999999999…(5000 digits) must be between 1 and 16"),
+    (b'{"prompt": "a", "seed": "' + HUGE.encode() + b'"}', "seed",
+     "seed = 999999999999…(5000 digits) must be between 0 and 2147483647"),
+    (b'{"prompt": "a", "top_k": -' + HUGE.encode() + b"}", "top_k",
+     "top-k = -99999999999…(5000 digits) must be between 0 (off) and 64"),
+    (b'{"prompt": "a", "top": 1e300}', "top", "keep best = 100000000000…(301 digits) must be between 0"),
+    (b'{"prompt": "a", "condition_scale": ' + HUGE.encode() + b"}", "condition_scale",
+     "guidance = '99999999999999999999999"),
+    (b'{"prompt": "a", "n": "' + HUGE.encode() + b'x"}', "n", "is not a whole number"),
+    (b'{"prompt": "a", "temperature": NaN}', "temperature", "temperature = nan must be a finite number"),
+    (b'{"prompt": "a", "condition_scale": -Infinity}', "condition_scale", "guidance = -inf must be a finite number"),
+    (b'{"prompt": "a", "n": Infinity}', "n", "number of images = inf is not a whole number"),
+    (b'{"prompt": "a", "seed": true}', "seed", "seed = True is not a whole number"),
+    (b'{"prompt": "a", "top_k": false}', "top_k", "top-k = False is not a whole number"),
+    (b'{"prompt": "a", "n": [1, 2]}', "n", "number of images = [1, 2] is not a whole number"),
+    (b'{"prompt": "a", "temperature": {"t": 1}}', "temperature", "temperature = {'t': 1} is not a number"),
+    (b'{"prompt": {"text": [[[["deep"]]]]}}', "prompt", "prompt = {'text': [[...]]} must be text"),
+    (b'{"prompt": "\\\\ud800 a"}', None, None),  # an escaped backslash: six plain characters, fine
+    (b'{"prompt": "\\ud800 a"}', "prompt", "contains an unpaired surrogate ('\\ud800')"),
+    (b'"a red circle"', None, "the request body must be a JSON object"),
+    (b"null", None, "the request body must be a JSON object"),
+    (b"\xff\xfe{}", None, "not valid JSON: it is not UTF-8 text"),
+    (b'{"prompt": "a", "' + b"x" * 10000 + b'": 1}', "x" * 99 + "…", "unknown field 'xxxxxxxx"),
+])
+def test_hostile_bodies_are_field_errors_with_short_messages(raw, field, fragment):
+    """Deep nesting, numbers beyond int()'s digit limit, NaN/Infinity, booleans, wrong types: each a FieldError
+    naming the field and (shortened) value, never an exception the server did not expect."""
+    if fragment is None:
+        assert serve.parse_request(serve.parse_json_body(raw), LIMITS, DEFAULTS, reranking=True).prompt
+        return
+    with pytest.raises(serve.FieldError) as e:
+        serve.parse_request(serve.parse_json_body(raw), LIMITS, DEFAULTS, reranking=True)
+    assert e.value.field == field
+    assert fragment in str(e.value), str(e.value)
+    assert len(str(e.value)) < 300
+
+
+def test_allowed_host_names():
+    from dalle.serve import app
+
+    assert app.allowed_host_names("0.0.0.0", ["demo.lan", "Box.Local:7860", " "]) == {
+        "localhost", "127.0.0.1", "[::1]", "demo.lan", "box.local"}  # a wildcard is no name a browser sends
+    assert "192.168.1.5" in app.allowed_host_names("192.168.1.5") and "[::1]" in app.allowed_host_names("::1")
+    assert [app.host_name(h) for h in ("LOCALHOST:7860", "[::1]:80", "::1", "127.0.0.1", "a.b:x")] == [
+        "localhost", "[::1]", "[::1]", "127.0.0.1", "a.b:x"]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # HTTP API with a fake model
 # ----------------------------------------------------------------------------------------------------------------
 def test_generate_poll_and_fetch_images(make_server):
     gen = FakeGenerator()
     server = make_server(gen)
-    assert server.httpd.server_address[0] == "127.0.0.1"  # loopback unless told otherwise
+    assert server.address[0] == "127.0.0.1"  # loopback unless told otherwise
     status, page = request(server.url + "/")
     assert status == 200 and b'id="prompt"' in page and b'id="generate"' in page and b'id="status"' in page
     assert b"\"reranking\": false" in page and b"http://" not in page and b"https://" not in page  # works offline
+    # CSS and JS are package files (the CSP forbids inline script and style); the settings are a JSON data block
+    scripts = re.findall(rb"<script[^>]*>", page)
+    assert scripts == [b'<script type="application/json" id="config">', b'<script src="/static/app.js">'], scripts
+    assert b"style=" not in page and b"<style" not in page and b'href="/static/app.css"' in page
+    for asset, kind in (("/static/app.js", "text/javascript"), ("/static/app.css", "text/css")):
+        with urllib.request.urlopen(server.url + asset, timeout=30) as r:
+            assert r.headers["Content-Type"].startswith(kind) and r.read()
 
     job = submit(server, prompt="a red circle", n=3, condition_scale="2", top_k=5, temperature=0.5, seed=7)
     assert job["status"] in ("queued", "running") and job["request"]["seed"] == 7
@@ -224,6 +299,24 @@ def test_http_errors_are_json_with_a_message(make_server):
     assert status == 404 and "no job 'nope'" in body["error"]
     assert request(server.url + "/nowhere")[0] == 404
     assert server.worker.queue_length() == 0 and not server.worker._jobs  # nothing bad was queued
+
+
+def test_every_response_carries_the_security_headers(make_server):
+    server = make_server(FakeGenerator())
+    job = wait_job(server, submit(server, prompt="a", n=1)["id"])
+    for method, path, body, expected in [("GET", "/", None, 200), ("GET", "/static/app.css", None, 200),
+                                         ("GET", "/api/info", None, 200), ("GET", job["result"]["grid"], None, 200),
+                                         ("GET", "/nowhere", None, 404), ("POST", "/api/generate", {}, 400),
+                                         ("PUT", "/api/info", None, 405), ("HEAD", "/", None, 200)]:
+        status, headers, _ = fetch(server.url + path, body, method=method)
+        assert status == expected, (method, path, status)
+        assert headers["Content-Security-Policy"] == serve.CONTENT_SECURITY_POLICY, (method, path)
+        assert "default-src 'self'" in headers["Content-Security-Policy"]
+        assert (headers["X-Frame-Options"], headers["X-Content-Type-Options"], headers["Referrer-Policy"]) == (
+            "DENY", "nosniff", "no-referrer"), (method, path)
+    status, headers, body = fetch(server.url + "/api/info", method="DELETE")
+    assert status == 405 and headers["Allow"] and json.loads(body) == {
+        "error": "method DELETE is not allowed on /api/info (allowed: " + headers["Allow"] + ")", "field": None}
 
 
 def test_concurrent_requests_queue_in_order_and_never_overlap(make_server):
@@ -274,14 +367,25 @@ def test_full_queue_answers_503_and_recovers(make_server):
     assert [c[0] for c in gen.calls] == ["running", "waiting 0", "waiting 1", "later"]
 
 
-def test_a_failing_request_reports_its_error_and_the_worker_goes_on(make_server):
-    gen = FakeGenerator(fail={"bad": ValueError("prompt 1 is empty; describe the image"),
+def test_a_failing_request_reports_its_error_and_the_worker_goes_on(make_server, caplog):
+    from dalle.generation import GenerationError
+
+    gen = FakeGenerator(fail={"bad": GenerationError("prompt 1 is empty; describe the image"),
+                              "odd": ValueError("operands could not be broadcast together"),
                               "boom": RuntimeError("out of memory")})
     server = make_server(gen)
     bad = wait_job(server, submit(server, prompt="bad", n=1)["id"])
     assert (bad["status"], bad["error"], bad["field"]) == ("error", "prompt 1 is empty; describe the image", "prompt")
+    assert bad["error_status"] == 400  # the generator's word on the request: the user can fix it
+    # A bare ValueError from inside the model is this server's bug, not the user's: 500, logged with its traceback.
+    odd = wait_job(server, submit(server, prompt="odd", n=1)["id"])
+    assert (odd["status"], odd["field"], odd["error_status"]) == ("error", None, 500)
+    assert odd["error"] == "internal error while generating: ValueError: operands could not be broadcast together"
+    assert any("job " + odd["id"] + " failed" in r.getMessage() and "Traceback" in r.getMessage()
+               for r in caplog.records)
     boom = wait_job(server, submit(server, prompt="boom", n=1)["id"])
     assert boom["status"] == "error" and boom["error"] == "internal error while generating: RuntimeError: out of memory"
+    assert boom["error_status"] == 500
     assert request(f"{server.url}/api/jobs/{boom['id']}/grid.png")[0] == 409
     fine = wait_job(server, submit(server, prompt="fine", n=1)["id"])
     assert fine["status"] == "done" and fine["result"]["warnings"] == []
@@ -483,6 +587,47 @@ def test_dalle_serve_with_a_tiny_real_model_and_clip(tmp_path, monkeypatch):
         server.shutdown()
 
 
+def test_compiled_samplers_are_bounded_and_an_empty_prompt_is_the_users_error(tmp_path, monkeypatch):
+    """Every distinct top-k (0..codebook size) or number of images compiles a sampler; --max-compiled bounds how
+    many stay in memory (least recently used dropped, and really freed). And a prompt of zero-width characters,
+    which the generator refuses, comes back as the request's error on the prompt field, not the server's."""
+    import gc
+    import weakref
+
+    from dalle import generation
+
+    ckpt, _ = make_tiny_checkpoint(str(tmp_path))
+    gens = []
+    original = generation.Generator.from_checkpoint.__func__
+
+    def keep(cls, directory):
+        gens.append(original(cls, directory))
+        return gens[-1]
+
+    monkeypatch.setattr(generation.Generator, "from_checkpoint", classmethod(keep))
+    args = serve._parser().parse_args(["--checkpoint", ckpt, "--clip", "", "--port", "0", "--no-warmup",
+                                       "--max-compiled", "2"])
+    server = serve.build_server(args).start()
+    try:
+        job = wait_job(server, submit(server, prompt="\u200b\u200c\u2060 \u200b", n=1)["id"])
+        assert (job["status"], job["field"], job["error_status"]) == ("error", "prompt", 400), job
+        assert "has no words left after caption cleaning" in job["error"]
+
+        cache = gens[0].model._generate_cache
+        oldest = None
+        for top_k in (1, 2, 3):
+            job = wait_job(server, submit(server, prompt="a red circle", n=1, top_k=top_k, condition_scale=1,
+                                          seed=0)["id"])
+            assert job["status"] == "done", job
+            assert len(cache) <= 2, top_k
+            oldest = oldest or weakref.ref(next(iter(cache.values())))
+        assert sorted(dict(key[0])["top_k"] for key in cache) == [2, 3]  # the most recently used
+        gc.collect()
+        assert oldest() is None  # dropped from memory, not only from the dict
+    finally:
+        server.shutdown()
+
+
 def test_missing_checkpoint_says_to_run_make_demo(tmp_path, capsys):
     assert serve.main(["--checkpoint", str(tmp_path / "nothing"), "--port", "0"]) == 2
     err = capsys.readouterr().err
@@ -494,6 +639,38 @@ def test_bad_command_line_values_are_refused(capsys):
     assert "--port = 70000 must be between 0 and 65535" in capsys.readouterr().err
     assert serve.main(["--max-queue", "0"]) == 2
     assert "--max-queue = 0 must be >= 1" in capsys.readouterr().err
+    assert serve.main(["--max-compiled", "0"]) == 2
+    assert "--max-compiled = 0 must be >= 1" in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_be_read_is_not_reported_as_a_busy_port(monkeypatch, capsys):
+    from dalle import generation
+
+    def unreadable(cls, directory):
+        raise PermissionError(13, "Permission denied", os.path.join(directory, "params.msgpack"))
+
+    monkeypatch.setattr(generation.Generator, "from_checkpoint", classmethod(unreadable))
+    assert serve.main(["--checkpoint", "/models/m", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the model from /models/m: [Errno 13] Permission denied: '/models/m/params.msgpack'" in err
+    assert "listen" not in err and "--port" not in err
+
+
+def test_a_port_in_use_is_reported_as_such(monkeypatch, capsys):
+    from dalle.serve import command
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(serve.ListenError):
+            serve.Server(FakeGenerator(), port=port)
+        # the command's own path, past the model (which this test does not need)
+        monkeypatch.setattr(command, "build_server", lambda args: serve.Server(FakeGenerator(), host=args.host,
+                                                                               port=args.port))
+        assert serve.main(["--port", str(port)]) == 2
+    assert (f"cannot listen on 127.0.0.1:{port}: Address already in use (pick another with --port)"
+            in capsys.readouterr().err)
 
 
 def test_page_defaults_come_from_the_model_sampling_section_and_flags_override_them(tmp_path):
@@ -506,7 +683,7 @@ def test_page_defaults_come_from_the_model_sampling_section_and_flags_override_t
     def build(*flags: str) -> serve.Server:
         args = serve._parser().parse_args(["--checkpoint", ckpt, "--port", "0", "--no-warmup", *flags])
         server = serve.build_server(args)
-        server.httpd.server_close()  # never started: only its settings are looked at
+        server.close()  # never started: only its settings are looked at
         return server
 
     server = build()

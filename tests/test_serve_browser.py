@@ -58,6 +58,7 @@ class Browser:
         caps = {"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": CHROME_FLAGS + [f"--user-data-dir={profile_dir}"]},
+            "goog:loggingPrefs": {"browser": "ALL"},  # the console, where Chromium reports CSP violations
         }}}
         self.session = self._call("POST", "/session", caps)["sessionId"]
 
@@ -106,6 +107,10 @@ class Browser:
         state = self.js("return [document.getElementById('status-text').textContent, "
                         "document.getElementById('error').textContent]")
         raise AssertionError(f"timed out after {timeout} s waiting for {what or script}; status/error: {state}")
+
+    def console(self) -> list[str]:
+        """The page's console messages so far (chromedriver's log endpoint; each call returns the new ones)."""
+        return [entry.get("message", "") for entry in self.cmd("POST", "/se/log", {"type": "browser"})]
 
     def screenshot(self, path: str) -> None:
         with open(path, "wb") as f:
@@ -175,6 +180,14 @@ def test_page_generates_images_and_shows_field_errors(browser):
         browser.get(server.url + "/")
         assert browser.js("return document.title").startswith("dalle")
         assert "reranking is off" in browser.text("#model-info")
+        # The stylesheet and script are files of the package, loaded under `default-src 'self'`; an inline
+        # script is refused, so the policy is in force, and nothing of the page's own was refused.
+        assert browser.js("return getComputedStyle(document.querySelector('main')).maxWidth") == "980px"
+        assert browser.js("return getComputedStyle(document.querySelector('h1 .tagline')).fontWeight") == "400"
+        assert browser.js("const s = document.createElement('script'); s.textContent = 'window.inlineRan = 1';"
+                          "document.body.append(s); return window.inlineRan === undefined") is True
+        refused = [m for m in browser.console() if "Content Security Policy" in m]
+        assert len(refused) == 1 and "inline script" in refused[0], refused  # only the one just tried
         assert browser.js("return document.getElementById('top').disabled") is True
 
         browser.type("#prompt", "a red circle above a blue square")
@@ -218,6 +231,38 @@ def test_page_generates_images_and_shows_field_errors(browser):
         assert len(gen.calls) == 1  # neither bad request reached the model
         # the previous grid stays on the page
         assert browser.js("return document.querySelectorAll('#grid img.result').length") == 3
+        assert not [m for m in browser.console() if "Content Security Policy" in m]
     finally:
         gen.gate.set()
+        server.shutdown()
+
+
+def test_page_with_a_tiny_real_model(browser, tmp_path):
+    """`dalle serve`'s own setup on a tiny random-weight checkpoint: a prompt of zero-width characters is refused
+    by the generator and shown as the prompt's error; a real prompt then gives its images."""
+    from tests.test_serve import make_tiny_checkpoint
+
+    ckpt, _ = make_tiny_checkpoint(str(tmp_path))
+    args = serve._parser().parse_args(["--checkpoint", ckpt, "--clip", "", "--port", "0", "--n", "2"])
+    server = serve.build_server(args).start()
+    try:
+        browser.get(server.url + "/")
+        assert "16×16 px" in browser.text("#model-info")
+        browser.js("document.getElementById('prompt').value = '\\u200b\\u200c\\u2060'")
+        browser.click("#generate")
+        browser.wait("return document.getElementById('error').textContent.length > 0", timeout=120,
+                     what="the empty-prompt error")
+        assert "has no words left after caption cleaning" in browser.text("#error")
+        assert browser.js("return document.getElementById('prompt').getAttribute('aria-invalid')") == "true"
+
+        browser.type("#prompt", "a red circle")
+        browser.type("#seed", "3")
+        browser.click("#generate")
+        browser.wait("const imgs = document.querySelectorAll('#grid img.result');"
+                     "return imgs.length === 2 && [...imgs].every(i => i.complete && i.naturalWidth === 16)",
+                     timeout=120, what="two loaded 16 px images")
+        assert "seed 3" in browser.text("#result-meta")
+        assert browser.js("return document.getElementById('prompt').getAttribute('aria-invalid')") is None
+        assert not [m for m in browser.console() if "Content Security Policy" in m]
+    finally:
         server.shutdown()

@@ -274,12 +274,30 @@ def _traced(*args) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(args))
 
 
+def limit_compiled(model, max_loops: int | None) -> None:
+    """Keeps at most `max_loops` compiled decode loops for `model` (None: all, the default), dropping the least
+    recently used first. Each distinct static setting (num_images, top_k, ...) compiles a loop that holds its
+    executable; a server that takes those settings from requests (`dalle serve --max-compiled`) needs the bound."""
+    if max_loops is not None and max_loops < 1:
+        raise ValueError(f"max_loops = {max_loops} must be >= 1 (or None: no bound)")
+    model._generate_cache_limit = max_loops
+    _evict_compiled(model)
+
+
+def _evict_compiled(model) -> None:
+    limit = getattr(model, "_generate_cache_limit", None)
+    while limit is not None and len(model._generate_cache) > limit:
+        del model._generate_cache[next(iter(model._generate_cache))]  # dicts keep order: the first is the oldest
+
+
 def _generate(model, params, text_tokens, uncond_tokens, image_prompt, rng, condition_scale, temperature, top_p,
               static: dict):
     key = (tuple(sorted(static.items())), sharding.current_mesh())
-    fn = model._generate_cache.get(key)
+    fn = model._generate_cache.pop(key, None)  # re-inserted last: most recently used
     if fn is None:
-        fn = model._generate_cache[key] = _build(model, **static)
+        fn = _build(model, **static)
+    model._generate_cache[key] = fn
+    _evict_compiled(model)
     return fn(params, text_tokens, uncond_tokens, image_prompt, rng, jnp.float32(condition_scale),
               jnp.float32(max(float(temperature), 1e-6)), jnp.float32(top_p))
 
@@ -290,4 +308,4 @@ def trace_count(model) -> int:
 
 
 __all__ = ["generate", "resolve_decode_kernels", "DECODE_KERNELS", "decode_compiler_options", "filter_logits",
-           "kth_largest", "sample_tokens", "trace_count"]
+           "kth_largest", "limit_compiled", "sample_tokens", "trace_count"]
