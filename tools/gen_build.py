@@ -64,6 +64,12 @@ def _package_modules(init: str) -> list[str]:
     return out
 
 
+def _reads_static(path: str) -> bool:
+    """Whether a module opens files of its package's static/ folder (it names the folder as a string)."""
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        return '"static"' in f.read()
+
+
 def _imports(path: str, known: dict[str, str]) -> set[str]:
     """Project files a module imports (its Bazel deps)."""
     return _scan(path, known)[0]
@@ -227,6 +233,8 @@ def generate() -> dict[str, str]:
                 if os.path.exists(os.path.join(ROOT, pkg, native)):
                     headers = sorted(h for h in os.listdir(os.path.join(ROOT, pkg)) if h.endswith(".h"))
                     data = f"    data = {_fmt_list([native] + headers)},\n"
+                elif os.path.isdir(os.path.join(ROOT, pkg, "static")) and _reads_static(os.path.join(pkg, f)):
+                    data = '    data = glob(["static/**"]),\n'  # files a module serves (dalle/serve's page)
                 blocks.append(
                     "py_library(\n"
                     f'    name = "{name}",\n'
