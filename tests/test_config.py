@@ -192,3 +192,22 @@ def test_packaged_configs_load_by_name_from_any_directory(tmp_path, monkeypatch,
     from dalle import __version__
 
     assert capsys.readouterr().out.strip() == f"dalle {__version__}"
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys):
+    import builtins
+
+    from dalle import cli
+
+    real_import = builtins.__import__
+
+    def no_starlette(name, *args, **kwargs):
+        if name.split(".")[0] == "starlette":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    for mod in [m for m in list(__import__("sys").modules) if m.startswith(("dalle.serve", "starlette"))]:
+        monkeypatch.delitem(__import__("sys").modules, mod)
+    monkeypatch.setattr(builtins, "__import__", no_starlette)
+    assert cli.main(["serve", "--help"]) == 2
+    assert "needs the optional package 'starlette': pip install 'dalle[serve]'" in capsys.readouterr().err

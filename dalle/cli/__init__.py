@@ -25,6 +25,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Imports that only some commands need -> the pyproject extra that installs them.
+OPTIONAL_PACKAGES = {"starlette": "serve", "uvicorn": "serve", "h11": "serve", "pyarrow": "data",
+                     "safetensors": "data", "torch": "ref", "pytorch_lightning": "ref", "omegaconf": "ref",
+                     "taming": "ref"}
+
+
 def _usage() -> str:
     lines = ["usage: dalle <command> [args]", "", "commands:"]
     for name, (_, text) in COMMANDS.items():
@@ -83,12 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, func_name = target.split(":")
     try:
         module = importlib.import_module(module_name)
+        result = getattr(module, func_name)(rest)
     except ModuleNotFoundError as e:
-        if e.name and e.name.startswith(module_name.rsplit(".", 1)[0]) and e.name == module_name:
+        if e.name == module_name:
             print(f"dalle {name}: not available in this version ({module_name} is missing)", file=sys.stderr)
             return 2
-        raise
-    result = getattr(module, func_name)(rest)
+        extra = OPTIONAL_PACKAGES.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"dalle {name}: needs the optional package {e.name.split('.')[0]!r}: pip install 'dalle[{extra}]'",
+              file=sys.stderr)
+        return 2
     return int(result or 0)
 
 
