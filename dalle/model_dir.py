@@ -126,19 +126,22 @@ def set_config_section(directory: str, section: str, values: dict, extra: dict |
 def resolve_path(directory: str, path: str) -> str:
     """A path stored in the config of the model in `directory` (a tokenizer, a VQGAN, a CLIP): training writes
     them relative to where it ran (e.g. `outputs/demo/tokenizer/spm.model`), so a relative path is looked up
-    under the model directory and each folder above it (nearest first), then under the current directory; the
+    under the model directory and each folder above it (nearest first; then the same from the directory's real
+    location, when it is reached through a link), then under the current directory; the
     first that exists wins. Absolute or unfound paths come back unchanged, for the caller's error message."""
     if not path or os.path.isabs(path):
         return path
-    here = os.path.abspath(directory)
-    while True:
-        candidate = os.path.join(here, path)
-        if os.path.exists(candidate):
-            return candidate
-        parent = os.path.dirname(here)
-        if parent == here:
-            break
-        here = parent
+    # The directory as named and as it really is: a model reached through a link was written where it lives.
+    for start in dict.fromkeys((os.path.abspath(directory), os.path.realpath(directory))):
+        here = start
+        while True:
+            candidate = os.path.join(here, path)
+            if os.path.exists(candidate):
+                return candidate
+            parent = os.path.dirname(here)
+            if parent == here:
+                break
+            here = parent
     return os.path.abspath(path) if os.path.exists(path) else path
 
 
