@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -32,9 +33,9 @@ def _params(workdir):
 
 
 def _assert_same_params(a, b, atol=0.0):
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_allclose(a[k], b[k], atol=atol, rtol=0, err_msg=k)
+    """Same keys, shapes, dtypes and values (within atol): chex names the first leaf that differs."""
+    chex.assert_trees_all_equal_shapes_and_dtypes(dict(a), dict(b))
+    chex.assert_trees_all_close(dict(a), dict(b), atol=atol, rtol=0)
 
 
 @pytest.fixture(scope="module")
