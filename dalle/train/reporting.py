@@ -93,16 +93,23 @@ class Reporter:
 def run_summary(workdir: str, metric: str = "train/loss") -> dict:
     """What a finished (or stopped) run's metrics.jsonl says: its last step, its training minutes and the last
     logged value of `metric` (None each when the log has no row with `metric`). The reports (tools/eval_report.py,
-    tools/tokenizer_ceiling.py) read runs through this, so they agree on what "minutes" means: wall time from the
-    first logged row to the last, plus the first row's steps at its logged rate (start-up and compile included)."""
+    tools/tokenizer_ceiling.py) read runs through this, so they agree on what "minutes" means: the sum of the logged
+    training windows, each the steps since the previous train row at that row's logged rate (start-up, compile,
+    evals and checkpoints inside a window included). A run stopped and resumed later is counted without the pause,
+    which wall time from its first row to its last would add."""
     path = os.path.join(workdir, "metrics.jsonl")
     rows = []
     if os.path.isfile(path):
         with open(path) as f:
-            rows = [r for r in (json.loads(line) for line in f if line.strip()) if metric in r]
-    if not rows:
+            rows = [json.loads(line) for line in f if line.strip()]
+    with_metric = [r for r in rows if metric in r]
+    if not with_metric:
         return {"steps": None, "minutes": None, "last": None}
-    first, last = rows[0], rows[-1]
-    rate = first.get("train/steps_per_s") or 0
-    minutes = (last["time"] - first["time"] + (first["step"] / rate if rate else 0)) / 60
-    return {"steps": last["step"], "minutes": minutes, "last": last[metric]}
+    seconds, previous = 0.0, 0
+    for r in rows:
+        rate = r.get("train/steps_per_s")
+        if rate:
+            seconds += max(r["step"] - previous, 0) / rate
+            previous = max(previous, r["step"])
+    last = with_metric[-1]
+    return {"steps": last["step"], "minutes": seconds / 60, "last": last[metric]}
