@@ -72,7 +72,7 @@ def test_vqgan_and_clip_tasks_read_a_real_source(emoji16):
     from tests.test_vqgan_task import MODEL
 
     c = ConfigDict({"name": "vqgan_emoji_test", "model": MODEL, "data": emoji16.data.to_dict(),
-                    "train": {"batch_size": 4, "num_steps": 1}})
+                    "train": {"batch_size": 4, "num_steps": 1}, "mesh": {"shape": (1, 1, 1)}})
     task = VQGANTask(config_lib.validate(c))
     assert next(task.train_data(0, 1))["image"].shape == (4, 16, 16, 3)
     assert sum(b["image"].shape[0] for b in task.eval_data(0, 1)) == split_size(emoji16.data, "validation") // 4 * 4
@@ -88,7 +88,7 @@ def test_vqgan_and_clip_tasks_read_a_real_source(emoji16):
         "--config.data.validation_fraction=0.3", "--config.data.emoji_zero_shot_tones=2",
         "--config.data.emoji_zero_shot_styles=2", f"--config.data.tokenizer_path={emoji16.data.tokenizer_path}",
         "--config.data.vocab_size=64", "--config.model.vocab_size=64", "--config.model.image_size=16",
-        "--config.train.batch_size=4"])
+        "--config.train.batch_size=4", "--config.mesh.shape=(1,1,1)"])
     batch = next(CLIPTask(clip).train_data(0, 1))
     assert batch["image"].shape == (4, 16, 16, 3) and batch["text_tokens"].shape == (4, 18)
     assert (batch["text_tokens"][:, 0] > 2).all()  # real pieces, not pad/eos/unk
@@ -108,7 +108,9 @@ def test_the_published_vqgan_finetune_recipe_reads_a_folder(tmp_path):
         (tmp_path / f"im{i}.txt").write_text(f"picture {i}")
     c = config_lib.load_config("configs/vqgan_f16_16384.py:finetune", [
         f"--config.data.path={tmp_path}", f"--config.data.data_dir={tmp_path / 'tfds'}",
-        "--config.data.image_size=16", "--config.train.batch_size=4"])
+        "--config.data.image_size=16", "--config.train.batch_size=4"], validate_config=False)
+    c.mesh = ConfigDict({"shape": (1, 1, 1)})  # batch 4 on one of the 8 test devices
+    c = config_lib.validate(c)
     assert c.data.source == "folder"
     build.build_dataset(c.data)
     tiny = ConfigDict(c.to_dict())
