@@ -8,7 +8,8 @@ from typing import Sequence
 
 CONVERTERS = {
     "vqgan": ("dalle.modeling.vqgan.convert:main", "taming-transformers .ckpt or vqgan-jax flax checkpoint dir"),
-    "dalle-mini": ("dalle.modeling.convert_dalle_mini:main", "dalle-mini config.json + flax_model.msgpack dir"),
+    "dalle-mini": ("dalle.modeling.convert_dalle_mini:main",
+                   "dalle-mini dir (config.json, flax_model.msgpack, tokenizer) + its vqgan-jax VQGAN"),
     "clip": ("dalle.modeling.clip.convert:main", "OpenAI CLIP or open_clip state dict"),
     "inception": ("dalle.eval.convert_inception:main", "pytorch-fid pt_inception-2015-12-05-*.pth"),
 }

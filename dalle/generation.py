@@ -1,7 +1,11 @@
 """Prompts -> images: tokenizer, text-to-image model, guided sampling, VQGAN decoder (and optional CLIP rerank).
 
 Used by `dalle generate`, the web demo, the eval job and the trainer's sample summaries, so all of them tokenize
-prompts exactly as training did (including the empty caption used for classifier-free guidance).
+prompts exactly as training did (including the empty caption used for classifier-free guidance). Also the Python
+API (`from dalle import Generator`):
+
+    g = Generator.from_pretrained("weights/dalle_mini", dtype="bfloat16")
+    images = g("a red apple", n=4, seed=0)  # uint8 [4, H, W, 3]
 """
 
 from __future__ import annotations
@@ -9,14 +13,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from dalle import sampling_schema
+from dalle import precision, sampling_schema
 
 
 class GenerationError(ValueError):
@@ -32,9 +37,33 @@ def _vocab(path: str):
 
 @functools.lru_cache(maxsize=4)
 def _image_tokenizer(path: str):
+    """The image tokenizer in `path`: a dalle model directory, or a vqgan-jax checkpoint (converted in memory)."""
+    from dalle.modeling.vqgan import convert as vqgan_convert
+
+    if vqgan_convert.is_vqgan_jax_dir(path):
+        from dalle.modeling.vqgan.api import VQGANTokenizer
+
+        params, config, _ = vqgan_convert.load_source(path)
+        return VQGANTokenizer(params, config)
     from dalle import kinds
 
     return kinds.load_image_tokenizer(path)
+
+
+@functools.lru_cache(maxsize=2)
+def load_reranker(clip_dir: str) -> Callable[[str, np.ndarray], list[int]]:
+    """(prompt, uint8 images) -> candidate indices best first, by the score of the CLIP in `clip_dir`
+    (dalle/eval/rerank.py): how `dalle generate` and `Generator.__call__` keep the best candidates."""
+    from dalle.eval import rerank
+    from dalle.modeling.clip import model as clip
+
+    model = clip.load_clip(clip_dir)
+
+    def order(prompt: str, images: np.ndarray) -> list[int]:
+        scores = rerank.candidate_scores(model, images, [prompt])
+        return list(rerank.rerank_order(scores, scores.shape[1])[0])
+
+    return order
 
 
 @dataclasses.dataclass
@@ -47,17 +76,28 @@ class Generator:
     """Holds a model, its params, its vocabulary and its VQGAN; compiled decode loops are cached per shape.
 
     `decode_kernels` ("auto" | "native" | "xla"): how decode steps run, a choice of the machine rather than the
-    model (see `dalle.modeling.sampling.generate`; "auto" = the CPU kernels wherever they can run)."""
+    model (see `dalle.modeling.sampling.generate`; "auto" = the CPU kernels wherever they can run).
+    `dtype` ("float32" | "bfloat16" | "float16"): the precision the text-to-image model's params are cast to and
+    its sampling computes in (half the memory and, on accelerators, faster at 16 bits; the CPU kernels need
+    float32). The VQGAN always decodes in float32: it runs once per image, not once per token."""
 
     def __init__(self, config: ConfigDict, params: Any, vocab: Any, vqgan: Any, mesh: Any = None, *,
-                 decode_kernels: str = "auto"):
+                 decode_kernels: str = "auto", dtype: str = "float32"):
         from dalle import sharding
         from dalle.modeling import model as model_lib
         from dalle.modeling import sampling
 
         if decode_kernels not in sampling.DECODE_KERNELS:
             raise GenerationError(f"decode kernels = {decode_kernels!r} must be one of {sampling.DECODE_KERNELS}")
+        bad_dtype = precision.problem(dtype, "dtype")
+        if bad_dtype:
+            raise GenerationError(bad_dtype)
+        if decode_kernels == "native" and dtype != "float32":
+            raise GenerationError(f"the native decode kernels compute in float32, not dtype = {dtype!r}: use "
+                                  f"decode kernels 'auto' or 'xla' with {dtype}")
         self.decode_kernels = decode_kernels
+        self.dtype = dtype
+        params = precision.cast(params, dtype)  # before sharding: each device then holds only its cast shard
         self.config = config
         self.model = model_lib.build_model(config.model)
         self.vocab = vocab
@@ -79,7 +119,8 @@ class Generator:
 
     @classmethod
     def from_parts(cls, config: ConfigDict, params: Any, mesh: Any = None, tokenizer_path: str = "",
-                   vqgan_checkpoint: str = "", *, decode_kernels: str = "auto") -> "Generator":
+                   vqgan_checkpoint: str = "", *, decode_kernels: str = "auto",
+                   dtype: str = "float32") -> "Generator":
         data = config.data
         vq_dir = vqgan_checkpoint or data.vqgan_checkpoint
         if mesh is not None:
@@ -89,14 +130,34 @@ class Generator:
         else:
             vqgan = _image_tokenizer(vq_dir)
         return cls(config, params, _vocab(tokenizer_path or data.tokenizer_path), vqgan, mesh,
-                   decode_kernels=decode_kernels)
+                   decode_kernels=decode_kernels, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: str = "float32", *, vqgan: str = "",
+                        decode_kernels: str = "auto") -> "Generator":
+        """The Python API's way in: `path` is a dalle model directory (`dalle convert ...` output or an exported
+        training run), a trainer workdir (its exported model, else its latest checkpoint), or dalle-mini's
+        published directory (config.json + flax_model.msgpack + tokenizer files). The last is converted in
+        memory at every call, nothing written, with its VQGAN found as `dalle convert dalle-mini` finds it (a
+        vqgan-jax checkpoint in a subfolder or beside it) unless `vqgan` names one; converting it once with
+        `dalle convert dalle-mini --from DIR --out OUT` and loading OUT is faster. `dtype`: see the class."""
+        from dalle.modeling import convert_dalle_mini as dalle_mini
+
+        if not dalle_mini.is_dalle_mini_dir(path):
+            return cls.from_checkpoint(path, vqgan_checkpoint=vqgan, decode_kernels=decode_kernels, dtype=dtype)
+        try:
+            converted = dalle_mini.load(path, vqgan, dtype=precision.check(dtype, "dtype"))
+        except (dalle_mini.ConversionError, precision.PrecisionError) as e:
+            raise GenerationError(f"{path}: {e}") from None
+        data = converted.config.data
+        return cls(converted.config, converted.params, _vocab(data.tokenizer_path),
+                   _image_tokenizer(data.vqgan_checkpoint), decode_kernels=decode_kernels, dtype=dtype)
 
     @classmethod
     def from_checkpoint(cls, directory: str, mesh: Any = None, tokenizer_path: str = "",
-                        vqgan_checkpoint: str = "", *, decode_kernels: str = "auto") -> "Generator":
+                        vqgan_checkpoint: str = "", *, decode_kernels: str = "auto",
+                        dtype: str = "float32") -> "Generator":
         """A trained workdir (its exported model or latest checkpoint) or an exported/converted model dir."""
-        import os
-
         from dalle import model_dir as checkpoint
 
         if not os.path.exists(directory):
@@ -105,16 +166,18 @@ class Generator:
                 f"`dalle train --config configs/shapes_tiny.py --workdir DIR`, or convert published weights with "
                 f"`dalle convert dalle-mini --from DIR --out OUT`.")
         config, params = checkpoint.load_model(directory)
+        home = checkpoint.exported_model_dir(directory) or directory  # where the config holding the paths is
         given = {"tokenizer_path": tokenizer_path, "vqgan_checkpoint": vqgan_checkpoint}
         for key in ("tokenizer_path", "vqgan_checkpoint"):
             if not given[key] and ("data" not in config or not config.data.get(key)):
                 raise GenerationError(f"{directory}: its config has no data.{key}; it cannot turn prompts into "
                                       f"images")
             if not given[key]:  # the model's own paths: found from wherever the command runs
-                config.data[key] = checkpoint.resolve_path(directory, config.data[key])
+                config.data[key] = checkpoint.resolve_path(home, config.data[key])
         if "sampling" in config and config.sampling.get("clip_checkpoint"):
-            config.sampling.clip_checkpoint = checkpoint.resolve_path(directory, config.sampling.clip_checkpoint)
-        return cls.from_parts(config, params, mesh, tokenizer_path, vqgan_checkpoint, decode_kernels=decode_kernels)
+            config.sampling.clip_checkpoint = checkpoint.resolve_path(home, config.sampling.clip_checkpoint)
+        return cls.from_parts(config, params, mesh, tokenizer_path, vqgan_checkpoint, decode_kernels=decode_kernels,
+                              dtype=dtype)
 
     # --- text ------------------------------------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> Prompts:
@@ -181,7 +244,7 @@ class Generator:
         rng = seed if isinstance(seed, jax.Array) else jax.random.PRNGKey(seed)
         kw = dict(num_images=num_images, condition_scale=condition_scale, top_k=top_k, top_p=top_p,
                   temperature=temperature, uncond_tokens=self.unconditional(n + pad),
-                  decode_kernels=self.decode_kernels)
+                  decode_kernels=self.decode_kernels, compute_dtype=self.dtype)
         if self.mesh is None:
             out = sampling.generate(self.model, self.params, p.tokens, rng, **kw)
         else:
@@ -198,6 +261,29 @@ class Generator:
 
     def images(self, prompts: Sequence[str], **kw: Any) -> np.ndarray:
         return self.decode(self.codes(prompts, **kw))
+
+    def __call__(self, prompt: str, n: int | None = None, seed: int = 0, *, condition_scale: float | None = None,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 clip: str | None = None) -> np.ndarray:
+        """uint8 [n, H, W, 3]: `n` images of `prompt`, sampled as `dalle generate` samples it. Every setting left
+        None is the model's `sampling` section: n = its `keep` (0 there: its `candidates`), guidance, temperature,
+        top-k, top-p; and when the section (or `clip`) names a CLIP, the CLIP-best n of max(n, candidates) images
+        (`clip=""`: no reranking). Image i is the same for every n (its randomness depends on seed and i only)."""
+        if not isinstance(prompt, str):
+            raise GenerationError(f"prompt must be one string, got {type(prompt).__name__}; call once per prompt "
+                                  f"(or use .images([...]) for a batch)")
+        settings = self.settings({"guidance": condition_scale, "temperature": temperature, "top_k": top_k,
+                                  "top_p": top_p, "clip_checkpoint": clip},
+                                 {"guidance": "condition_scale", "clip_checkpoint": "clip"})
+        keep = settings.kept if n is None else n
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise GenerationError(f"n = {n!r} must be a positive integer")
+        clip_dir = sampling_schema.rerank_clip(settings, from_user=clip is not None)
+        if not clip_dir:
+            return self.images([prompt], num_images=keep, seed=seed, **settings.sampler_kwargs())
+        images = self.images([prompt], num_images=max(keep, settings.candidates), seed=seed,
+                             **settings.sampler_kwargs())
+        return images[load_reranker(clip_dir)(prompt, images)[:keep]]
 
 
 def _check_numbers(num_images, condition_scale, top_k, top_p, temperature, vocab) -> None:

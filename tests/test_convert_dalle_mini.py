@@ -2,8 +2,6 @@
 (tools/make_dalle_mini_fixtures.py), refusal of unsupported switches, and the BART BPE vocabulary."""
 # bazel: manual  (heavy: `make test` runs it with pytest; Bazel runs the fast tests)
 
-import glob
-import json
 import os
 
 import jax
@@ -14,40 +12,13 @@ import pytest
 from dalle.modeling import convert_dalle_mini as conv
 from dalle.modeling import model as model_lib
 from dalle.modeling import sampling
-
-FIXTURES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "fixtures", "dalle_mini_*.npz")))
-CAPTIONS = ["a red circle on a black background", "two blue squares", "a small green triangle in the corner",
-            "a yellow star", "an orange circle and a purple square"] * 4
-
-
-def load_fixture(path):
-    z = np.load(path)
-    config = json.loads(str(z["config_json"]))
-    flat = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
-    return z, config, flat
+from tests.published_layouts import CAPTIONS, FIXTURES, load_fixture, write_dalle_mini_dir
 
 
 def our_text(input_ids, attention_mask):
     """BART ids -> dalle ids (0 <-> 1 swapped, padding 0)."""
     swapped = np.where(input_ids == 0, 1, np.where(input_ids == 1, 0, input_ids))
     return jnp.asarray(swapped * attention_mask, jnp.int32)
-
-
-def write_dalle_mini_dir(directory, config, flat):
-    from flax import serialization
-
-    tree = {}
-    for k, v in flat.items():
-        node = tree
-        parts = k.split("/")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = np.asarray(v)
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config, f)
-    with open(os.path.join(directory, "flax_model.msgpack"), "wb") as f:
-        f.write(serialization.msgpack_serialize(tree))
 
 
 def test_fixtures_exist_and_cover_switches_and_layouts():
@@ -84,7 +55,7 @@ def test_cli_roundtrip_and_generation_from_raw_prompts(tmp_path):
     write_dalle_mini_dir(str(src), config, flat)
     bpe_vocab.train_tiny_bpe(CAPTIONS, str(src), vocab_size=300)
     out = tmp_path / "converted"
-    assert convert.main(["dalle-mini", "--from", str(src), "--out", str(out)]) == 0
+    assert convert.main(["dalle-mini", "--from", str(src), "--out", str(out), "--weights-only"]) == 0
     saved_config, params = checkpoint.load_model(str(out))
     model = model_lib.build_model(saved_config.model)
     assert model.image_vocab_size == 40 and saved_config.model.image_extra_tokens == 5
@@ -92,7 +63,7 @@ def test_cli_roundtrip_and_generation_from_raw_prompts(tmp_path):
                                         jnp.asarray(z["decoder_input_ids"]))
     np.testing.assert_allclose(np.asarray(logits), z["logits"], atol=1e-4)
 
-    vocab = bpe_vocab.BpeVocabulary(saved_config.data.tokenizer_path)
+    vocab = bpe_vocab.BpeVocabulary(checkpoint.resolve_path(str(out), saved_config.data.tokenizer_path))
     assert vocab.vocab_size <= model.text_vocab_size
     prompts = ["a red circle", "two blue squares", ""]
     tokens = np.zeros((3, model.max_text_length), np.int32)

@@ -15,6 +15,7 @@ import pytest
 
 from dalle.modeling.vqgan import convert as convert_vqgan
 from dalle.modeling.vqgan import model as vqgan_lib
+from tests import published_layouts
 
 # A small architecture that still has every kind of block: nin_shortcut (32 -> 64 channels), attention in the
 # encoder and decoder (at side 8), Downsample/Upsample, mid blocks.
@@ -104,34 +105,7 @@ def test_flax_checkpoint_dir_converts_to_the_same_params(reference, tmp_path):
     from flax import serialization
 
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
-    tree: dict = {}
-
-    def put(path_parts, value):
-        node = tree
-        for p in path_parts[:-1]:
-            node = node.setdefault(p, {})
-        node[path_parts[-1]] = value
-
-    for key, value in sd.items():  # vqgan-jax naming, written out independently of the converter
-        parts = key.split(".")
-        if key == "quantize.embedding.weight":
-            put(["quantize", "embedding", "embedding"], value)
-            continue
-        names, i = [], 0
-        while i < len(parts) - 1:
-            if parts[i] in ("down", "up", "block", "attn") and parts[i + 1].isdigit():
-                names.append(f"{parts[i]}_{parts[i + 1]}")
-                i += 2
-            else:
-                names.append(parts[i])
-                i += 1
-        leaf = parts[-1]
-        if value.ndim == 4:
-            put(names + ["kernel"], value.transpose(2, 3, 1, 0))
-        elif leaf == "weight":
-            put(names + ["scale"], value)
-        else:
-            put(names + ["bias"], value)
+    tree = published_layouts.vqgan_jax_tree(sd)  # vqgan-jax naming, written out independently of the converter
     d = tmp_path / "vqgan_jax"
     d.mkdir()
     (d / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(tree))
@@ -214,3 +188,12 @@ def test_cli_errors(tmp_path, capsys):
     assert convert_vqgan.main(["--from", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 1
     assert "not a vqgan-jax checkpoint" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_vqgan_jax_layout_helper_is_the_inverse_of_flax_to_taming():
+    """The test helper that writes vqgan-jax trees (tests/published_layouts.py) maps back to the same state dict."""
+    sd = _fake_state_dict(_small_cfg())
+    back = convert_vqgan.flax_to_taming_state_dict(published_layouts.vqgan_jax_tree(sd))
+    assert back.keys() == sd.keys()
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k], err_msg=k)

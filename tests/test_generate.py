@@ -199,7 +199,7 @@ def _floating_dtypes(params) -> set[str]:
 
 
 def test_bfloat16_generation_casts_params_and_mostly_agrees_with_float32(model_dir):
-    prompts = ["a red circle", "a blue square", "a small green star", "a yellow triangle in the top left"]
+    prompts = ["a red circle", "a blue square", "a green star", "a yellow cross"]
     f32 = generation.Generator.from_checkpoint(model_dir)
     b16 = generation.Generator.from_checkpoint(model_dir, dtype="bfloat16")
     assert _floating_dtypes(f32.params) == {"float32"} and _floating_dtypes(b16.params) == {"bfloat16"}
@@ -208,7 +208,7 @@ def test_bfloat16_generation_casts_params_and_mostly_agrees_with_float32(model_d
     greedy = dict(temperature=0.0, condition_scale=1.0)
     agreement = float(np.mean(f32.codes(prompts, **greedy) == b16.codes(prompts, **greedy)))
     print(f"bfloat16 vs float32 greedy codes, random tiny decoder-only model: {agreement:.1%} agree")
-    assert agreement >= 0.75  # measured: 96.5% (4 prompts x 64 codes, guidance 1); 87.5% at guidance 3
+    assert agreement >= 0.75  # measured: 91.0% (4 prompts x 64 codes, guidance 1)
 
 
 def test_dtype_flag_and_its_errors(model_dir, tmp_path, capsys):

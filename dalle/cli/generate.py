@@ -18,6 +18,8 @@ import sys
 import warnings
 from typing import Sequence
 
+from dalle import precision
+
 DEFAULT_CHECKPOINT = "outputs/demo/dalle"
 
 
@@ -44,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-kernels", choices=("auto", "native", "xla"), default="auto",
                    help="decode steps on dalle's CPU kernels (native) or XLA's ops (xla); auto (default): native "
                         "wherever they run (float32 on CPU with a C++ compiler)")
+    p.add_argument("--dtype", choices=precision.DTYPES, default="float32",
+                   help="precision of the model's params and sampling (default float32; bfloat16/float16 halve "
+                        "its memory); the VQGAN decodes in float32")
     return p
 
 
@@ -117,14 +122,15 @@ def main(argv: Sequence[str]) -> int:
     from dalle import generation, sampling_schema
 
     try:
-        gen = generation.Generator.from_checkpoint(args.checkpoint, decode_kernels=args.decode_kernels)
+        gen = generation.Generator.from_checkpoint(args.checkpoint, decode_kernels=args.decode_kernels,
+                                                   dtype=args.dtype)
         settings = gen.settings(flag_overrides(args), FLAG_LABELS)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             clip_dir = sampling_schema.rerank_clip(settings, from_user=args.clip is not None)
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
-        scorer = _load_reranker(clip_dir) if clip_dir else None
+        scorer = generation.load_reranker(clip_dir) if clip_dir else None
     except (generation.GenerationError, FileNotFoundError, ValueError) as e:
         print(f"dalle generate: error: {e}", file=sys.stderr)
         return 2
@@ -175,17 +181,3 @@ def flag_overrides(args: argparse.Namespace) -> dict:
     """Setting -> flag value (None = not given: the model's section decides)."""
     return {"candidates": args.n, "keep": args.top, "guidance": args.condition_scale, "temperature": args.temperature,
             "top_k": args.top_k, "top_p": args.top_p, "clip_checkpoint": args.clip}
-
-
-def _load_reranker(clip_dir: str):
-    """(prompt, images) -> candidate indices best first, by CLIP score (dalle/eval/rerank.py)."""
-    from dalle.eval import rerank
-    from dalle.modeling.clip import model as clip
-
-    model = clip.load_clip(clip_dir)
-
-    def order(prompt: str, images):
-        scores = rerank.candidate_scores(model, images, [prompt])
-        return list(rerank.rerank_order(scores, scores.shape[1])[0])
-
-    return order

@@ -115,7 +115,7 @@ class Generator:
 
         self.gen = generation.Generator.from_checkpoint(
             checkpoint_dir, mesh=sharding.mesh_from_config(mesh_config), tokenizer_path=ev.tokenizer_path,
-            vqgan_checkpoint=ev.vqgan_checkpoint)
+            vqgan_checkpoint=ev.vqgan_checkpoint, dtype=ev.get("dtype", "float32"))
         self.config, self.data, self.model, self.ev = self.gen.config, self.gen.config.data, self.gen.model, ev
         self.settings = sampling_settings(ev, self.config)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
-from dalle import registry
+from dalle import precision, registry
 
 FID_FALLBACKS = ("clip", "none")
 # The shapes world's splits plus `paraphrase`: the validation scenes captioned off the caption grammar
@@ -42,6 +42,9 @@ def eval_defaults() -> ConfigDict:
     c.fid_fallback = "clip"  # when the Inception weights are absent: "clip" (FID-CLIP) | "none" (FID not computed)
     c.vqgan_checkpoint = ""  # "" = the DALL·E checkpoint's data.vqgan_checkpoint
     c.tokenizer_path = ""  # "" = the DALL·E checkpoint's data.tokenizer_path
+    # Precision of the DALL·E model's params and sampling: float32 | bfloat16 | float16 (dalle/precision.py); the
+    # VQGAN round trips and decodes in float32 whatever this is.
+    c.dtype = "float32"
     # ---- metrics ------------------------------------------------------------------------------------------
     c.metrics = ("compositional", "clip_score", "fid", "kid")  # names registered in dalle/eval/metrics/
     c.fid_reference = ""  # statistics .npz from `dalle eval reference`; "" = rendered images of the same prompts
@@ -88,6 +91,9 @@ def check_eval(e: ConfigDict, _: ConfigDict):
         yield f"eval.top_p = {e.top_p} must be in (0, 1]"
     if e.temperature is not None and e.temperature < 0:
         yield f"eval.temperature = {e.temperature} must be >= 0"
+    dtype_problem = precision.problem(e.dtype, "eval.dtype")
+    if dtype_problem:
+        yield dtype_problem
     if e.kid_subsets <= 0 or e.kid_subset_size < 2:
         yield f"eval.kid_subsets = {e.kid_subsets} must be > 0 and eval.kid_subset_size = {e.kid_subset_size} >= 2"
 

@@ -1,8 +1,23 @@
-"""`dalle convert dalle-mini --from DIR --out OUT`: a dalle-mini checkpoint -> a dalle model directory.
+"""`dalle convert dalle-mini --from DIR --out OUT`: a dalle-mini checkpoint -> a dalle model directory that
+`dalle generate "a prompt" --checkpoint OUT` runs with no other flag.
 
-DIR holds dalle-mini's `config.json` and `flax_model.msgpack` (scanned `use_scan` layout or one module per
-layer), and usually its BART tokenizer (`tokenizer.json` or `vocab.json` + `merges.txt`), which is copied to
-OUT/tokenizer and recorded as `data.tokenizer_path` (read with `dalle.tokenizers.bart_bpe.BpeVocabulary`).
+DIR is dalle-mini's published layout: its `config.json` and `flax_model.msgpack` (scanned `use_scan` layout or one
+module per layer) and its BART tokenizer (`tokenizer.json`, or `vocab.json` + `merges.txt`), copied to
+OUT/tokenizer (read with `dalle.tokenizers.bart_bpe.BpeVocabulary`). The VQGAN that draws the codes is
+  * `--vqgan PATH`: a vqgan-jax checkpoint (`config.json` + `flax_model.msgpack`, e.g. dalle-mini's
+    vqgan_imagenet_f16_16384) or an already converted dalle VQGAN model directory (`dalle convert vqgan`); else
+  * the vqgan-jax checkpoint found next to DIR: first among DIR's immediate subfolders (DIR/vqgan, ...), then
+    among the folders beside DIR (its parent's immediate subfolders, e.g. downloads/vqgan_imagenet_f16_16384 for
+    DIR = downloads/dalle-mini). A folder counts when it holds `flax_model.msgpack` and a config.json with every
+    vqgan-jax architecture key, and it is taken when its codebook size and token grid fit the model; several that
+    fit at the same level, or none, is an error that says to pass --vqgan.
+A vqgan-jax VQGAN is converted into OUT/vqgan (dalle/modeling/vqgan/convert.py); a converted one is recorded where
+it is. OUT's config records `data.tokenizer_path = "tokenizer"` and `data.vqgan_checkpoint = "vqgan"` (or the
+converted VQGAN's absolute path): relative paths resolve from OUT (`model_dir.resolve_path`), so OUT works from
+any working directory and can be moved. `--weights-only` converts the transformer alone (for `model.init_from` /
+`model.encoder_init`), without requiring a tokenizer or a VQGAN.
+
+`load` does the same in memory (no OUT): `dalle.generation.Generator.from_pretrained` uses it on a raw DIR.
 
 What changes on the way (the function computed does not):
   * layer parameters are stacked for `hk.layer_stack` whatever the source layout; per-layer norms that dalle-mini
@@ -12,14 +27,16 @@ What changes on the way (the function computed does not):
     text embedding are swapped and the BPE vocabulary swaps ids the same way;
   * `image_vocab_size` becomes the number of VQGAN codes (= dalle-mini's decoder_start_token_id, 16384) and the
     rest of dalle-mini's larger image vocabulary is `image_extra_tokens`; table sizes are unchanged;
-  * dalle-mini's `smelu` (which returns 0.25 below -1) becomes `smelu_dallemini`.
+  * dalle-mini's `smelu` (which returns 0.25 below -1) becomes `smelu_dallemini`;
+  * the weights keep the precision they are stored in (dalle-mega's float16 stays float16) unless `--dtype`
+    (float32 | bfloat16 | float16) asks for another.
 
 Switches this code cannot reproduce are refused with an error naming them (`use_alibi`, tied embeddings, ...).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -29,7 +46,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
-from dalle import weights_files
+from dalle import precision, weights_files
+from dalle.cli.args import Parser
 from dalle.modeling import norm_placement
 from dalle.modeling import schema as model_schema
 
@@ -175,7 +193,8 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]
 def convert_params(flat: Mapping[str, np.ndarray], cfg: ConfigDict, target: Mapping[str, Any]) -> dict:
     """dalle-mini flat params (`model/encoder/...`, `lm_head/kernel`) -> our Haiku params matching `target`
     (abstract params of `build_model(cfg)`: the structure and shapes every output must have)."""
-    flat = {k[len("params/"):] if k.startswith("params/") else k: np.asarray(v, np.float32) for k, v in flat.items()}
+    flat = {k[len("params/"):] if k.startswith("params/") else k: np.asarray(v) for k, v in flat.items()}
+    stored = _stored_dtype(flat)  # identity-filled norms get the precision of the weights around them
     used: set[str] = set()
     ours: dict[str, np.ndarray] = {}
     origin: dict[str, str] = {}  # our module -> the dalle-mini module it comes from (for error messages)
@@ -224,15 +243,15 @@ def convert_params(flat: Mapping[str, np.ndarray], cfg: ConfigDict, target: Mapp
                             raise ConversionError(f"dalle-mini checkpoint has no parameter {src!r}")
                     shape = next(p.shape for p in parts if p is not None)
                     fill = np.ones if param == "scale" else np.zeros
-                    arr = np.stack([fill(shape, np.float32) if p is None else p for p in parts])
+                    arr = np.stack([fill(shape, stored) if p is None else p for p in parts])
                 if param == "head_scale":
                     arr = arr.reshape(arr.shape[0], -1)
                 ours[key] = arr
             if our_module == "output_norm" and not leaves:
                 # Swin v2 with <= 6 layers: dalle-mini never creates the extra norm; ours exists, switched off.
-                ours[f"{base}/layers/layer/output_norm/scale"] = np.ones((n, cfg.d_model), np.float32)
+                ours[f"{base}/layers/layer/output_norm/scale"] = np.ones((n, cfg.d_model), stored)
                 if cfg.ln_type == "layernorm":
-                    ours[f"{base}/layers/layer/output_norm/bias"] = np.zeros((n, cfg.d_model), np.float32)
+                    ours[f"{base}/layers/layer/output_norm/bias"] = np.zeros((n, cfg.d_model), stored)
     ours["dalle_bart/lm_head/kernel"] = take("lm_head/kernel")
 
     unused = sorted(set(flat) - used)
@@ -267,26 +286,59 @@ def _target_keys(target: Mapping[str, Any]) -> dict[str, tuple]:
     return {f"{m}/{p}": tuple(np.shape(v)) for m, d in target.items() for p, v in d.items()}
 
 
-def convert(config_json: Mapping[str, Any], flat_params: Mapping[str, np.ndarray]) -> tuple[ConfigDict, dict]:
-    """(our model config, our params) from a dalle-mini config dict and its flat params."""
+def _stored_dtype(flat: Mapping[str, np.ndarray]) -> np.dtype:
+    """The precision most of the checkpoint's floats are stored in (float32 when it has none)."""
+    name = precision.name_of(dict(flat))
+    return np.dtype(precision.jnp_dtype(name or "float32"))
+
+
+def convert(config_json: Mapping[str, Any], flat_params: Mapping[str, np.ndarray],
+            dtype: str | None = None) -> tuple[ConfigDict, dict]:
+    """(our model config, our params) from a dalle-mini config dict and its flat params; the params keep their
+    stored precision unless `dtype` (float32 | bfloat16 | float16) is given."""
     import jax
 
     from dalle.modeling import model as model_lib
 
+    if dtype is not None:
+        precision.check(dtype, "--dtype")
     cfg = model_config_from_dalle_mini(config_json)
     model = model_lib.build_model(cfg)
     target = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-    return cfg, convert_params(flat_params, cfg, target)
+    params = convert_params(flat_params, cfg, target)
+    return cfg, (precision.cast(params, dtype) if dtype else params)
 
 
-def read_dalle_mini_dir(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
+FLAX_WEIGHTS = "flax_model.msgpack"
+
+
+def is_dalle_mini_dir(directory: str) -> bool:
+    """Whether `directory` holds dalle-mini weights as published (config.json of a DalleBart + flax weights), as
+    opposed to a dalle model directory, whose config.json has a `config` entry. Never raises."""
     cfg_path = os.path.join(directory, "config.json")
-    msgpack = os.path.join(directory, "flax_model.msgpack")
+    if not (os.path.isfile(cfg_path) and os.path.isfile(os.path.join(directory, FLAX_WEIGHTS))):
+        return False
+    try:
+        with open(cfg_path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return (isinstance(doc, dict) and "config" not in doc
+            and (doc.get("model_type") == "dallebart" or all(k in doc for k in ("d_model", "encoder_layers"))))
+
+
+def read_dalle_mini_dir(directory: str, weights: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config.json contents, flat params) of a dalle-mini directory; `weights=False` reads the config alone
+    (cheap: the weights of dalle-mega are 10 GB) and returns {} for the params."""
+    cfg_path = os.path.join(directory, "config.json")
+    msgpack = os.path.join(directory, FLAX_WEIGHTS)
     for p in (cfg_path, msgpack):
         if not os.path.isfile(p):
             raise ConversionError(f"{directory!r} is not a dalle-mini checkpoint: {os.path.basename(p)} is missing")
     with open(cfg_path) as f:
         config_json = json.load(f)
+    if not weights:
+        return config_json, {}
     from flax import serialization
 
     with open(msgpack, "rb") as f:
@@ -297,34 +349,206 @@ def read_dalle_mini_dir(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="dalle convert dalle-mini", description=__doc__.splitlines()[0])
-    parser.add_argument("--from", dest="src", required=True, help="dalle-mini checkpoint directory")
-    parser.add_argument("--out", required=True, help="output model directory")
-    parser.add_argument("--vqgan", default="", help="converted VQGAN model directory to record as data.vqgan_checkpoint")
-    args = parser.parse_args(list(argv))
+def tokenizer_files(directory: str) -> tuple[str, ...]:
+    """The BART tokenizer files in `directory`; () unless it has tokenizer.json or vocab.json + merges.txt."""
+    present = tuple(f for f in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, f)))
+    usable = "tokenizer.json" in present or {"vocab.json", "merges.txt"} <= set(present)
+    return present if usable else ()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The VQGAN next to the weights
+# --------------------------------------------------------------------------------------------------------------
+def _subfolders(directory: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [os.path.join(directory, n) for n in names if os.path.isdir(os.path.join(directory, n))]
+
+
+def vqgan_search_places(src: str) -> list[tuple[str, list[str]]]:
+    """Where a VQGAN is looked for when --vqgan is not given, nearest first: (description, folders)."""
+    src = os.path.abspath(src)
+    parent = os.path.dirname(src)
+    return [(f"the subfolders of {src}", _subfolders(src)),
+            (f"the folders beside it in {parent}", [d for d in _subfolders(parent) if d != src])]
+
+
+def _vqgan_misfit(path: str, model_cfg: ConfigDict) -> str | None:
+    """Why the VQGAN in `path` (vqgan-jax or dalle model dir) cannot draw this model's codes; None when it can
+    (or when it is an image tokenizer of another kind, which generation checks itself)."""
     from dalle import model_dir as checkpoint
+    from dalle.modeling.vqgan import convert as vqgan_convert
+    from dalle.modeling.vqgan import model as vqgan_lib
+
+    if vqgan_convert.is_vqgan_jax_dir(path):
+        arch: Mapping[str, Any] = vqgan_convert.config_from_vqgan_jax(os.path.join(path, "config.json"))
+    else:
+        config = checkpoint.config_of(path)
+        if config.model.get("kind") != "vqgan":
+            return None
+        arch = config
+    cfg = vqgan_lib.VQGANConfig.from_config(arch)
+    problems = []
+    if cfg.n_embed != model_cfg.image_vocab_size:
+        problems.append(f"{cfg.n_embed} codes, the model draws {model_cfg.image_vocab_size}")
+    if cfg.token_grid ** 2 != model_cfg.image_length:
+        problems.append(f"a {cfg.token_grid}x{cfg.token_grid} token grid, the model draws {model_cfg.image_length} "
+                        f"tokens")
+    return f"{path} has " + " and ".join(problems) if problems else None
+
+
+def _is_image_tokenizer_dir(path: str) -> bool:
+    """A dalle model directory (or trainer workdir) whose model is an image tokenizer (`dalle convert vqgan`)."""
+    from dalle import model_dir as checkpoint
+    from dalle import registry
 
     try:
-        config_json, flat = read_dalle_mini_dir(args.src)
-        model_cfg, params = convert(config_json, flat)
+        config = checkpoint.config_of(path)
+    except (checkpoint.CheckpointError, OSError, ValueError):
+        return False
+    return "model" in config and config.model.get("kind") in registry.IMAGE_TOKENIZERS
+
+
+def find_vqgan(src: str, model_cfg: ConfigDict, given: str = "") -> str:
+    """The VQGAN to decode the codes of the dalle-mini model in `src`: `given` (--vqgan), else the one vqgan-jax
+    checkpoint that fits among `vqgan_search_places(src)`, nearest place first. ConversionError (one line, saying
+    what to pass) when there is none, or several at the nearest place."""
+    from dalle.modeling.vqgan import convert as vqgan_convert
+
+    if given:
+        if not os.path.exists(given):
+            raise ConversionError(f"--vqgan {given!r} does not exist")
+        if not vqgan_convert.is_vqgan_jax_dir(given) and not _is_image_tokenizer_dir(given):
+            raise ConversionError(f"--vqgan {given!r} is neither a vqgan-jax checkpoint (config.json + "
+                                  f"{FLAX_WEIGHTS}) nor a converted VQGAN model directory (`dalle convert vqgan`)")
+        misfit = _vqgan_misfit(given, model_cfg)
+        if misfit:
+            raise ConversionError(f"--vqgan {given!r} does not fit this model: {misfit}")
+        return given
+    misfits = []
+    for _, folders in vqgan_search_places(src):
+        found = [d for d in folders if vqgan_convert.is_vqgan_jax_dir(d)]
+        fits = []
+        for d in found:
+            misfit = _vqgan_misfit(d, model_cfg)
+            if misfit:
+                misfits.append(misfit)
+            else:
+                fits.append(d)
+        if len(fits) > 1:
+            raise ConversionError(f"several VQGANs next to {src} fit this model ({', '.join(fits)}): pass "
+                                  f"--vqgan DIR to choose one")
+        if fits:
+            return fits[0]
+    where = " and ".join(description for description, _ in vqgan_search_places(src))
+    if misfits:
+        raise ConversionError(f"no VQGAN next to {src} fits this model ({'; '.join(misfits)}): pass --vqgan DIR "
+                              f"(a vqgan-jax checkpoint or a `dalle convert vqgan` output)")
+    raise ConversionError(f"no VQGAN found in {where} (a folder with config.json + {FLAX_WEIGHTS} of vqgan-jax): "
+                          f"pass --vqgan DIR (e.g. dalle-mini's vqgan_imagenet_f16_16384, or a `dalle convert vqgan` "
+                          f"output), or --weights-only to convert the transformer alone")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The whole directory
+# --------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Converted:
+    """A dalle-mini directory converted in memory: `config` ({model, data}) builds `params`; its data paths point
+    at the source (the tokenizer: the source directory itself; the VQGAN: where it was found)."""
+
+    config: ConfigDict
+    params: dict
+    source: str  # absolute path of the dalle-mini directory
+    vqgan: str  # absolute path of the VQGAN (vqgan-jax or dalle model dir); "" when converted without one
+    tokenizer_files: tuple[str, ...]  # names of the BART tokenizer files in `source`; () when it has none
+
+    def num_params(self) -> int:
+        return sum(int(np.prod(v.shape)) for d in self.params.values() for v in d.values())
+
+
+def load(src: str, vqgan: str = "", dtype: str | None = None, weights_only: bool = False) -> Converted:
+    """Converts the dalle-mini directory `src` in memory (see the module docstring for where the VQGAN comes
+    from). `weights_only`: neither a tokenizer nor a VQGAN is required (a `vqgan` given is still used)."""
+    if not os.path.isdir(src):
+        raise ConversionError(f"--from {src!r} is not a directory (dalle-mini's config.json + {FLAX_WEIGHTS})")
+    if dtype is not None:
+        precision.check(dtype, "--dtype")
+    config_json, _ = read_dalle_mini_dir(src, weights=False)
+    # Every missing piece is reported before the weights are read (minutes for dalle-mega).
+    tokenizer = tokenizer_files(src)
+    if not tokenizer and not weights_only:
+        raise ConversionError(f"{src!r} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): copy "
+                              f"dalle-mini's tokenizer files there, or pass --weights-only")
+    vq = find_vqgan(src, model_config_from_dalle_mini(config_json), vqgan) if (vqgan or not weights_only) else ""
+    model_cfg, params = convert(config_json, read_dalle_mini_dir(src)[1], dtype)
+    data = ConfigDict({"max_text_length": model_cfg.max_text_length, "lowercase": True,
+                       "ascii_fold": bool(config_json.get("normalize_text", False)),
+                       "tokenizer_path": os.path.abspath(src) if tokenizer else "",
+                       "vqgan_checkpoint": os.path.abspath(vq) if vq else ""})
+    return Converted(ConfigDict({"model": model_cfg, "data": data}), params, os.path.abspath(src),
+                     os.path.abspath(vq) if vq else "", tokenizer)
+
+
+TOKENIZER_DIR = "tokenizer"  # OUT/tokenizer: dalle-mini's tokenizer files
+VQGAN_DIR = "vqgan"  # OUT/vqgan: the vqgan-jax VQGAN, converted
+
+
+def write(converted: Converted, out: str) -> str:
+    """Writes a converted dalle-mini model to the directory `out`, with its tokenizer and (vqgan-jax) VQGAN inside
+    it, recorded as paths relative to `out`. Returns a one-line summary of what was written."""
+    from dalle import model_dir as checkpoint
+    from dalle.modeling.vqgan import convert as vqgan_convert
+
+    config = ConfigDict(converted.config.to_dict())
+    notes = []
+    if converted.tokenizer_files:
+        tok_dir = os.path.join(out, TOKENIZER_DIR)
+        os.makedirs(tok_dir, exist_ok=True)
+        for f in converted.tokenizer_files:
+            shutil.copy(os.path.join(converted.source, f), tok_dir)
+        config.data.tokenizer_path = TOKENIZER_DIR
+    else:
+        notes.append("no tokenizer")
+    extra = {"converted_from": converted.source, "source": "dalle-mini"}
+    if converted.vqgan and vqgan_convert.is_vqgan_jax_dir(converted.vqgan):
+        summary = vqgan_convert.write_converted(converted.vqgan, os.path.join(out, VQGAN_DIR))
+        config.data.vqgan_checkpoint = VQGAN_DIR
+        extra["vqgan_converted_from"] = converted.vqgan
+        notes.append(f"{VQGAN_DIR}/: {summary} from {converted.vqgan}")
+    elif converted.vqgan:
+        notes.append(f"VQGAN {converted.vqgan}")
+    else:
+        notes.append("no VQGAN")
+    checkpoint.save_model(out, converted.params, config, extra=extra)
+    dtype = precision.name_of(converted.params) or "float32"
+    return f"dalle_bart, {converted.num_params():,} {dtype} parameters; " + "; ".join(notes)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = Parser(prog="dalle convert dalle-mini", description=__doc__.split("\n\n")[0],
+                    examples="dalle convert dalle-mini --from downloads/dalle-mini --out weights/dalle_mini\n"
+                             "dalle convert dalle-mini --from mega --vqgan vqgan_imagenet_f16_16384 --out "
+                             "weights/mega --dtype bfloat16")
+    parser.add_argument("--from", dest="src", required=True,
+                        help="dalle-mini directory: config.json, flax_model.msgpack and the tokenizer files")
+    parser.add_argument("--out", required=True, help="output model directory")
+    parser.add_argument("--vqgan", default="",
+                        help="the VQGAN: a vqgan-jax checkpoint dir (converted into OUT/vqgan) or a `dalle convert "
+                             "vqgan` output (recorded); default: the vqgan-jax checkpoint in a subfolder of --from "
+                             "or beside it")
+    parser.add_argument("--dtype", choices=precision.DTYPES, default=None,
+                        help="precision of the converted weights (default: the precision they are stored in)")
+    parser.add_argument("--weights-only", action="store_true",
+                        help="convert the transformer alone (for model.init_from): no tokenizer or VQGAN required")
+    args = parser.parse_args(list(argv))
+    try:
+        converted = load(args.src, args.vqgan, args.dtype, args.weights_only)
+        summary = write(converted, args.out)
     except ConversionError as e:
         print(f"dalle convert dalle-mini: {e}", file=sys.stderr)
         return 2
-    config = ConfigDict({"model": model_cfg})
-    tok_files = [f for f in TOKENIZER_FILES if os.path.isfile(os.path.join(args.src, f))]
-    data = {"max_text_length": model_cfg.max_text_length, "vqgan_checkpoint": args.vqgan,
-            "ascii_fold": bool(config_json.get("normalize_text", False)), "lowercase": True}
-    if tok_files:
-        tok_dir = os.path.join(os.path.abspath(args.out), "tokenizer")
-        os.makedirs(tok_dir, exist_ok=True)
-        for f in tok_files:
-            shutil.copy(os.path.join(args.src, f), tok_dir)
-        data["tokenizer_path"] = tok_dir
-    config.data = ConfigDict(data)
-    checkpoint.save_model(args.out, params, config, extra={"converted_from": os.path.abspath(args.src),
-                                                           "source": "dalle-mini"})
-    n = sum(int(np.prod(v.shape)) for d in params.values() for v in d.values())
-    print(f"wrote {args.out}: dalle_bart, {n:,} parameters"
-          + ("" if tok_files else " (no tokenizer files found in the source)"))
+    print(f"wrote {args.out}: {summary}")
     return 0

@@ -54,6 +54,10 @@ def _common(c: ConfigDict) -> None:
     # Saved model directory whose text-encoder params (model.encoder_param_filter) initialise this model (the
     # trainer's load_pretrained reads it); "" = none.
     c.encoder_init = ""  # model dir (converted or trained) whose text-encoder params start this model's encoder
+    # Whole-model fine-tuning: a model directory (`dalle convert dalle-mini` output, an exported model) or a trainer
+    # workdir whose every parameter starts this model, which must have the same architecture; "" = none. With
+    # encoder_init as well, the encoder comes from encoder_init and everything else from init_from.
+    c.init_from = ""
 
 
 def dalle_bart_defaults() -> ConfigDict:

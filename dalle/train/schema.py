@@ -5,6 +5,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
+from dalle import precision
 
 
 def root_defaults() -> ConfigDict:
@@ -113,8 +114,9 @@ def check_train(t: ConfigDict, _: ConfigDict):
         yield f"train.schedule.name = {t.schedule.name!r} is not one of {_SCHEDULES}"
     if t.optimizer.lr <= 0:
         yield f"train.optimizer.lr = {t.optimizer.lr} must be positive"
-    if t.compute_dtype not in ("float32", "bfloat16", "float16"):
-        yield f"train.compute_dtype = {t.compute_dtype!r} must be float32, bfloat16 or float16"
+    dtype_problem = precision.problem(t.compute_dtype, "train.compute_dtype")
+    if dtype_problem:
+        yield dtype_problem
     if t.freeze_encoder and t.embeddings_only:
         yield "train.freeze_encoder and train.embeddings_only are mutually exclusive"
 

@@ -3,12 +3,14 @@
 State: {"params", "opt_state", "step"}. Gradient accumulation runs `train.grad_accum_steps` microbatches through
 `lax.scan` inside the jitted step (one compile, memory of one microbatch). `train.freeze_encoder` and
 `train.embeddings_only` select trainable params (the rest get no updates and no optimizer state);
-`model.encoder_init` starts the text encoder from a converted or trained checkpoint.
+`model.init_from` starts every param from a converted or trained model (whole-model fine-tuning) and
+`model.encoder_init` the text encoder alone (over init_from's, when both are set).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -49,30 +51,47 @@ class DalleTask(Task):
         return self.model.partition_rules
 
     def load_pretrained(self, state: dict) -> dict:
-        """`model.encoder_init`: copy every text-encoder param of a saved model into the fresh state;
-        `model.image_code_features`: put the VQGAN's codebook in the frozen feature table."""
-        if self.config.model.get("image_code_features", 0):
+        """Puts saved weights into the fresh state (a new run only; a resumed one restores its checkpoint):
+        `model.init_from`: every param of a saved model (whole-model fine-tuning); then `model.encoder_init`: the
+        text-encoder params of another (so with both set, the encoder comes from encoder_init); then
+        `model.image_code_features`: the VQGAN's codebook in the frozen feature table (from this run's
+        data.vqgan_checkpoint, whatever the saved models hold). Which params train is `train.freeze_encoder` /
+        `train.embeddings_only`'s business, not this one's."""
+        m = self.config.model
+        if m.get("init_from", ""):
+            state = self._copy_params(state, m.init_from, "model.init_from", lambda key: True)
+        if m.get("encoder_init", ""):
+            state = self._copy_params(state, m.encoder_init, "model.encoder_init", self.model.encoder_param_filter)
+        if m.get("image_code_features", 0):
             state = self._put_code_features(state)
-        path = self.config.model.get("encoder_init", "")
-        if not path:
-            return state
+        return state
+
+    def _copy_params(self, state: dict, path: str, key: str, selected: Callable[[str], bool]) -> dict:
+        """The state with every param `selected` by path copied from the model saved in `path` (a model directory
+        or a trainer workdir), cast to the state's precision and laid out like it. One ValueError lists every
+        selected param the source lacks, has with another shape, or has that this model lacks."""
         from dalle import model_dir as checkpoint
 
-        _, src = checkpoint.load_model(path)
+        if not os.path.exists(path):
+            raise ValueError(f"{key} = {path!r} does not exist (a model directory or a trainer workdir)")
+        src_config, src = checkpoint.load_model(path)
         src = sharding.to_mapping(src)
         dst = sharding.to_mapping(state["params"])
-        enc = [k for k in dst if self.model.encoder_param_filter(k)]
-        missing = [k for k in enc if k not in src]
-        wrong = [f"{k}: {np.shape(src[k])} != {np.shape(dst[k])}" for k in enc
+        want = [k for k in dst if selected(k)]
+        missing = [f"missing {k} {tuple(np.shape(dst[k]))}" for k in want if k not in src]
+        wrong = [f"{k}: {tuple(np.shape(src[k]))} there, {tuple(np.shape(dst[k]))} here" for k in want
                  if k in src and np.shape(src[k]) != np.shape(dst[k])]
-        if missing or wrong:
-            raise ValueError(f"model.encoder_init = {path!r} does not fit this model's encoder:\n  "
-                             + "\n  ".join([f"missing {k}" for k in missing] + wrong))
+        extra = [f"unexpected {k} {tuple(np.shape(src[k]))}" for k in sorted(src) if selected(k) and k not in dst]
+        if missing or wrong or extra:
+            raise ValueError(f"{key} = {path!r} does not fit this model ({len(missing)} missing, {len(wrong)} "
+                             f"with other shapes, {len(extra)} unexpected; {_architecture_diff(src_config, self.config)}"
+                             f"):\n  " + "\n  ".join(missing + wrong + extra))
+        selected_keys = set(want)
 
         def put(p, leaf):
-            key = sharding.path_str(p)
-            if key in enc:
-                return jax.device_put(jnp.asarray(src[key], leaf.dtype), leaf.sharding)
+            name = sharding.path_str(p)
+            if name in selected_keys:
+                return jax.device_put(jnp.asarray(src[name], leaf.dtype), leaf.sharding)
             return leaf
 
         return {**state, "params": jax.tree_util.tree_map_with_path(put, state["params"])}
@@ -171,6 +190,17 @@ class DalleTask(Task):
         from dalle import sampling_schema
 
         return state["params"], sampling_schema.with_section(self.config)
+
+
+def _architecture_diff(theirs: ConfigDict, ours: ConfigDict) -> str:
+    """"model.k: X there, Y here; ..." for the model keys a saved model and this run set differently (leaving out
+    the init paths, dropout and remat, which change no parameter): the likely cause of parameters that differ."""
+    a = theirs.model if "model" in theirs else {}
+    b = ours.model
+    skip = {"encoder_init", "init_from", "remat", "dropout", "attention_dropout", "activation_dropout"}
+    diffs = [f"model.{k}: {a[k]!r} there, {b[k]!r} here" for k in sorted(b.keys())
+             if k not in skip and k in a and a[k] != b[k]]
+    return "; ".join(diffs) if diffs else "the model sections agree"
 
 
 def is_code_feature_table(path: str) -> bool:

@@ -18,12 +18,10 @@ import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from dalle import registry, sharding
+from dalle import precision, registry, sharding
 from dalle.modeling.vqgan import model as vqgan_lib
 from dalle.modeling.vqgan import losses
 from dalle.train.task import Batch, DataIterator, Metrics, State, Task
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def make_optimizer(train: ConfigDict, lr_scale: float = 1.0) -> optax.GradientTransformation:
@@ -85,7 +83,7 @@ class VQGANTask(Task):
         super().__init__(config)
         self.cfg = vqgan_lib.VQGANConfig.from_config(config)
         self.lc = config.get("vqgan_loss") or _loss_defaults()
-        dtype = _DTYPES[config.train.compute_dtype] if "train" in config else jnp.float32
+        dtype = precision.jnp_dtype(config.train.compute_dtype) if "train" in config else jnp.float32
         self.model = vqgan_lib.VQGAN(self.cfg, dtype)
         self.disc = losses.make_discriminator(self.lc.disc_ndf, self.lc.disc_num_layers)
         self.gen_tx = make_optimizer(config.train)
