@@ -43,7 +43,7 @@ def test_one_directory_import_then_generate_with_no_other_flag(tmp_path, monkeyp
     shutil.move(str(out), str(moved))
     shutil.rmtree(tmp_path / "downloads")
     monkeypatch.chdir(tmp_path / "elsewhere")
-    assert cli.main(["generate", "a red circle", "--checkpoint", str(moved), "--n", "2", "--scale", "1"]) == 0, \
+    assert cli.main(["generate", "a red circle", "--checkpoint", str(moved), "--n", "2", "--upscale", "1"]) == 0, \
         capsys.readouterr().err
     grid = np.asarray(Image.open(tmp_path / "elsewhere" / "grid.png"))
     assert grid.shape == (16 + 2 * 2, 2 * 16 + 3 * 2, 3)  # 2 images of 16 px (4x4 tokens of an f4 VQGAN)

@@ -91,6 +91,7 @@ def test_eval_job_end_to_end(tmp_path):
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["scales"]) == {"1", "3"}
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # the same results for TensorBoard
     assert metrics["clip_backbone"] == "tiny-random-clip"
     assert metrics["fid_network"]["metric"] == "FID-CLIP"
     assert "tiny-random-clip" in metrics["fid_network"]["name"]

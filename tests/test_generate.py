@@ -26,7 +26,7 @@ def test_generate_writes_grid_and_images(model_dir, tmp_path, capsys):
     out = tmp_path / "grid.png"
     code = cli.main(["generate", "a red circle", "a blue square", "--checkpoint", model_dir, "--n", "3",
                      "--top", "2", "--seed", "1", "--out", str(out), "--out-dir", str(tmp_path / "each"),
-                     "--scale", "1"])
+                     "--upscale", "1"])
     assert code == 0, capsys.readouterr().err
     grid = np.asarray(Image.open(out))
     # 2 prompts x 2 kept images of 32 px with 2 px padding.
@@ -148,7 +148,7 @@ def test_flags_override_the_model_sampling_section(model_dir, tmp_path, monkeypa
 
     monkeypatch.setattr(generation.Generator, "images", recording)
     out = tmp_path / "g.png"
-    base = ["generate", "a red circle", "--checkpoint", tuned, "--out", str(out), "--scale", "1"]
+    base = ["generate", "a red circle", "--checkpoint", tuned, "--out", str(out), "--upscale", "1"]
     assert cli.main(base) == 0  # no flags: the model's section
     err = capsys.readouterr().err
     assert "sampling.clip_checkpoint" in err and "not reranked" in err  # its CLIP is missing: a warning, no rerank
@@ -214,7 +214,7 @@ def test_bfloat16_generation_casts_params_and_mostly_agrees_with_float32(model_d
 def test_dtype_flag_and_its_errors(model_dir, tmp_path, capsys):
     out = tmp_path / "g.png"
     assert cli.main(["generate", "a red circle", "--checkpoint", model_dir, "--n", "1", "--dtype", "bfloat16",
-                     "--out", str(out), "--scale", "1"]) == 0, capsys.readouterr().err
+                     "--out", str(out), "--upscale", "1"]) == 0, capsys.readouterr().err
     assert np.asarray(Image.open(out)).shape == (32 + 2 * 2, 32 + 2 * 2, 3)
     with pytest.raises(SystemExit):
         cli.main(["generate", "x", "--dtype", "float64"])

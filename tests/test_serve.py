@@ -549,9 +549,9 @@ def test_dalle_serve_with_a_tiny_real_model_and_clip(tmp_path, monkeypatch):
     loads = []
     original = generation.Generator.from_checkpoint.__func__
 
-    def counted(cls, directory):
-        loads.append(directory)
-        return original(cls, directory)
+    def counted(cls, directory, **kwargs):
+        loads.append((directory, kwargs.get("dtype")))
+        return original(cls, directory, **kwargs)
 
     monkeypatch.setattr(generation.Generator, "from_checkpoint", classmethod(counted))
     args = serve._parser().parse_args(["--checkpoint", ckpt, "--clip", clip_dir, "--port", "0", "--n", "3",
@@ -582,7 +582,7 @@ def test_dalle_serve_with_a_tiny_real_model_and_clip(tmp_path, monkeypatch):
         direct = serve.clip_scorer(clip_lib.load_clip(clip_dir, tokenizer_path=os.path.join(
             str(tmp_path), "tok", "spm.model")))("a red circle", imgs[0])
         np.testing.assert_allclose(direct, res["scores"], atol=2e-3)  # the server's scores, in display order
-        assert loads == [ckpt]  # loaded once, for the warm-up and all four requests
+        assert loads == [(ckpt, "float32")]  # loaded once (the default --dtype), for the warm-up and all four requests
     finally:
         server.shutdown()
 
@@ -600,8 +600,8 @@ def test_compiled_samplers_are_bounded_and_an_empty_prompt_is_the_users_error(tm
     gens = []
     original = generation.Generator.from_checkpoint.__func__
 
-    def keep(cls, directory):
-        gens.append(original(cls, directory))
+    def keep(cls, directory, **kwargs):
+        gens.append(original(cls, directory, **kwargs))
         return gens[-1]
 
     monkeypatch.setattr(generation.Generator, "from_checkpoint", classmethod(keep))
@@ -646,7 +646,7 @@ def test_bad_command_line_values_are_refused(capsys):
 def test_a_model_that_cannot_be_read_is_not_reported_as_a_busy_port(monkeypatch, capsys):
     from dalle import generation
 
-    def unreadable(cls, directory):
+    def unreadable(cls, directory, **kwargs):
         raise PermissionError(13, "Permission denied", os.path.join(directory, "params.msgpack"))
 
     monkeypatch.setattr(generation.Generator, "from_checkpoint", classmethod(unreadable))

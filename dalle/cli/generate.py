@@ -19,12 +19,15 @@ import warnings
 from typing import Sequence
 
 from dalle import precision
+from dalle.cli.args import Parser
 
 DEFAULT_CHECKPOINT = "outputs/demo/dalle"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dalle generate", description=__doc__.split("\n\n")[0])
+def _parser() -> Parser:
+    p = Parser(prog="dalle generate", description=__doc__.split("\n\n")[0],
+               examples='dalle generate "a red circle" --n 8 --top 2 --seed 0 --out grid.png\n'
+                        'dalle generate --prompts-file prompts.txt --checkpoint weights/dalle_mini --dtype bfloat16')
     p.add_argument("prompts", nargs="*", help="one or more prompts (quote each)")
     p.add_argument("--prompts-file", help="a text file with one prompt per line")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
@@ -42,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                                                 "'' = no reranking (sampling.clip_checkpoint)")
     p.add_argument("--out", default="grid.png", help="grid PNG path")
     p.add_argument("--out-dir", default="", help="also write each image here as PNG")
-    p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling of the written PNGs")
+    p.add_argument("--upscale", type=int, default=4, help="nearest-neighbour upscaling factor of the written PNGs")
     p.add_argument("--decode-kernels", choices=("auto", "native", "xla"), default="auto",
                    help="decode steps on dalle's CPU kernels (native) or XLA's ops (xla); auto (default): native "
                         "wherever they run (float32 on CPU with a C++ compiler)")
@@ -106,8 +109,8 @@ def main(argv: Sequence[str]) -> int:
             raise ValueError(f"--n = {args.n} must be >= 1")
         if args.top is not None and (args.top < 0 or (args.n is not None and args.top > args.n)):
             raise ValueError(f"--top = {args.top} must be between 0 (all) and --n = {args.n}")
-        if args.scale < 1:
-            raise ValueError(f"--scale = {args.scale} must be >= 1")
+        if args.upscale < 1:
+            raise ValueError(f"--upscale = {args.upscale} must be >= 1")
         if not 0 <= args.seed <= MAX_SEED:
             raise ValueError(f"--seed = {str(args.seed)[:30]} must be between 0 and {MAX_SEED}")
         # Before sampling, which may take minutes: where the images go must be writable.
@@ -159,11 +162,11 @@ def main(argv: Sequence[str]) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     grid = generation.make_grid(np.concatenate(rows), cols=keep)
     try:
-        generation.save_png(args.out, grid, scale=args.scale)
+        generation.save_png(args.out, grid, scale=args.upscale)
         if args.out_dir:
             for i, (prompt, imgs) in enumerate(zip(names, rows)):
                 for j, img in enumerate(imgs):
-                    generation.save_png(os.path.join(args.out_dir, f"{i:03d}_{j:02d}.png"), img, scale=args.scale)
+                    generation.save_png(os.path.join(args.out_dir, f"{i:03d}_{j:02d}.png"), img, scale=args.upscale)
     except OSError as e:
         print(f"dalle generate: error: cannot write {e.filename or args.out!r}: {e.strerror or e}", file=sys.stderr)
         return 1

@@ -18,7 +18,6 @@ scales the best one (`best_scale`) goes into the exported model's `sampling` sec
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -32,6 +31,7 @@ from ml_collections import ConfigDict
 
 from dalle import config as config_lib
 from dalle import registry
+from dalle.cli.args import Parser
 
 if TYPE_CHECKING:
     from dalle.eval.metrics import EvalContext
@@ -379,6 +379,12 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
         results["sampling_written"] = write_best_sampling(results, checkpoint_dir)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True, default=_json_default)
+    if jax.process_index() == 0:  # the same numbers and grids in TensorBoard, at the model's training step
+        from dalle.eval import tensorboard
+        from dalle.train import reporting
+
+        step = reporting.run_summary(checkpoint_dir)["steps"] or 0
+        tensorboard.write(out_dir, json.loads(json.dumps(results, default=_json_default)), step)
     return results
 
 
@@ -561,9 +567,10 @@ def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     sub = argv.pop(0) if argv and argv[0] == "reference" else "eval"
     overrides, rest = config_lib.split_config_args(argv)
-    parser = argparse.ArgumentParser(prog=f"dalle eval{' reference' if sub == 'reference' else ''}",
-                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="configs/eval/<x>.py[:variant]")
+    parser = Parser(prog=f"dalle eval{' reference' if sub == 'reference' else ''}", description=__doc__,
+                    takes_config=True, examples="dalle eval --config eval/shapes --checkpoint outputs/demo/dalle\n"
+                                                "dalle eval --config eval/emoji --checkpoint outputs/emoji/dalle")
+    parser.add_argument("--config", required=True, help="an eval config's name (eval/shapes) or path[:variant]")
     parser.add_argument("--checkpoint", default="", help="DALL·E model dir or trainer workdir")
     if sub == "reference":
         parser.add_argument("--out", required=True, help="statistics .npz to write")

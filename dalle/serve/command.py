@@ -10,6 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dalle import precision
+from dalle.cli.args import Parser
 from dalle.serve.app import HttpLimits
 from dalle.serve.server import DEFAULT_HOST, DEFAULT_PORT, ListenError, Server
 from dalle.serve.validation import Defaults, Limits
@@ -50,12 +52,16 @@ def clip_scorer(clip: Any) -> RerankFn:
     return score
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> Parser:
     from dalle import serve
 
-    p = argparse.ArgumentParser(prog="dalle serve", description=(serve.__doc__ or "").split("\n\n")[0])
+    p = Parser(prog="dalle serve", description=(serve.__doc__ or "").split("\n\n")[0],
+               examples="dalle serve --checkpoint outputs/emoji/dalle\n"
+                        "dalle serve --checkpoint weights/dalle_mini --dtype bfloat16 --port 8080")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                    help=f"trained workdir or model dir (default: {DEFAULT_CHECKPOINT}, what `make demo` writes)")
+    p.add_argument("--dtype", choices=precision.DTYPES, default="float32",
+                   help="parameter and compute precision (bfloat16 halves the weights' memory)")
     p.add_argument("--clip", default=None, help="CLIP checkpoint to rerank with (dalle convert clip / clip_shapes); "
                                                 "'' = images in sampling order (default: sampling.clip_checkpoint)")
     p.add_argument("--host", default=DEFAULT_HOST,
@@ -111,7 +117,7 @@ def build_server(args: argparse.Namespace, http: HttpLimits = HttpLimits()) -> S
         raise ValueError(f"--condition-scale = {args.condition_scale} must be between 0 and "
                          f"{Limits.max_condition_scale:g}")
     try:
-        gen = generation.Generator.from_checkpoint(args.checkpoint)
+        gen = generation.Generator.from_checkpoint(args.checkpoint, dtype=args.dtype)
     except OSError as e:  # unreadable weights or tokenizer: a model problem, whatever errno says
         raise StartupError(f"cannot load the model from {args.checkpoint}: {e}") from e
     # Every distinct (n, top-k, ...) compiles a decode loop that holds memory; requests choose them, so bound it.
