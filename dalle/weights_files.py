@@ -10,12 +10,30 @@ an explicit `allow_torchscript=True` (the CLI's `--allow_torchscript`), with a w
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 import zipfile
 from typing import Any, Mapping
 
 import numpy as np
+
+
+FLAX_WEIGHTS = "flax_model.msgpack"  # the weights file of Hugging Face-style flax checkpoints (dalle-mini, vqgan-jax)
+
+
+def flax_checkpoint_config(directory: str) -> dict | None:
+    """The config.json of a flax checkpoint folder (config.json + flax_model.msgpack), or None when `directory`
+    is not one or its config is unreadable. Never raises: callers use it to recognise layouts."""
+    cfg_path = os.path.join(directory, "config.json")
+    if not (os.path.isfile(cfg_path) and os.path.isfile(os.path.join(directory, FLAX_WEIGHTS))):
+        return None
+    try:
+        with open(cfg_path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 class ConversionError(ValueError):

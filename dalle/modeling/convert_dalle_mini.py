@@ -309,21 +309,14 @@ def convert(config_json: Mapping[str, Any], flat_params: Mapping[str, np.ndarray
     return cfg, (precision.cast(params, dtype) if dtype else params)
 
 
-FLAX_WEIGHTS = "flax_model.msgpack"
+FLAX_WEIGHTS = weights_files.FLAX_WEIGHTS
 
 
 def is_dalle_mini_dir(directory: str) -> bool:
     """Whether `directory` holds dalle-mini weights as published (config.json of a DalleBart + flax weights), as
     opposed to a dalle model directory, whose config.json has a `config` entry. Never raises."""
-    cfg_path = os.path.join(directory, "config.json")
-    if not (os.path.isfile(cfg_path) and os.path.isfile(os.path.join(directory, FLAX_WEIGHTS))):
-        return False
-    try:
-        with open(cfg_path) as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return (isinstance(doc, dict) and "config" not in doc
+    doc = weights_files.flax_checkpoint_config(directory)
+    return (doc is not None and "config" not in doc
             and (doc.get("model_type") == "dallebart" or all(k in doc for k in ("d_model", "encoder_layers"))))
 
 

@@ -202,21 +202,14 @@ def config_from_taming_yaml(path: str) -> dict[str, Any]:
 VQGAN_JAX_KEYS = ("resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions",
                   "z_channels", "n_embed", "embed_dim")
 VQGAN_JAX_OPTIONAL_KEYS = ("dropout", "resamp_with_conv")
-FLAX_WEIGHTS = "flax_model.msgpack"
+FLAX_WEIGHTS = weights_files.FLAX_WEIGHTS
 
 
 def is_vqgan_jax_dir(directory: str) -> bool:
     """Whether `directory` holds a vqgan-jax checkpoint: flax weights and a config.json with every architecture
     key (what dalle-mini's VQGAN repositories hold). Never raises: a folder that is not one is simply not one."""
-    cfg_path = os.path.join(directory, "config.json")
-    if not (os.path.isfile(cfg_path) and os.path.isfile(os.path.join(directory, FLAX_WEIGHTS))):
-        return False
-    try:
-        with open(cfg_path) as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and all(k in doc for k in VQGAN_JAX_KEYS)
+    doc = weights_files.flax_checkpoint_config(directory)
+    return doc is not None and all(k in doc for k in VQGAN_JAX_KEYS)
 
 
 def config_from_vqgan_jax(path: str) -> dict[str, Any]:
