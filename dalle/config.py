@@ -86,8 +86,13 @@ def _load_schemas() -> None:
 # Loading
 # ----------------------------------------------------------------------------------------------------------------
 def packaged_configs_dir() -> str:
-    """The configs that ship with the package (`dalle/configs`: in a checkout a link to the repo's configs/)."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+    """The configs that ship with the package (`dalle/configs`: in a checkout a link to the repo's configs/; where
+    the link is not copied, e.g. Bazel's runfiles, the configs/ folder next to the package)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(here, "configs"), os.path.join(os.path.dirname(here), "configs")):
+        if os.path.isdir(candidate):
+            return candidate
+    return os.path.join(here, "configs")
 
 
 def config_file(path: str) -> str:
