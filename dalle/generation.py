@@ -227,9 +227,11 @@ class Generator:
 
     def codes(self, prompts: Sequence[str], *, num_images: int = 1, seed: int = 0,
               condition_scale: float | None = None, top_k: int | None = None, top_p: float | None = None,
-              temperature: float | None = None) -> np.ndarray:
+              temperature: float | None = None, image_prompt: np.ndarray | None = None) -> np.ndarray:
         """int32 [len(prompts) * num_images, image_length], prompt-major. Settings left None are the model's
-        (`self.sampling`)."""
+        (`self.sampling`). `image_prompt`: the first codes of every image, kept as given and the rest sampled
+        after them (image completion; `completion_prompt` makes them from a picture): int [P] for all prompts,
+        or [len(prompts), P]."""
         from dalle.modeling import sampling
 
         s = self.sampling
@@ -241,10 +243,13 @@ class Generator:
         n = len(prompts)
         pad = (-n) % self.rows_multiple
         p = self.tokenize(list(prompts) + [prompts[-1]] * pad)
+        if image_prompt is not None:
+            image_prompt = self._check_image_prompt(image_prompt, n)
+            image_prompt = np.concatenate([image_prompt, np.repeat(image_prompt[-1:], pad, axis=0)])
         rng = seed if isinstance(seed, jax.Array) else jax.random.PRNGKey(seed)
         kw = dict(num_images=num_images, condition_scale=condition_scale, top_k=top_k, top_p=top_p,
                   temperature=temperature, uncond_tokens=self.unconditional(n + pad),
-                  decode_kernels=self.decode_kernels, compute_dtype=self.dtype)
+                  decode_kernels=self.decode_kernels, compute_dtype=self.dtype, image_prompt=image_prompt)
         if self.mesh is None:
             out = sampling.generate(self.model, self.params, p.tokens, rng, **kw)
         else:
@@ -253,6 +258,41 @@ class Generator:
             with sharding.use_mesh(self.mesh, self.rules):
                 out = sampling.generate(self.model, self.params, p.tokens, rng, **kw)
         return np.asarray(jax.device_get(out))[: n * num_images]
+
+    def _check_image_prompt(self, image_prompt: Any, n: int) -> np.ndarray:
+        codes = np.asarray(image_prompt)
+        if not np.issubdtype(codes.dtype, np.integer):
+            raise GenerationError(f"image prompt codes must be integers, got dtype {codes.dtype}")
+        if codes.ndim == 1:
+            codes = np.broadcast_to(codes, (n, codes.shape[0]))
+        if codes.ndim != 2 or codes.shape[0] != n:
+            raise GenerationError(f"image prompt must be [P] or [{n} prompts, P] codes, got shape {codes.shape}")
+        if codes.shape[1] >= self.model.image_length:
+            raise GenerationError(f"image prompt has {codes.shape[1]} codes; an image has {self.model.image_length}"
+                                  f" and at least one must be left to sample")
+        if codes.size and (codes.min() < 0 or codes.max() >= self.model.image_vocab_size):
+            raise GenerationError(f"image prompt codes must be in [0, {self.model.image_vocab_size}), got values "
+                                  f"in [{codes.min()}, {codes.max()}]")
+        return codes.astype(np.int32)
+
+    def completion_prompt(self, image: str | bytes | np.ndarray, keep_rows: int, *,
+                          labels: tuple[str, str] = ("image prompt", "keep rows")) -> np.ndarray:
+        """int32 [keep_rows * tokens_per_side]: the top `keep_rows` rows of the image tokenizer's codes of
+        `image` (a path, encoded bytes or an array; cropped to its centered square and resized to the
+        tokenizer's size), the image prompt that `codes` completes (DALL·E's image completion). `labels`: how
+        errors name the image and the row count (CLI flags, API arguments)."""
+        from dalle.data import images as images_lib
+
+        side = self.vqgan.tokens_per_side
+        if isinstance(keep_rows, bool) or not isinstance(keep_rows, int) or not 1 <= keep_rows < side:
+            raise GenerationError(f"{labels[1]} = {keep_rows!r} must be between 1 and {side - 1} (this model's "
+                                  f"images are {side} code rows; the rest are drawn)")
+        try:
+            pixels = images_lib.read_user_image(image, self.vqgan.image_size, labels[0])
+        except ValueError as e:
+            raise GenerationError(str(e)) from None
+        codes = np.asarray(self.vqgan.encode(pixels[None])).reshape(-1)
+        return codes[: keep_rows * side].astype(np.int32)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3]."""
@@ -264,11 +304,14 @@ class Generator:
 
     def __call__(self, prompt: str, n: int | None = None, seed: int = 0, *, condition_scale: float | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 clip: str | None = None) -> np.ndarray:
+                 clip: str | None = None, image: str | bytes | np.ndarray | None = None,
+                 keep_rows: int | None = None) -> np.ndarray:
         """uint8 [n, H, W, 3]: `n` images of `prompt`, sampled as `dalle generate` samples it. Every setting left
         None is the model's `sampling` section: n = its `keep` (0 there: its `candidates`), guidance, temperature,
         top-k, top-p; and when the section (or `clip`) names a CLIP, the CLIP-best n of max(n, candidates) images
-        (`clip=""`: no reranking). Image i is the same for every n (its randomness depends on seed and i only)."""
+        (`clip=""`: no reranking). Image i is the same for every n (its randomness depends on seed and i only).
+        `image` and `keep_rows`: image completion; the top `keep_rows` code rows of `image` are kept and the rest
+        drawn to match the prompt."""
         if not isinstance(prompt, str):
             raise GenerationError(f"prompt must be one string, got {type(prompt).__name__}; call once per prompt "
                                   f"(or use .images([...]) for a batch)")
@@ -278,11 +321,15 @@ class Generator:
         keep = settings.kept if n is None else n
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise GenerationError(f"n = {n!r} must be a positive integer")
+        if (image is None) != (keep_rows is None):
+            raise GenerationError("image completion needs both image and keep_rows")
+        prompt_codes = None if image is None else self.completion_prompt(image, keep_rows)
         clip_dir = sampling_schema.rerank_clip(settings, from_user=clip is not None)
         if not clip_dir:
-            return self.images([prompt], num_images=keep, seed=seed, **settings.sampler_kwargs())
+            return self.images([prompt], num_images=keep, seed=seed, image_prompt=prompt_codes,
+                               **settings.sampler_kwargs())
         images = self.images([prompt], num_images=max(keep, settings.candidates), seed=seed,
-                             **settings.sampler_kwargs())
+                             image_prompt=prompt_codes, **settings.sampler_kwargs())
         return images[load_reranker(clip_dir)(prompt, images)[:keep]]
 
 

@@ -237,3 +237,103 @@ def test_eval_dtype_reaches_the_eval_generator(model_dir):
     ev.dtype = "half"
     with pytest.raises(config_lib.ConfigError, match="eval.dtype = 'half' must be float32, bfloat16 or float16"):
         config_lib.validate(config_lib.ConfigDict({"eval": ev}))
+
+
+# --- image completion -------------------------------------------------------------------------------------------
+def _picture(path) -> str:
+    """A 40x48 RGBA picture (not square, with alpha: the loader must crop and composite it)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (40, 48, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    pixels[:5, :, 3] = 0  # transparent rows composite onto white
+    Image.fromarray(pixels, "RGBA").save(path)
+    return str(path)
+
+
+def _dalle_bart_dir(model_dir, root) -> str:
+    from dalle import config as config_lib
+    from ml_collections import ConfigDict
+
+    config = checkpoint.read_config(model_dir)
+    config.model = ConfigDict(dict(kind="dalle_bart", d_model=32, encoder_layers=1, decoder_layers=2,
+                                   encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                                   decoder_ffn_dim=64, encoder_vocab_size=64,
+                                   image_vocab_size=config.model.image_vocab_size,
+                                   max_text_length=config.model.max_text_length, image_length=64))
+    config = config_lib.validate(config)
+    params = model_lib.build_model(config.model).init(jax.random.PRNGKey(1))
+    return checkpoint.save_model(os.path.join(root, "bart"), params, config)
+
+
+def test_completion_prompt_is_the_top_rows_of_the_encoded_picture(model_dir, tmp_path):
+    from dalle.data import images as images_lib
+
+    gen = generation.Generator.from_checkpoint(model_dir)
+    path = _picture(tmp_path / "p.png")
+    side = gen.vqgan.tokens_per_side
+    prompt = gen.completion_prompt(path, 3)
+    pixels = images_lib.read_user_image(path, gen.vqgan.image_size)
+    assert pixels.shape == (32, 32, 3) and (pixels[0] == 255).all()  # cropped square, alpha composited on white
+    full = gen.vqgan.encode(pixels[None]).reshape(-1)
+    assert prompt.dtype == np.int32 and prompt.shape == (3 * side,)
+    np.testing.assert_array_equal(prompt, full[: 3 * side])
+
+
+@pytest.mark.parametrize("kind", ["decoder_only", "dalle_bart"])
+def test_completion_keeps_the_given_rows_and_draws_the_rest(kind, model_dir, tmp_path):
+    directory = model_dir if kind == "decoder_only" else _dalle_bart_dir(model_dir, str(tmp_path))
+    gen = generation.Generator.from_checkpoint(directory)
+    prompt = gen.completion_prompt(_picture(tmp_path / "p.png"), 2)
+    codes = gen.codes(["a red circle", "a blue square"], num_images=3, seed=0, top_k=8, image_prompt=prompt)
+    assert codes.shape == (6, 64)
+    assert (codes[:, :16] == prompt).all()
+    free = gen.codes(["a red circle", "a blue square"], num_images=3, seed=0, top_k=8)
+    assert not (free[:, :16] == prompt).all()  # without the prompt the top rows are drawn too
+    # Per-prompt prompts ([P, n]) are kept row by row.
+    other = (prompt + 1) % gen.model.image_vocab_size
+    codes = gen.codes(["a red circle", "a blue square"], num_images=2, seed=0, top_k=8,
+                      image_prompt=np.stack([prompt, other]))
+    assert (codes[:2, :16] == prompt).all() and (codes[2:, :16] == other).all()
+    images = gen("a red circle", n=2, image=_picture(tmp_path / "q.png"), keep_rows=4, clip="")
+    assert images.shape == (2, 32, 32, 3)
+
+
+def test_completion_errors(model_dir, tmp_path):
+    gen = generation.Generator.from_checkpoint(model_dir)
+    picture = _picture(tmp_path / "p.png")
+    for rows in (0, 8, -1, True, 2.5):
+        with pytest.raises(generation.GenerationError, match=r"keep rows = .* must be between 1 and 7"):
+            gen.completion_prompt(picture, rows)
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(generation.GenerationError, match="image prompt .*notes.png' is not an image"):
+        gen.completion_prompt(str(tmp_path / "notes.png"), 2)
+    with pytest.raises(generation.GenerationError, match="does not exist"):
+        gen.completion_prompt(str(tmp_path / "missing.png"), 2)
+    with pytest.raises(generation.GenerationError, match=r"array image must be .* got shape \(4, 4, 2\)"):
+        gen.completion_prompt(np.zeros((4, 4, 2), np.uint8), 2)
+    with pytest.raises(generation.GenerationError, match="at least one must be left to sample"):
+        gen.codes(["a red circle"], image_prompt=np.zeros(64, np.int32))
+    with pytest.raises(generation.GenerationError, match=r"codes must be in \[0, 64\)"):
+        gen.codes(["a red circle"], image_prompt=np.full(8, 99))
+    with pytest.raises(generation.GenerationError, match="needs both image and keep_rows"):
+        gen("a red circle", image=picture)
+
+
+def test_generate_cli_completes_an_image(model_dir, tmp_path, capsys):
+    picture = _picture(tmp_path / "p.png")
+    out = tmp_path / "grid.png"
+    code = cli.main(["generate", "a red circle", "--checkpoint", model_dir, "--n", "2", "--top", "2", "--clip", "",
+                     "--image-prompt", picture, "--keep-rows", "3", "--out", str(out), "--upscale", "1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "completing the top 3 code rows" in captured.out
+    assert np.asarray(Image.open(out)).shape == (32 + 2 * 2, 2 * 32 + 3 * 2, 3)
+    for argv, needle in [
+        (["--image-prompt", picture], "needs both --image-prompt FILE and --keep-rows K"),
+        (["--keep-rows", "2"], "needs both --image-prompt FILE and --keep-rows K"),
+        (["--image-prompt", str(tmp_path / "nope.png"), "--keep-rows", "2"], "does not exist or is not a file"),
+        (["--image-prompt", picture, "--keep-rows", "0"], "--keep-rows = 0 must be >= 1"),
+        (["--image-prompt", picture, "--keep-rows", "8"], "--keep-rows = 8 must be between 1 and 7"),
+    ]:
+        assert cli.main(["generate", "a red circle", "--checkpoint", model_dir, "--out", str(out)] + argv) == 2
+        assert needle in capsys.readouterr().err

@@ -2,10 +2,13 @@
 
     dalle generate "a red circle" --n 16 --top 4 --condition-scale 3 --seed 0 --out grid.png
     dalle generate --prompts-file prompts.txt --checkpoint outputs/demo/dalle --out-dir samples/
+    dalle generate "a red circle below a blue square" --image-prompt photo.png --keep-rows 2
 
 Samples `--n` candidates per prompt with super-conditioning, keeps the `--top` best by CLIP when a CLIP
 checkpoint is given (`--clip DIR`; otherwise the first `--top` in sampling order), decodes them with the model's
-VQGAN and writes the grid (one row per prompt) and each image. Every sampling flag left out takes the model's
+VQGAN and writes the grid (one row per prompt) and each image. With `--image-prompt FILE --keep-rows K` the top K
+rows of image codes come from the picture and the rest are drawn to match the prompt (DALL·E's image completion).
+Every sampling flag left out takes the model's
 `sampling` section (saved with the model; `dalle eval` writes the guidance it measured best), so a bare
 `dalle generate "a red circle"` samples the demo model as EVAL.md reports.
 """
@@ -43,6 +46,11 @@ def _parser() -> Parser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip", default=None, help="CLIP checkpoint for reranking (dalle convert clip / clip_shapes); "
                                                 "'' = no reranking (sampling.clip_checkpoint)")
+    p.add_argument("--image-prompt", default=None, metavar="FILE",
+                   help="image completion: keep the top --keep-rows code rows of this picture (cropped to its "
+                        "centered square) and draw the rest")
+    p.add_argument("--keep-rows", type=int, default=None, metavar="K",
+                   help="code rows of --image-prompt kept, 1 to the model's rows - 1")
     p.add_argument("--out", default="grid.png", help="grid PNG path")
     p.add_argument("--out-dir", default="", help="also write each image here as PNG")
     p.add_argument("--upscale", type=int, default=4, help="nearest-neighbour upscaling factor of the written PNGs")
@@ -111,6 +119,12 @@ def main(argv: Sequence[str]) -> int:
             raise ValueError(f"--top = {args.top} must be between 0 (all) and --n = {args.n}")
         if args.upscale < 1:
             raise ValueError(f"--upscale = {args.upscale} must be >= 1")
+        if (args.image_prompt is None) != (args.keep_rows is None):
+            raise ValueError("image completion needs both --image-prompt FILE and --keep-rows K")
+        if args.image_prompt is not None and not os.path.isfile(args.image_prompt):
+            raise ValueError(f"--image-prompt {args.image_prompt!r} does not exist or is not a file")
+        if args.keep_rows is not None and args.keep_rows < 1:
+            raise ValueError(f"--keep-rows = {args.keep_rows} must be >= 1")
         if not 0 <= args.seed <= MAX_SEED:
             raise ValueError(f"--seed = {str(args.seed)[:30]} must be between 0 and {MAX_SEED}")
         # Before sampling, which may take minutes: where the images go must be writable.
@@ -134,6 +148,10 @@ def main(argv: Sequence[str]) -> int:
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
         scorer = generation.load_reranker(clip_dir) if clip_dir else None
+        image_prompt = None
+        if args.image_prompt is not None:
+            image_prompt = gen.completion_prompt(args.image_prompt, args.keep_rows,
+                                                 labels=("--image-prompt", "--keep-rows"))
     except (generation.GenerationError, FileNotFoundError, ValueError) as e:
         print(f"dalle generate: error: {e}", file=sys.stderr)
         return 2
@@ -148,7 +166,7 @@ def main(argv: Sequence[str]) -> int:
         try:
             for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="prompt", file=sys.stderr)):
                 images = gen.images([prompt], num_images=settings.candidates, seed=(args.seed + i) % (MAX_SEED + 1),
-                                    **settings.sampler_kwargs())
+                                    image_prompt=image_prompt, **settings.sampler_kwargs())
                 if scorer is not None:
                     order = scorer(prompt, images)[:keep]
                 else:
@@ -170,8 +188,9 @@ def main(argv: Sequence[str]) -> int:
     except OSError as e:
         print(f"dalle generate: error: cannot write {e.filename or args.out!r}: {e.strerror or e}", file=sys.stderr)
         return 1
+    completed = f", completing the top {args.keep_rows} code rows of {args.image_prompt}" if args.keep_rows else ""
     print(f"wrote {args.out} ({len(prompts)} prompt(s) x {keep} image(s)"
-          f"{', reranked by CLIP' if scorer else ''})")
+          f"{', reranked by CLIP' if scorer else ''}{completed})")
     return 0
 
 

@@ -181,3 +181,45 @@ def center_crop_resize(img: Image.Image, size: int) -> np.ndarray:
 
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+# What `load_image`'s skip reasons mean to someone who handed us one image (`read_user_image`).
+_USER_REASONS = {
+    "missing_image": "does not exist or is not a file",
+    "unreadable": "is not an image this program can read (PNG, JPEG, WebP, GIF, BMP, TIFF)",
+    "truncated": "is a truncated image file",
+    "too_large": f"has more pixels than the {Image.MAX_IMAGE_PIXELS:,} allowed (a decompression bomb?)",
+    "too_small": "is empty",
+}
+
+
+def read_user_image(source: str | bytes | np.ndarray, size: int, what: str = "image") -> np.ndarray:
+    """uint8 [size, size, 3] from a path, encoded bytes or an array ([H, W], [H, W, 1|3|4], uint8 or float in
+    [0, 1]): one image a person handed in (an image prompt, an init image). Unlike `load_image` it raises a
+    ValueError naming `what` and the reason; modes are converted as the builders convert them (alpha over
+    white), and the largest centered square is resized."""
+    if isinstance(source, np.ndarray):
+        arr = source
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or 0 in arr.shape:
+            raise ValueError(f"{what}: an array image must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
+                             f"got shape {source.shape}")
+        if np.issubdtype(arr.dtype, np.floating):
+            if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+                raise ValueError(f"{what}: float images must be finite and in [0, 1]")
+            arr = np.round(arr * 255.0).astype(np.uint8)
+        elif arr.dtype != np.uint8:
+            raise ValueError(f"{what}: array images must be uint8 or float in [0, 1], got dtype {arr.dtype}")
+        img = Image.fromarray(arr, "RGBA" if arr.ndim == 3 and arr.shape[-1] == 4 else None)
+        return center_crop_resize(_to_rgb(img, None), size)
+    if not isinstance(source, (str, bytes, os.PathLike)):
+        raise ValueError(f"{what}: expected a file path, image bytes or an array, got {type(source).__name__}")
+    stats = BuildStats()
+    label = os.fspath(source) if not isinstance(source, bytes) else "<bytes>"
+    image = load_image(os.fspath(source) if not isinstance(source, bytes) else source, size, stats=stats,
+                       where=label)
+    if image is None:
+        reason = next(iter(stats.skipped), "unreadable")
+        raise ValueError(f"{what} {label!r} {_USER_REASONS.get(reason, reason)}")
+    return image
