@@ -50,3 +50,15 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
     text = target.read_text()
     assert text.startswith(eval_report.HEADER) and "A v1" not in text
     assert text.index("## A v2") < text.index("## B")
+
+
+def test_completion_table_rows():
+    entry = {"keep_rows": 2, "code_rows": 8, "scale": 2.0,
+             "splits": {"validation": {"prompts": 40, "kept": [0.9, 0.05], "caption": [0.25, 0.07],
+                                       "both": [0.2, 0.06], "caption_without_image": [0.3, 0.07]}}}
+    lines = eval_report.completion_table(entry)
+    assert lines[0] == "### Image completion (guidance 2, first sample)"
+    assert "top 2 of 8 code rows kept" in lines[2]
+    assert "| validation | 40 | 90.0% ± 5.0 | 25.0% ± 7.0 | 20.0% ± 6.0 | 30.0% ± 7.0 |" in lines
+    assert eval_report.completion_table({"keep_rows": 2, "code_rows": 8, "scale": 1.0, "splits": {},
+                                         "why": "one-object world"}) == []

@@ -130,10 +130,29 @@ def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "",
                      + f" | {_f(fid.get('value'))} {fid.get('metric', '')} | "
                      + (f"{kid['value']:.4f}" if kid.get("value") is not None else "n/a") + " |")
     lines += ["", f"![FID against CLIP score across guidance scales]({svg})", ""]
+    lines += completion_table(metrics.get("completion"))
     if metrics.get("notes"):
         lines += ["Notes from the job:", ""] + [f"- {n}" for n in metrics["notes"]] + [""]
     lines += [extra] if extra else []
     return "\n".join(lines) + "\n"
+
+
+def completion_table(entry: dict | None) -> list[str]:
+    """The image-completion section (dalle/eval/completion.py), when the job measured it on eligible scenes."""
+    if not entry or not entry.get("splits"):
+        return []
+    rate = lambda r: "n/a" if r[0] is None else f"{100 * r[0]:.1f}% ± {100 * r[1]:.1f}"  # noqa: E731
+    lines = [f"### Image completion (guidance {entry['scale']:g}, first sample)", "",
+             f"Each scene with objects in the grid's top row and below it: its top {entry['keep_rows']} of "
+             f"{entry['code_rows']} code rows kept, the rest drawn to match the full caption. Kept: the top-row "
+             "objects are still exactly there; caption: everything the caption asks is true; without the image: the "
+             "same caption and seed sampled from nothing.", "",
+             "| split | prompts | kept object survives | caption right | both | caption right without the image |",
+             "|---|---|---|---|---|---|"]
+    for split, e in entry["splits"].items():
+        lines.append(f"| {split} | {e['prompts']} | {rate(e['kept'])} | {rate(e['caption'])} | {rate(e['both'])} | "
+                     f"{rate(e['caption_without_image'])} |")
+    return lines + [""]
 
 
 def _pct(entry: dict | None, key: str = "r1") -> str:

@@ -9,7 +9,8 @@ inception` output is at eval.inception_checkpoint; otherwise FID-CLIP is reporte
 (8 prompts per split, 2 scales, 2 candidates: a smoke run in ~a minute), `full` (default: 200 prompts per split of
 validation, zero_shot and paraphrase - the validation scenes captioned off the grammar, dalle/eval/paraphrase.py -
 at guidance 1/1.5/2; accuracy with standard errors, per kind of prompt, for the CLIP-best candidate and for the
-first sample alone).
+first sample alone). On the multi-object world, also image completion (dalle/eval/completion.py): the top code
+rows of each scene with objects above and below the grid's top row kept, the rest drawn to match its caption.
 Append `,root=DIR` to move every artifact, as for configs/shapes_tiny.py.
 """
 
@@ -38,5 +39,6 @@ def get_config(arg=None):
     e.inception_checkpoint = f"{root}/inception"
     e.fid_fallback = "clip"
     e.output_dir = ""
+    e.completion = True  # image completion on the scenes with objects above and below the top row (multi)
     c.mesh = ConfigDict(dict(axes=("data", "fsdp", "model"), shape=(-1, 1, 1)))
     return c

@@ -346,6 +346,8 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
         plot_points.append((float(scale), entry["clip_score"].get("clip_score"), entry["fid"].get("value")))
     if bar is not None:
         bar.close()
+    if ev.completion:
+        results["completion"] = measure_completion(ev, gen, data, prompts, results, out_dir)
 
     fid_name = net.metric_prefix if net is not None else "FID"
     svg = fid_clip_svg(plot_points, fid_name, clip.backbone if clip else "no CLIP")
@@ -453,6 +455,29 @@ def write_best_sampling(results: dict[str, Any], checkpoint_dir: str) -> dict[st
               "by_scale": {k: (headline(e) or (None, None))[1] for k, e in results["scales"].items()}}
     model_dir.set_config_section(target, sampling_schema.SECTION, section, extra={"sampling_measured": record})
     return {"written": True, "model": target, "sampling": section, **record}
+
+
+def measure_completion(ev: ConfigDict, gen: Any, data: ConfigDict | None, prompts: Sequence[Prompt],
+                       results: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """eval.completion (dalle/eval/completion.py) at the best scale measured, with grids of reference /
+    completion / the same caption without the image prompt; a null with the reason where it cannot run."""
+    from dalle.eval import completion
+
+    if not hasattr(gen, "gen") or data is None or not any(p.scene is not None for p in prompts):
+        return {"value": None, "why": "image completion needs a DALL·E checkpoint and shapes-world prompts"}
+    best = best_scale(results)
+    scale = best[0] if best is not None else float(ev.condition_scales[0])
+    s = gen.settings
+    out = completion.measure(gen.gen, data, prompts, scale=scale, keep_rows=ev.completion_rows, seed=ev.seed,
+                             batch_size=ev.batch_size,
+                             sampler={"top_k": s.top_k, "top_p": s.top_p, "temperature": s.temperature})
+    images = out.pop("_images", None)
+    if images is not None:
+        for split in out["splits"]:
+            idx = [i for i, sp in enumerate(images["splits"]) if sp == split][: ev.grid_prompts]
+            trio = np.stack([images["reference"][idx], images["completed"][idx], images["plain"][idx]], axis=1)
+            save_png(os.path.join(out_dir, "grids", f"completion_{split}.png"), image_grid(trio))
+    return out
 
 
 def tokenizer_ceiling(ev, gen, prompts, splits, data) -> dict[str, Any] | None:

@@ -50,6 +50,9 @@ def eval_defaults() -> ConfigDict:
     c.fid_reference = ""  # statistics .npz from `dalle eval reference`; "" = rendered images of the same prompts
     c.kid_subsets = 100
     c.kid_subset_size = 1000  # capped at the number of images
+    # ---- image completion (dalle/eval/completion.py; shapes scenes with objects above and below the top row) ----
+    c.completion = False  # also measure completion: the top code rows of each scene kept, the rest drawn
+    c.completion_rows = 0  # code rows kept; 0 = those inside the scene grid's top row (about a third)
     # ---- outputs ------------------------------------------------------------------------------------------
     c.output_dir = ""  # "" = <checkpoint>/eval
     c.grid_prompts = 16  # prompts shown per PNG grid (all kept candidates of each)
@@ -94,6 +97,8 @@ def check_eval(e: ConfigDict, _: ConfigDict):
     dtype_problem = precision.problem(e.dtype, "eval.dtype")
     if dtype_problem:
         yield dtype_problem
+    if isinstance(e.completion_rows, bool) or not isinstance(e.completion_rows, int) or e.completion_rows < 0:
+        yield f"eval.completion_rows = {e.completion_rows!r} must be a whole number >= 0 (0 = the grid's top row)"
     if e.kid_subsets <= 0 or e.kid_subset_size < 2:
         yield f"eval.kid_subsets = {e.kid_subsets} must be > 0 and eval.kid_subset_size = {e.kid_subset_size} >= 2"
 
