@@ -42,7 +42,7 @@ def test_dalle_commands_are_valid(line, capsys):
         overrides = [a for a in argv if a.startswith("--config.")]
         config_lib.load_config(os.path.join(ROOT, spec) if not os.path.isabs(spec) else spec,
                                overrides, validate_config=not spec.startswith(("configs/dalle_mega",)))
-    sub = argv[:2] if name in ("convert", "tokenizer") else argv[:1]
+    sub = argv[:2] if name in ("convert", "export", "tokenizer") else argv[:1]
     with pytest.raises(SystemExit) as e:
         cli.main(sub + ["--help"])
     assert e.value.code == 0

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("dalle.eval.main:main", "run the evaluation job (accuracy, CLIP score, FID)"),
     "serve": ("dalle.serve:main", "serve the web demo on 127.0.0.1"),
     "convert": ("dalle.convert:main", "convert published weights (vqgan, dalle-mini, clip, inception)"),
+    "export": ("dalle.export:main", "export a model to another code base's layout (dalle-mini)"),
     "demo": ("dalle.demo:main", "run the whole pipeline on the captioned-shapes data"),
 }
 
