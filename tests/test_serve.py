@@ -8,6 +8,9 @@ Slow, stalled and malformed clients against the real server over raw sockets: te
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import http.client
 import io
 import json
 import os
@@ -41,22 +44,26 @@ def fake_images(prompt: str, n: int, seed: int, size: int = 8) -> np.ndarray:
 
 
 class FakeGenerator:
-    """Records calls and the most calls ever in flight at once; can be held at a gate to keep a job running."""
+    """Records calls (and each call's image completion: image bytes, keep_rows) and the most calls ever in flight
+    at once; can be held at a gate to keep a job running."""
 
     def __init__(self, gate: threading.Event | None = None, fail: dict[str, Exception] | None = None):
         self.gate = gate
         self.fail = fail or {}
         self.calls: list[tuple] = []
+        self.completions: list[tuple[bytes | None, int | None]] = []
         self.active = 0
         self.max_active = 0
         self.started = threading.Event()
         self._lock = threading.Lock()
 
-    def __call__(self, prompt, n, condition_scale, top_k, temperature, seed, progress):
+    def __call__(self, prompt, n, condition_scale, top_k, temperature, seed, progress, *, image=None,
+                 keep_rows=None):
         with self._lock:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
             self.calls.append((prompt, n, condition_scale, top_k, temperature, seed))
+            self.completions.append((image, keep_rows))
         try:
             progress(0.5, f"sampling {n} images")
             self.started.set()
@@ -245,6 +252,98 @@ def test_allowed_host_names():
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# image completion: the image and keep_rows fields
+# ----------------------------------------------------------------------------------------------------------------
+COMPLETING = dataclasses.replace(LIMITS, code_rows=4, max_image_bytes=1000)  # keep 1..3 of 4 rows
+
+
+def picture_png(width: int = 20, height: int = 24, seed: int = 0) -> bytes:
+    """A small RGB PNG of noise (every code of its encoding is data, not a flat colour)."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(data: bytes, media: str = "image/png") -> str:
+    return f"data:{media};base64,{base64.b64encode(data).decode()}"
+
+
+@pytest.mark.parametrize("fields, field, message", [
+    ({"image": "aGk="}, "keep_rows", "keep rows is missing: completing an image needs how many of its top code rows "
+                                     "to keep (1 to 3 of 4)"),
+    ({"keep_rows": 2}, "image", "image is missing: keep rows = 2 needs a picture to complete"),
+    ({"image": "  ", "keep_rows": "2"}, "image", "image is missing: keep rows = '2'"),
+    ({"image": "aGk=", "keep_rows": 0}, "keep_rows", "keep rows = 0 must be between 1 and 3 (the model's images "
+                                                     "are 4 code rows; the rest are drawn)"),
+    ({"image": "aGk=", "keep_rows": "4"}, "keep_rows", "keep rows = 4 must be between 1 and 3"),
+    ({"image": "aGk=", "keep_rows": 1.5}, "keep_rows", "keep rows = 1.5 is not a whole number"),
+    ({"image": "aGk=", "keep_rows": True}, "keep_rows", "keep rows = True is not a whole number"),
+    ({"image": 12, "keep_rows": 2}, "image", "image = 12 must be text: the picture as base64 or as a "
+                                             "data:image/...;base64, URL"),
+    ({"image": "not base64!", "keep_rows": 2}, "image", "image = 'not base64!' is not valid base64"),
+    ({"image": "aGk", "keep_rows": 2}, "image", "image = 'aGk' is not valid base64"),  # padding missing
+    ({"image": "aGk=\u00e9", "keep_rows": 2}, "image", "is not valid base64"),
+    ({"image": "data:image/png;base64,@@@@", "keep_rows": 2}, "image", "is not valid base64"),
+    ({"image": "data:image/png,aGk=", "keep_rows": 2}, "image", "image is a data: URL ('data:image/png,') without "
+                                                              "';base64'"),
+    ({"image": "data:image/png;base64", "keep_rows": 2}, "image", "is a data: URL without a ',' before its data"),
+    ({"image": "data:image/png;base64,", "keep_rows": 2}, "image", "image is empty (0 bytes): choose a picture file"),
+    ({"image": base64.b64encode(bytes(1001)).decode(), "keep_rows": 2}, "image",
+     "image is 1,001 bytes; the limit is 1,000 bytes (0.9766 KiB)"),
+    ({"image": data_url(bytes(4000)), "keep_rows": 2}, "image", "image is about 4,000 bytes; the limit is 1,000"),
+])
+def test_completion_fields_name_the_bad_one(fields, field, message):
+    with pytest.raises(serve.FieldError) as e:
+        serve.parse_request({"prompt": "a", **fields}, COMPLETING, DEFAULTS, reranking=True)
+    assert e.value.field == field
+    assert message in str(e.value), str(e.value)
+    assert len(str(e.value)) < 300
+
+
+def test_completion_fields_are_refused_where_completion_is_off():
+    assert not LIMITS.completion and COMPLETING.completion
+    for fields, field in (({"image": "aGk=", "keep_rows": 2}, "image"), ({"keep_rows": 2}, "keep_rows")):
+        with pytest.raises(serve.FieldError, match="image completion is not available on this server") as e:
+            serve.parse_request({"prompt": "a", **fields}, LIMITS, DEFAULTS, reranking=True)
+        assert e.value.field == field
+
+
+def test_completion_fields_decode_the_upload_and_keep_it_out_of_the_json():
+    png = picture_png()
+    wrapped = base64.encodebytes(png).decode()  # 76-character lines, as mail and many tools write base64
+    limits = dataclasses.replace(COMPLETING, max_image_bytes=len(png))
+    for image in (data_url(png), data_url(png, "application/octet-stream"), " " + data_url(png).upper()[:5] +
+                  data_url(png)[5:], wrapped, base64.b64encode(png).decode()):
+        r = serve.parse_request({"prompt": "a", "image": image, "keep_rows": "3"}, limits, DEFAULTS, True)
+        assert (r.image, r.keep_rows, r.image_bytes, r.completion) == (png, 3, len(png), True)
+    out = r.to_json()
+    assert "image" not in out and (out["image_bytes"], out["keep_rows"]) == (len(png), 3)
+    assert json.dumps(out) and "image=" not in repr(r)  # neither the JSON nor a log line carries the bytes
+    plain = serve.parse_request({"prompt": "a", "image": "", "keep_rows": None}, limits, DEFAULTS, True)
+    assert (plain.image, plain.keep_rows, plain.completion, plain.to_json()["image_bytes"]) == (None, None, False, 0)
+
+
+def test_the_body_limit_holds_the_largest_legal_request():
+    """The worst case for its size: an upload of max_image_bytes in a data: URL and a prompt of astral characters,
+    each escaped by json.dumps as a surrogate pair (12 bytes); it fits max_request_bytes, which fits the body."""
+    limits = serve.Limits(code_rows=16)
+    body = json.dumps({"prompt": "\U0001f600" * limits.max_prompt_chars, "n": "16", "top": "16",
+                       "condition_scale": "20.0", "top_k": "16384", "temperature": "5.0", "seed": "2147483647",
+                       "keep_rows": "15", "image": data_url(bytes(limits.max_image_bytes))}).encode()
+    assert len(body) <= serve.max_request_bytes(limits) <= serve.MAX_BODY_BYTES
+    r = serve.parse_request(serve.parse_json_body(body), limits, DEFAULTS, reranking=True)
+    assert r.image_bytes == limits.max_image_bytes
+    # A server whose body limit cannot carry such a request refuses to start, naming both limits.
+    with pytest.raises(ValueError, match=r"HttpLimits.max_body_bytes = 65536 is too small for image completion.*"
+                                         r"Limits.max_image_bytes = 262144"):
+        serve.Server(FakeGenerator(), port=0, limits=limits, http=serve.HttpLimits(max_body_bytes=64 * 1024))
+    serve.Server(FakeGenerator(), port=0, limits=LIMITS, http=serve.HttpLimits(max_body_bytes=64 * 1024)).close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # HTTP API with a fake model
 # ----------------------------------------------------------------------------------------------------------------
 def test_generate_poll_and_fetch_images(make_server):
@@ -291,8 +390,17 @@ def test_http_errors_are_json_with_a_message(make_server):
     status, body = request(server.url + "/api/generate", raw=b"prompt=a", headers={
         "Content-Type": "application/x-www-form-urlencoded"})
     assert status == 415 and "application/json" in body["error"]
-    status, body = request(server.url + "/api/generate", raw=b"x" * (serve.MAX_BODY_BYTES + 1))
-    assert status == 413 and "limit" in body["error"]
+    # Announced by Content-Length and refused before the body is read: only the head is sent, since a client still
+    # writing half a megabyte when the server closes may see the connection reset before it reads the answer.
+    conn = http.client.HTTPConnection(*server.address, timeout=30)
+    conn.putrequest("POST", "/api/generate")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(serve.MAX_BODY_BYTES + 1))
+    conn.endheaders()
+    response = conn.getresponse()
+    body = json.loads(response.read())
+    conn.close()
+    assert response.status == 413 and f"the limit is {serve.MAX_BODY_BYTES}" in body["error"]
     status, body = request(server.url + "/api/generate", {"prompt": "a"}, headers={"Origin": "http://evil.test"})
     assert status == 403 and "cross-origin" in body["error"]
     status, body = request(server.url + "/api/jobs/nope")
@@ -312,6 +420,9 @@ def test_every_response_carries_the_security_headers(make_server):
         assert status == expected, (method, path, status)
         assert headers["Content-Security-Policy"] == serve.CONTENT_SECURITY_POLICY, (method, path)
         assert "default-src 'self'" in headers["Content-Security-Policy"]
+        # one deliberate widening: the page previews the picture to complete as a blob: URL; data: stays out
+        assert "img-src 'self' blob:;" in headers["Content-Security-Policy"]
+        assert "data:" not in headers["Content-Security-Policy"]
         assert (headers["X-Frame-Options"], headers["X-Content-Type-Options"], headers["Referrer-Policy"]) == (
             "DENY", "nosniff", "no-referrer"), (method, path)
     status, headers, body = fetch(server.url + "/api/info", method="DELETE")
@@ -446,7 +557,7 @@ def test_warmup_runs_first_and_requests_wait_for_it(make_server):
         order.append("warmup")
         assert gate.wait(10)
 
-    def gen(prompt, n, *args):
+    def gen(prompt, n, *args, **completion):
         order.append(prompt)
         return fake_images(prompt, n, 0)
 
@@ -460,7 +571,7 @@ def test_warmup_runs_first_and_requests_wait_for_it(make_server):
 
 
 def test_finished_jobs_are_forgotten_beyond_keep_jobs():
-    worker = serve.Worker(lambda p, n, *a: fake_images(p, n, 0), keep_jobs=2)
+    worker = serve.Worker(lambda p, n, *a, **completion: fake_images(p, n, 0), keep_jobs=2)
     worker.start()
     try:
         req = serve.GenerateRequest("a", 1, 1, 3.0, 0, 1.0, 0)
@@ -474,6 +585,56 @@ def test_finished_jobs_are_forgotten_beyond_keep_jobs():
         assert [worker.get(i) is not None for i in ids] == [False, False, True, True]
     finally:
         worker.stop()
+
+
+def test_image_completion_through_the_api(make_server):
+    """The upload reaches the generate function as its bytes with keep_rows; the job echoes its size, never the
+    bytes, says it was a completion, and lets go of the bytes once done; the generator's words about the picture
+    or the rows come back on those fields."""
+    from dalle.generation import GenerationError
+
+    gen = FakeGenerator(fail={
+        "no picture": GenerationError("image of 14 bytes is not an image this program can read (PNG, JPEG)"),
+        "rows": GenerationError("keep rows = 3 must be between 1 and 2 (this model's images are 3 code rows)")})
+    limits = dataclasses.replace(LIMITS, code_rows=4)
+    server = make_server(gen, limits=limits)
+    status, info = request(server.url + "/api/info")
+    assert info["completion"] is True and info["limits"]["code_rows"] == 4
+    assert info["limits"]["max_image_bytes"] == 256 * 1024 and info["fields"]["keep_rows"] == "keep rows"
+    page = request(server.url + "/")[1]
+    assert b'id="image" name="image" type="file"' in page and b'id="keep_rows"' in page
+    assert b'"completion": true' in page  # the page shows the completion inputs only when this says so
+
+    png = picture_png()
+    job = submit(server, prompt="a red circle", n=2, seed=4, image=data_url(png), keep_rows=2)
+    assert "image" not in job["request"] and job["request"]["image_bytes"] == len(png)
+    assert job["request"]["keep_rows"] == 2 and len(json.dumps(job)) < 2000
+    done = wait_job(server, job["id"])
+    assert done["status"] == "done" and done["result"]["completion"] is True, done
+    assert gen.calls[-1] == ("a red circle", 2, 3.0, 0, 1.0, 4) and gen.completions[-1] == (png, 2)
+    kept = server.worker.get(job["id"]).request
+    assert kept.image is None and (kept.image_bytes, kept.keep_rows) == (len(png), 2)  # bytes released, size kept
+
+    plain = wait_job(server, submit(server, prompt="a red circle", n=1, seed=4)["id"])
+    assert plain["result"]["completion"] is False and gen.completions[-1] == (None, None)
+    assert (plain["request"]["image_bytes"], plain["request"]["keep_rows"]) == (0, None)
+
+    for prompt, field in (("no picture", "image"), ("rows", "keep_rows")):
+        failed = wait_job(server, submit(server, prompt=prompt, n=1, image=data_url(png), keep_rows=1)["id"])
+        assert (failed["status"], failed["field"], failed["error_status"]) == ("error", field, 400), failed
+    calls = len(gen.calls)
+    for fields, field in (({"image": data_url(png)}, "keep_rows"), ({"keep_rows": 1}, "image"),
+                          ({"image": "data:image/png;base64,%%%", "keep_rows": 1}, "image"),
+                          ({"image": data_url(png), "keep_rows": 4}, "keep_rows"),
+                          ({"image": data_url(bytes(limits.max_image_bytes + 1)), "keep_rows": 1}, "image")):
+        status, body = request(server.url + "/api/generate", {"prompt": "a", **fields})
+        assert (status, body["field"]) == (400, field), body
+    assert len(gen.calls) == calls and server.worker.queue_length() == 0  # refused before the queue
+
+    off = make_server(FakeGenerator())  # LIMITS: no code rows, so no completion
+    assert request(off.url + "/api/info")[1]["completion"] is False
+    status, body = request(off.url + "/api/generate", {"prompt": "a", "image": data_url(png), "keep_rows": 1})
+    assert (status, body["field"]) == (400, "image") and "not available" in body["error"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -624,6 +785,61 @@ def test_compiled_samplers_are_bounded_and_an_empty_prompt_is_the_users_error(tm
         assert sorted(dict(key[0])["top_k"] for key in cache) == [2, 3]  # the most recently used
         gc.collect()
         assert oldest() is None  # dropped from memory, not only from the dict
+    finally:
+        server.shutdown()
+
+
+def test_dalle_serve_completes_an_uploaded_picture(tmp_path, monkeypatch):
+    """`dalle serve` on a tiny real model (16 px, 4x4 codes): /api/info offers rows 1..3; an uploaded PNG's top
+    rows of codes, as the Generator encodes it on its own, are the first codes of every returned image (which are
+    those codes decoded), and another picture with the same seed gives its own; an upload that is no picture and
+    rows out of range are the request's errors on their fields."""
+    from dalle import generation
+
+    ckpt, _ = make_tiny_checkpoint(str(tmp_path))
+    gens, decoded = [], []
+    load, decode = generation.Generator.from_checkpoint.__func__, generation.Generator.decode
+
+    def keep(cls, directory, **kwargs):
+        gens.append(load(cls, directory, **kwargs))
+        return gens[-1]
+
+    def recording(self, codes):
+        decoded.append(np.asarray(codes))
+        return decode(self, codes)
+
+    monkeypatch.setattr(generation.Generator, "from_checkpoint", classmethod(keep))
+    monkeypatch.setattr(generation.Generator, "decode", recording)
+    args = serve._parser().parse_args(["--checkpoint", ckpt, "--clip", "", "--port", "0", "--no-warmup"])
+    server = serve.build_server(args).start()
+    try:
+        info = request(server.url + "/api/info")[1]
+        assert info["completion"] is True and info["limits"]["code_rows"] == 4 and "in 4 rows" in info["model"]
+        pngs = [picture_png(20, 24, seed=1), picture_png(16, 16, seed=2)]
+        jobs = [submit(server, prompt="a red circle", n=2, seed=9, top_k=0, image=data_url(png), keep_rows=2)
+                for png in pngs]
+        done = [wait_job(server, j["id"]) for j in jobs]
+        assert [(j["status"], j["result"]["completion"]) for j in done] == [("done", True)] * 2, done
+        for png, codes in zip(pngs, decoded):
+            expected = gens[0].completion_prompt(png, 2)  # the upload's top 2 rows of 4 codes
+            assert expected.shape == (8,) and codes.shape == (2, 16)
+            assert (codes[:, :8] == expected).all()
+        assert not (decoded[0][:, :8] == decoded[1][:, :8]).all()  # each picture's own rows, not a constant
+        shown = np.stack([png_array(request(server.url + u)[1]) for u in done[0]["result"]["images"]])
+        np.testing.assert_array_equal(shown, decode(gens[0], decoded[0]))  # the images are those codes, decoded
+
+        failed = wait_job(server, submit(server, prompt="a red circle", n=1, image=data_url(b"just some text"),
+                                         keep_rows=1)["id"])
+        assert (failed["status"], failed["field"], failed["error_status"]) == ("error", "image", 400), failed
+        assert failed["error"] == ("image of 14 bytes is not an image this program can read (PNG, JPEG, WebP, GIF, "
+                                   "BMP, TIFF)")
+        for rows in (0, 4):
+            status, body = request(server.url + "/api/generate", {"prompt": "a", "image": data_url(png),
+                                                                  "keep_rows": rows})
+            assert (status, body["field"]) == (400, "keep_rows")
+            assert body["error"] == (f"keep rows = {rows} must be between 1 and 3 (the model's images are 4 code "
+                                     f"rows; the rest are drawn)")
+        assert len(gens) == 1 and len(decoded) == 2  # loaded once; the refused requests never decoded anything
     finally:
         server.shutdown()
 

@@ -157,14 +157,18 @@ def browser():
 
 
 class GatedGenerator:
-    """Solid-colour images; each call waits at a gate so the test can see the progress indicator while it runs."""
+    """Solid-colour images; each call waits at a gate so the test can see the progress indicator while it runs.
+    Records each call's image completion (the uploaded bytes, keep_rows) too."""
 
     def __init__(self):
         self.gate = threading.Event()
         self.calls: list[tuple] = []
+        self.completions: list[tuple[bytes | None, int | None]] = []
 
-    def __call__(self, prompt, n, condition_scale, top_k, temperature, seed, progress):
+    def __call__(self, prompt, n, condition_scale, top_k, temperature, seed, progress, *, image=None,
+                 keep_rows=None):
         self.calls.append((prompt, n, condition_scale, top_k, temperature, seed))
+        self.completions.append((image, keep_rows))
         progress(0.4, f"sampling {n} images")
         assert self.gate.wait(60)
         colours = np.random.default_rng(seed).integers(0, 256, (n, 3), dtype=np.uint8)
@@ -189,6 +193,8 @@ def test_page_generates_images_and_shows_field_errors(browser):
         refused = [m for m in browser.console() if "Content Security Policy" in m]
         assert len(refused) == 1 and "inline script" in refused[0], refused  # only the one just tried
         assert browser.js("return document.getElementById('top').disabled") is True
+        # no code rows in these limits: no completion, and none of its inputs on show
+        assert browser.js("return getComputedStyle(document.getElementById('completion')).display") == "none"
 
         browser.type("#prompt", "a red circle above a blue square")
         browser.type("#n", "3")
@@ -263,6 +269,86 @@ def test_page_with_a_tiny_real_model(browser, tmp_path):
                      timeout=120, what="two loaded 16 px images")
         assert "seed 3" in browser.text("#result-meta")
         assert browser.js("return document.getElementById('prompt').getAttribute('aria-invalid')") is None
+        assert not [m for m in browser.console() if "Content Security Policy" in m]
+    finally:
+        server.shutdown()
+
+
+def noise_png(path: str, width: int, height: int, seed: int = 0) -> bytes:
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_page_completes_an_uploaded_picture(browser, tmp_path):
+    """Choose a picture in the file input: it is previewed (a blob: URL, under the CSP) with the rows to be drawn
+    shaded; Generate sends it with the chosen rows and shows it beside the completions. A picture over the size
+    limit is refused before sending; Remove picture returns to plain generation."""
+    picture = str(tmp_path / "picture.png")
+    data = noise_png(picture, 40, 30)
+    big = str(tmp_path / "big.png")
+    big_size = len(noise_png(big, 64, 64, seed=1))
+    gen = GatedGenerator()
+    gen.gate.set()
+    limits = serve.Limits(max_images=16, image_codes=512, code_rows=4, max_image_bytes=len(data) + 100)
+    assert big_size > limits.max_image_bytes
+    server = serve.Server(gen, port=0, limits=limits, defaults=serve.Defaults(n=2)).start()
+    try:
+        browser.get(server.url + "/")
+        assert browser.js("return getComputedStyle(document.getElementById('completion')).display") == "block"
+        assert browser.js("return [...document.querySelectorAll('#keep_rows option')].map(o => o.value)") == [
+            "1", "2", "3"]
+        assert browser.js("return document.getElementById('keep_rows').disabled") is True  # no picture yet
+
+        image_input = browser.find("#image")
+        browser.cmd("POST", f"/element/{image_input}/value", {"text": big})
+        browser.type("#prompt", "a red circle")
+        browser.click("#generate")
+        browser.wait("return document.getElementById('error').textContent.length > 0", what="the size error")
+        kib = float(f"{limits.max_image_bytes / 1024:.4g}")
+        assert browser.text("#error") == (f"image is {big_size:,} bytes; the limit is {limits.max_image_bytes:,} "
+                                          f"bytes ({kib:g} KiB)")
+        assert browser.js("return document.getElementById('image').getAttribute('aria-invalid')") == "true"
+        assert gen.calls == []  # refused before sending
+
+        browser.cmd("POST", f"/element/{image_input}/clear")
+        browser.cmd("POST", f"/element/{image_input}/value", {"text": picture})
+        browser.wait("const i = document.getElementById('preview-img');"
+                     "return i.src.startsWith('blob:') && i.complete && i.naturalWidth === 40",
+                     what="the preview of the chosen picture")
+        assert browser.js("return document.getElementById('image').getAttribute('aria-invalid')") is None
+        assert browser.text("#error") == ""  # the message was about the picture just replaced
+        assert browser.js("return document.getElementById('keep_rows').disabled") is False
+        assert browser.js("return document.getElementById('preview-drawn').style.top") == "50%"  # 2 of 4 kept
+        browser.click("#keep_rows option[value='3']")
+        assert browser.js("return document.getElementById('preview-drawn').style.top") == "75%"
+        assert browser.text("#preview-caption") == "top 3 of 4 rows kept; shaded: drawn"
+
+        browser.type("#seed", "5")
+        browser.click("#generate")
+        browser.wait("const imgs = document.querySelectorAll('#grid img.result');"
+                     "const src = document.querySelector('#grid figure.source img');"
+                     "return imgs.length === 2 && [...imgs].every(i => i.complete && i.naturalWidth === 32) &&"
+                     "  src && src.complete && src.naturalWidth === 40",
+                     what="two completions beside the uploaded picture")
+        assert gen.completions == [(data, 3)]
+        assert gen.calls == [("a red circle", 2, 3.0, 0, 1.0, 5)]
+        assert "completing the top 3 of 4 code rows" in browser.text("#result-meta")
+        assert browser.text("#grid figure.source figcaption") == "your picture · top 3 rows kept"
+
+        browser.click("#image-clear")  # back to plain generation
+        assert browser.js("return document.getElementById('image').files.length") == 0
+        assert browser.js("return document.getElementById('keep_rows').disabled") is True
+        assert browser.js("return getComputedStyle(document.getElementById('preview')).display") == "none"
+        browser.type("#seed", "6")
+        browser.click("#generate")
+        browser.wait("return document.getElementById('result-meta').textContent.includes('seed 6')",
+                     what="the plain generation's results")
+        assert gen.completions[-1] == (None, None)
+        assert browser.js("return document.querySelectorAll('#grid figure.source').length") == 0
+        assert "completing" not in browser.text("#result-meta")
         assert not [m for m in browser.console() if "Content Security Policy" in m]
     finally:
         server.shutdown()

@@ -12,6 +12,7 @@ right. After every test the server still answers a normal request.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
@@ -30,7 +31,8 @@ DEFAULTS = serve.Defaults(n=2, top=0, condition_scale=3.0, top_k=0, temperature=
 
 
 def solid_images(prompt: str, n: int, condition_scale: float, top_k: int, temperature: float, seed: int,
-                 progress: Callable[[float, str], None]) -> np.ndarray:
+                 progress: Callable[[float, str], None], *, image: bytes | None = None,
+                 keep_rows: int | None = None) -> np.ndarray:
     colours = np.random.default_rng(seed).integers(0, 256, (n, 3), dtype=np.uint8)
     return np.broadcast_to(colours[:, None, None, :], (n, 8, 8, 3)).copy()
 
@@ -244,7 +246,7 @@ def test_requests_beyond_max_connections_get_503(make_server):
 def test_a_client_that_stops_reading_is_dropped(make_server):
     """A 12 MB grid (noise does not compress) to a client with an 8 KB window that reads nothing: more than the
     kernel buffers, so the server's writes stall, and the connection is dropped after write_timeout_s."""
-    def noise(prompt: str, n: int, *args: Any) -> np.ndarray:
+    def noise(prompt: str, n: int, *args: Any, **completion: Any) -> np.ndarray:
         return np.random.default_rng(0).integers(0, 256, (n, 512, 512, 3), dtype=np.uint8)
 
     server = make_server(noise)
@@ -375,16 +377,48 @@ def test_a_chunked_body_is_read_as_one_body(server):
 
 def test_an_oversize_body_is_413_naming_the_limit(server):
     limit = serve.MAX_BODY_BYTES
-    with connect(server) as sock:  # by Content-Length, before any of it is sent
+    for length in (limit + 1, 10 * limit):  # by Content-Length, before any of it is sent
+        with connect(server) as sock:
+            sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % length)
+            _, data = closed_within(sock, SLACK)
+        status, error = error_of(data)
+        assert status == 413 and error["error"] == f"request body is {length} bytes; the limit is {limit}"
+    with connect(server) as sock:  # chunked: counted while reading; the chunks stop short of their terminator
         sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000000\r\n\r\n")
-        _, data = closed_within(sock, SLACK)
-    status, error = error_of(data)
-    assert status == 413 and error["error"] == f"request body is 1000000 bytes; the limit is {limit}"
-    with connect(server) as sock:  # chunked: counted while reading
-        sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n" + chunked(*[b" " * 8192] * 9)[:-5])
+                     b"Transfer-Encoding: chunked\r\n\r\n" + chunked(*[b" " * 8192] * (limit // 8192 + 1))[:-5])
         _, data = closed_within(sock, SLACK)
     status, error = error_of(data)
     assert status == 413 and f"the limit is {limit}" in error["error"]
     assert server.worker.queue_length() == 0
+
+
+def test_the_largest_upload_fits_the_body_limit_and_one_byte_more_is_413(make_server):
+    """An image completion with an upload of Limits.max_image_bytes, padded with (legal) JSON whitespace to exactly
+    MAX_BODY_BYTES, is accepted; the same body one byte longer is refused, also when it comes in chunks."""
+    limits = serve.Limits(max_images=16, max_prompt_chars=50, image_codes=64, code_rows=4)
+    server = make_server(limits=limits)
+    limit, upload = serve.MAX_BODY_BYTES, np.random.default_rng(0).bytes(limits.max_image_bytes)
+    fields = json.dumps({"prompt": "a red circle", "n": 1, "keep_rows": 2,
+                         "image": "data:image/png;base64," + base64.b64encode(upload).decode()}).encode()
+    assert len(fields) < limit
+    body = fields + b" " * (limit - len(fields))
+    status, _, raw = exchange(server, request_bytes("POST", "/api/generate", body))
+    job = json.loads(raw)
+    assert status == 202, job
+    assert (job["request"]["image_bytes"], job["request"]["keep_rows"]) == (limits.max_image_bytes, 2)
+    assert "image" not in job["request"] and len(raw) < 2000  # the upload is not echoed
+    head = (b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    with connect(server) as sock:
+        pieces = [body[i:i + 65536] for i in range(0, len(body), 65536)] + [b" "]
+        sock.sendall(head + chunked(*pieces)[:-5])  # no terminator: nothing is left unread when it is refused
+        _, data = closed_within(sock, SLACK + TIMEOUT)
+    status, error = error_of(data)
+    assert status == 413 and error["error"] == (f"request body is over {limit} bytes (it came in chunks); the limit "
+                                                f"is {limit}"), error
+    deadline = time.monotonic() + 30  # the accepted one runs; the refused one never queued
+    while json.loads(exchange(server, request_bytes("GET", f"/api/jobs/{job['id']}"))[2])["status"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert server.worker.queue_length() == 0 and len(server.worker._jobs) == 1

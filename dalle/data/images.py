@@ -216,10 +216,11 @@ def read_user_image(source: str | bytes | np.ndarray, size: int, what: str = "im
     if not isinstance(source, (str, bytes, os.PathLike)):
         raise ValueError(f"{what}: expected a file path, image bytes or an array, got {type(source).__name__}")
     stats = BuildStats()
-    label = os.fspath(source) if not isinstance(source, bytes) else "<bytes>"
-    image = load_image(os.fspath(source) if not isinstance(source, bytes) else source, size, stats=stats,
-                       where=label)
+    data = source if isinstance(source, bytes) else os.fspath(source)
+    # A file is named by its path; uploaded bytes by their size (they have no name).
+    label = f"of {len(data):,} bytes" if isinstance(data, bytes) else repr(data)
+    image = load_image(data, size, stats=stats, where=label)
     if image is None:
         reason = next(iter(stats.skipped), "unreadable")
-        raise ValueError(f"{what} {label!r} {_USER_REASONS.get(reason, reason)}")
+        raise ValueError(f"{what} {label} {_USER_REASONS.get(reason, reason)}")
     return image

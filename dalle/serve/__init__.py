@@ -1,4 +1,5 @@
-"""`dalle serve`: the web demo, one page on 127.0.0.1 that turns a prompt into a (CLIP-reranked) grid of images.
+"""`dalle serve`: the web demo, one page on 127.0.0.1 that turns a prompt, and optionally the top rows of a picture
+to complete, into a (CLIP-reranked) grid of images.
 
     dalle serve                                    # outputs/demo/dalle (what `make demo` writes), port 7860
     dalle serve --checkpoint runs/mini --clip clip_dir --host 127.0.0.1 --port 7860 [--allowed-host NAME ...]
@@ -12,12 +13,19 @@ dalle/serve/server.py). The page is three files in dalle/serve/static (package d
 
 API (every error is JSON `{"error": message, "field": name-or-null}`, messages name the field and its value):
     GET  /                              the page (/static/app.js, /static/app.css)
-    GET  /api/info                      model, reranking on/off, limits, defaults, queue length, ready
-    POST /api/generate                  {"prompt", "n", "top", "condition_scale", "top_k", "temperature", "seed"}
+    GET  /api/info                      model, reranking on/off, completion on/off, limits (code_rows,
+                                        max_image_bytes, ...), defaults, queue length, ready
+    POST /api/generate                  {"prompt", "n", "top", "condition_scale", "top_k", "temperature", "seed",
+                                         "image", "keep_rows"}
                                         -> 202 {"id", "status": "queued", "position"} | 400 (bad field) | 503 (full)
-    GET  /api/jobs/<id>                 status (queued/running/done/error), position, stage, progress, eta, result;
-                                        an error has "error", "field" and "error_status" (400: the request, e.g.
-                                        a prompt with no words left after caption cleaning; 500: this server)
+                                        image + keep_rows (both or neither): image completion, the top keep_rows
+                                        (1..code_rows-1) code rows of the picture kept, the rest drawn; image is
+                                        base64 or a data:image/...;base64, URL of at most 256 KiB of file
+    GET  /api/jobs/<id>                 status (queued/running/done/error), position, stage, progress, eta, result
+                                        (result.completion: an image was completed); the request echoes the
+                                        upload as image_bytes, never its bytes; an error has "error", "field" and
+                                        "error_status" (400: the request, e.g. a prompt with no words left after
+                                        caption cleaning or an upload that is no picture; 500: this server)
     GET  /api/jobs/<id>/images/<i>.png  one image of a finished job (best first when reranked)
     GET  /api/jobs/<id>/grid.png        all of them as one grid
 Routes are exact (no trailing-slash redirects, nothing after `.png`); another method on a route is 405.
@@ -25,13 +33,15 @@ Routes are exact (no trailing-slash redirects, nothing after `.png`); another me
 Hardening (dalle.serve.app.HttpLimits; `Server(http=HttpLimits(...))`):
     Host           only localhost, 127.0.0.1, [::1], the --host address and --allowed-host names (any port);
                    any other Host is 400 (a DNS-rebinding page reaches 127.0.0.1 under its own name)
-    headers        every response: Content-Security-Policy default-src 'self' (no inline script or style),
+    headers        every response: Content-Security-Policy default-src 'self' (no inline script or style;
+                   img-src adds blob:, for the page's preview of the picture to complete),
                    X-Frame-Options DENY, X-Content-Type-Options nosniff, Referrer-Policy no-referrer
     head_timeout_s 10 s for the request line and headers (from connect, or the previous response): 408, closed
     body_timeout_s 10 s for the whole body: 408, closed
     keep_alive_s   5 s idle between requests
     write_timeout_s 30 s for a client that stops reading a response: dropped
-    max_body_bytes 64 KiB (Content-Length or counted while reading a chunked body): 413, closed
+    max_body_bytes 512 KiB (Content-Length or counted while reading a chunked body): 413, closed; room for
+                   an image completion's upload (Limits.max_image_bytes, 256 KiB) as base64
     max_head_bytes 16 KiB of request line and headers: 431
     max_connections 64 open connections; requests on more get 503
     JSON           nested at most 16 deep; numbers longer than 30 digits, NaN, Infinity, booleans, wrong types:
@@ -57,13 +67,13 @@ from typing import Any
 
 _WHERE = {
     "dalle.serve.validation": ("FieldError", "Limits", "Defaults", "GenerateRequest", "FIELDS", "LABELS", "MAX_SEED",
-                               "parse_request", "parse_json_body"),
+                               "parse_request", "parse_json_body", "decode_image_field", "max_request_bytes"),
     "dalle.serve.worker": ("Worker", "Job", "QueueFull", "GenerateFn", "RerankFn", "ProgressFn", "png_bytes"),
     "dalle.serve.app": ("HttpLimits", "MAX_BODY_BYTES", "CONTENT_SECURITY_POLICY", "SECURITY_HEADERS", "build_app",
                         "render_page"),
     "dalle.serve.server": ("Server", "ListenError", "GuardedH11Protocol", "DEFAULT_HOST", "DEFAULT_PORT"),
     "dalle.serve.command": ("main", "build_server", "generator_fn", "clip_scorer", "StartupError", "FLAG_LABELS",
-                            "DEFAULT_CHECKPOINT", "DEFAULT_MAX_COMPILED", "_parser"),
+                            "COMPLETION_LABELS", "DEFAULT_CHECKPOINT", "DEFAULT_MAX_COMPILED", "_parser"),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 

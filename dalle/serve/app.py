@@ -26,10 +26,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dalle.serve.validation import Defaults, FieldError, Limits, clip, parse_json_body, parse_request, show
+from dalle.serve.validation import (Defaults, FieldError, Limits, clip, max_request_bytes, parse_json_body,
+                                    parse_request, show)
 from dalle.serve.worker import QueueFull, Worker
 
-MAX_BODY_BYTES = 64 * 1024
+# Room for an image completion's upload (Limits.max_image_bytes = 256 KiB, a third more as base64) and the other
+# fields; `build_app` refuses limits under which a legal upload would not fit.
+MAX_BODY_BYTES = 512 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +57,11 @@ class HttpLimits:
 
 # Every response: nothing from other origins (the page's CSS and JS are files of this package, so no inline
 # script or style is needed), never framed (clickjacking), no MIME sniffing, no Referer leaking the job URLs.
-CONTENT_SECURITY_POLICY = ("default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; "
-                           "object-src 'none'")
+# One addition to 'self': images may be blob: URLs, which is how the page shows the picture chosen for a completion
+# (URL.createObjectURL of the file) without sending it anywhere. A blob: URL can only be made by script already
+# running in the page, so it lets nothing in from outside; data: stays refused, as nothing here needs it.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob:; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'; object-src 'none'")
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-frame-options", b"DENY"),
@@ -226,7 +232,13 @@ async def read_body(request: Request, limits: HttpLimits) -> bytes:
 
 
 def build_app(site: Site, limits: HttpLimits, allowed_hosts: frozenset[str]) -> ASGIApp:
-    """The ASGI application for `site`: starlette routes inside the Host/header Guard."""
+    """The ASGI application for `site`: starlette routes inside the Host/header Guard. Raises ValueError when
+    `site` takes image completions whose legal uploads would not fit in `limits.max_body_bytes`."""
+    needed = max_request_bytes(site.limits)
+    if site.limits.completion and limits.max_body_bytes < needed:
+        raise ValueError(f"HttpLimits.max_body_bytes = {limits.max_body_bytes} is too small for image completion: "
+                         f"a request with an image of Limits.max_image_bytes = {site.limits.max_image_bytes} "
+                         f"can take {needed} bytes")
 
     def page_response(body: bytes, content_type: str, cache: str = "no-cache") -> Response:
         return Response(body, media_type=content_type, headers={"Cache-Control": cache})

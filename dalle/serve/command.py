@@ -25,16 +25,30 @@ class StartupError(RuntimeError):
     """The model or the CLIP could not be loaded; the message names the path (not the port: see ListenError)."""
 
 
+# How the generator's messages name the completion inputs: the API's field labels (dalle/serve/validation.py
+# LABELS), which dalle/serve/worker.py `generator_field` maps back to the fields.
+COMPLETION_LABELS = ("image", "keep rows")
+
+
 def generator_fn(gen: Any, top_p: float | None = None) -> GenerateFn:
     """Adapts a `dalle.generation.Generator` to the server's generate function (same seed -> same images as
-    `dalle generate` with the same settings, since both sample all n candidates of a prompt in one call).
-    `top_p` applies to every request (None: the model's sampling section)."""
+    `dalle generate` with the same settings, since both sample all n candidates of a prompt in one call; with an
+    image, as `dalle generate --image-prompt FILE --keep-rows K`). `top_p` applies to every request (None: the
+    model's sampling section)."""
 
     def generate(prompt: str, n: int, condition_scale: float, top_k: int, temperature: float, seed: int,
-                 progress: ProgressFn) -> np.ndarray:
-        progress(0.05, f"sampling {n} image(s) ({gen.model.image_length} codes each)")
+                 progress: ProgressFn, *, image: bytes | None = None, keep_rows: int | None = None) -> np.ndarray:
+        if (image is None) != (keep_rows is None):
+            raise ValueError(f"image completion needs both image and keep_rows, got image "
+                             f"{'None' if image is None else f'of {len(image)} bytes'} and keep_rows {keep_rows}")
+        image_prompt, kept = None, ""
+        if image is not None and keep_rows is not None:
+            progress(0.02, f"encoding the uploaded image ({len(image):,} bytes)")
+            image_prompt = gen.completion_prompt(image, keep_rows, labels=COMPLETION_LABELS)
+            kept = f", the top {keep_rows} of {gen.vqgan.tokens_per_side} code rows kept"
+        progress(0.05, f"sampling {n} image(s) ({gen.model.image_length} codes each{kept})")
         codes = gen.codes([prompt], num_images=n, seed=seed, condition_scale=condition_scale, top_k=top_k,
-                          top_p=top_p, temperature=temperature)
+                          top_p=top_p, temperature=temperature, image_prompt=image_prompt)
         progress(0.8, "decoding with the VQGAN")
         return gen.decode(codes)
 
@@ -140,7 +154,8 @@ def build_server(args: argparse.Namespace, http: HttpLimits = HttpLimits()) -> S
             rerank_fn = clip_scorer(clip.load_clip(clip_dir, tokenizer_path=gen.config.data.tokenizer_path))
         except OSError as e:
             raise StartupError(f"cannot load the CLIP from {clip_dir}: {e}") from e
-    limits = Limits(max_images=args.max_images, image_codes=int(gen.model.image_vocab_size))
+    limits = Limits(max_images=args.max_images, image_codes=int(gen.model.image_vocab_size),
+                    code_rows=int(gen.vqgan.tokens_per_side))  # completion keeps 1..rows-1 of the image's rows
     defaults = Defaults.from_sampling(settings, rerank_fn is not None, args.max_images)
     fn = generator_fn(gen, top_p=settings.top_p)
 
@@ -153,7 +168,7 @@ def build_server(args: argparse.Namespace, http: HttpLimits = HttpLimits()) -> S
     m = gen.model
     side = gen.vqgan.tokens_per_side * gen.vqgan.downsample_factor
     info = (f"{gen.config.model.get('kind', 'dalle_bart')} model from {args.checkpoint} · {side}×{side} px · "
-            f"{m.image_length} codes of {m.image_vocab_size}")
+            f"{m.image_length} codes of {m.image_vocab_size} in {limits.code_rows} rows")
     return Server(fn, rerank_fn=rerank_fn, host=args.host, port=args.port, limits=limits, defaults=defaults,
                   max_queue=args.max_queue, warmup=None if args.no_warmup else warmup, model_info=info,
                   examples=examples, allowed_hosts=getattr(args, "allowed_host", []), http=http,

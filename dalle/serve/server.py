@@ -263,6 +263,7 @@ class Server:
 
     def info(self) -> dict[str, Any]:
         return {"title": self.title, "model": self.model_info, "reranking": self.reranking,
+                "completion": self.limits.completion,  # image completion: rows 1..limits.code_rows-1 may be kept
                 "ready": self.worker.ready, "queue": {"waiting": self.worker.queue_length(),
                                                       "max": self.worker.max_queue},
                 "limits": dataclasses.asdict(self.limits), "defaults": dataclasses.asdict(self.defaults),

@@ -8,6 +8,8 @@ echoing them would flood the message (they are shortened).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 import math
@@ -39,6 +41,15 @@ class Limits:
     max_condition_scale: float = 20.0
     max_temperature: float = 5.0
     image_codes: int = 16384  # top-k can range up to the model's codebook size
+    # Image completion: an upload is decoded and encoded by the worker, so its size bounds that work (and the body);
+    # 256 KiB holds a photo at the few hundred pixels the tokenizer resizes it to anyway.
+    max_image_bytes: int = 256 * 1024
+    code_rows: int = 0  # the model's rows of image codes (keep 1..code_rows-1); 0 = completion not available
+
+    @property
+    def completion(self) -> bool:
+        """Whether a request may complete an image: it needs a row to keep and a row to draw."""
+        return self.code_rows >= 2
 
 
 def _schema_default(key: str) -> Any:
@@ -81,14 +92,38 @@ class GenerateRequest:
     top_k: int
     temperature: float
     seed: int
+    # Image completion (both None for plain generation): the uploaded file's bytes, still encoded (the worker
+    # decodes them, so a picture that is no image is the job's error), and how many top code rows to keep.
+    image: bytes | None = dataclasses.field(default=None, repr=False)
+    keep_rows: int | None = None
+    image_bytes: int = 0  # len(image), kept after the worker drops the bytes of a finished job
+
+    def __post_init__(self) -> None:
+        if self.image is not None and not self.image_bytes:
+            object.__setattr__(self, "image_bytes", len(self.image))
+
+    @property
+    def completion(self) -> bool:
+        return self.keep_rows is not None
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The request as a client sees it: the upload by its size (echoing it would resend up to the whole limit
+        on every poll)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "image"}
 
 
-FIELDS = ("prompt", "n", "top", "condition_scale", "top_k", "temperature", "seed")
+FIELDS = ("prompt", "n", "top", "condition_scale", "top_k", "temperature", "seed", "image", "keep_rows")
 LABELS = {"prompt": "prompt", "n": "number of images", "top": "keep best", "condition_scale": "guidance",
-          "top_k": "top-k", "temperature": "temperature", "seed": "seed"}
+          "top_k": "top-k", "temperature": "temperature", "seed": "seed", "image": "image",
+          "keep_rows": "keep rows"}
+
+
+def max_request_bytes(limits: Limits) -> int:
+    """A bound on the body of a valid request: the largest image as base64 in a data: URL, the prompt with every
+    character JSON-escaped as a surrogate pair (12 bytes), and 4 KiB for the other fields, names and spaces. The
+    HTTP body limit must be at least this, or a legal upload would be refused as too large."""
+    return 4 * -(-limits.max_image_bytes // 3) + 12 * limits.max_prompt_chars + 4096
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Showing values in messages
@@ -288,4 +323,58 @@ def parse_request(body: Any, limits: Limits, defaults: Defaults, reranking: bool
         seed = _as_int("seed", seed_value)
         if not 0 <= seed <= MAX_SEED:
             raise FieldError("seed", f"seed = {seed} must be between 0 and {MAX_SEED} (empty = random)")
-    return GenerateRequest(prompt, int(n), int(top), scale, int(top_k), temperature, int(seed))
+    image, keep_rows = _completion(body.get("image"), body.get("keep_rows"), limits)
+    return GenerateRequest(prompt, int(n), int(top), scale, int(top_k), temperature, int(seed), image, keep_rows)
+
+
+def _completion(image_value: Any, rows_value: Any, limits: Limits) -> tuple[bytes | None, int | None]:
+    """(image bytes, keep_rows) of an image completion, or (None, None) when both fields are blank."""
+    if _blank(image_value) and _blank(rows_value):
+        return None, None
+    given = "image" if not _blank(image_value) else "keep_rows"
+    if not limits.completion:
+        raise FieldError(given, "image completion is not available on this server (it does not know the model's "
+                                "rows of image codes); leave image and keep rows empty")
+    rows = limits.code_rows
+    if _blank(rows_value):
+        raise FieldError("keep_rows", f"keep rows is missing: completing an image needs how many of its top code "
+                                      f"rows to keep (1 to {rows - 1} of {rows})")
+    if _blank(image_value):
+        raise FieldError("image", f"image is missing: keep rows = {show(rows_value)} needs a picture to complete "
+                                  f"(leave keep rows empty to generate from the prompt alone)")
+    keep_rows = _as_int("keep_rows", rows_value)
+    if not 1 <= keep_rows <= rows - 1:
+        raise FieldError("keep_rows", f"keep rows = {keep_rows} must be between 1 and {rows - 1} (the model's "
+                                      f"images are {rows} code rows; the rest are drawn)")
+    return decode_image_field(image_value, limits.max_image_bytes), int(keep_rows)
+
+
+def decode_image_field(value: Any, max_bytes: int) -> bytes:
+    """The bytes of an `image` field: plain base64, or a `data:<type>;base64,<data>` URL (what the page's
+    FileReader sends). The media type is not trusted either way: the worker decodes the bytes as a picture and
+    says so if they are none. Whitespace is dropped (base64 is often wrapped in lines)."""
+    if not isinstance(value, str):
+        raise FieldError("image", f"image = {show(value)} must be text: the picture as base64 or as a "
+                                  f"data:image/...;base64, URL")
+    payload = value.strip()
+    if payload[:5].lower() == "data:":
+        header, comma, payload = payload.partition(",")
+        if not comma:
+            raise FieldError("image", f"image = {show(value)} is a data: URL without a ',' before its data")
+        if "base64" not in (p.strip().lower() for p in header[5:].split(";")[1:]):
+            raise FieldError("image", f"image is a data: URL ({show(header + ',')}) without ';base64'; send the "
+                                      f"picture base64-encoded (FileReader.readAsDataURL does)")
+    payload = re.sub(r"\s+", "", payload)
+    too_large = f"the limit is {max_bytes:,} bytes ({max_bytes / 1024:.4g} KiB)"
+    if 4 * max_bytes // 3 + 4 < len(payload):  # more characters than the limit's base64 needs: do not decode
+        size = len(payload) * 3 // 4 - min(2, len(payload) - len(payload.rstrip("=")))  # exact if it is base64
+        raise FieldError("image", f"image is about {size:,} bytes; {too_large}")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:  # ValueError: characters outside ASCII
+        raise FieldError("image", f"image = {show(value)} is not valid base64: {clip(str(e), 120)}") from None
+    if not data:
+        raise FieldError("image", "image is empty (0 bytes): choose a picture file")
+    if len(data) > max_bytes:
+        raise FieldError("image", f"image is {len(data):,} bytes; {too_large}")
+    return data

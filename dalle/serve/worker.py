@@ -27,11 +27,13 @@ ProgressFn = Callable[[float, str], None]
 
 class GenerateFn(Protocol):
     """Samples `n` images for one prompt -> uint8 [n, H, W, 3]. Raises `dalle.generation.GenerationError` with a
-    message for the user when the request cannot be served (e.g. a prompt with no words left after cleaning);
-    any other exception, ValueError included, is reported as this server's failure."""
+    message for the user when the request cannot be served (e.g. a prompt with no words left after cleaning, an
+    upload that is no picture); any other exception, ValueError included, is reported as this server's failure.
+    `image` (an uploaded file's encoded bytes) and `keep_rows`: image completion, the top `keep_rows` code rows of
+    `image` kept and the rest drawn to match the prompt; both None for plain generation."""
 
     def __call__(self, prompt: str, n: int, condition_scale: float, top_k: int, temperature: float, seed: int,
-                 progress: ProgressFn) -> np.ndarray: ...
+                 progress: ProgressFn, *, image: bytes | None = None, keep_rows: int | None = None) -> np.ndarray: ...
 
 
 RerankFn = Callable[[str, np.ndarray], np.ndarray]
@@ -73,9 +75,11 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-# The generator's messages start with what they are about (dalle/generation.py `tokenize` and `_check_numbers`).
+# The generator's messages start with what they are about (dalle/generation.py `tokenize`, `_check_numbers`, and
+# `completion_prompt` with the labels dalle/serve/command.py gives it: "image of N bytes is not an image ...").
 _GENERATOR_FIELDS = (("prompt", "prompt"), ("number of images", "n"), ("condition scale", "condition_scale"),
-                     ("top-k", "top_k"), ("temperature", "temperature"))
+                     ("top-k", "top_k"), ("temperature", "temperature"), ("image ", "image"),
+                     ("keep rows", "keep_rows"))
 
 
 def generator_field(message: str) -> str | None:
@@ -177,6 +181,7 @@ class Worker:
                     "image_size": list(job.image_size or ()),
                     "seconds": out["elapsed_s"],
                     "warnings": job.warnings,
+                    "completion": job.request.completion,  # the top keep_rows code rows came from the upload
                 }
             return out
 
@@ -211,6 +216,8 @@ class Worker:
             finally:
                 with self._cond:
                     self._running = None
+                    if job.request.image is not None:  # finished jobs stay for polling; their uploads need not
+                        job.request = dataclasses.replace(job.request, image=None)
                     self._evict()
 
     def _progress(self, job: Job) -> ProgressFn:
@@ -228,7 +235,7 @@ class Worker:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 images = np.asarray(self.generate_fn(r.prompt, r.n, r.condition_scale, r.top_k, r.temperature,
-                                                     r.seed, progress))
+                                                     r.seed, progress, image=r.image, keep_rows=r.keep_rows))
             if images.ndim != 4 or images.shape[0] != r.n or images.shape[-1] != 3:
                 raise RuntimeError(f"the generator returned shape {images.shape}, expected [{r.n}, H, W, 3]")
             images = np.clip(images, 0, 255).astype(np.uint8) if images.dtype != np.uint8 else images
@@ -261,7 +268,9 @@ class Worker:
             per_image = (now - (job.started or now)) / r.n
             self._seconds_per_image = per_image if self._seconds_per_image is None else (
                 0.5 * self._seconds_per_image + 0.5 * per_image)
-        log.info("job %s: %r n=%d seed=%d done in %.2f s", job.id, r.prompt, r.n, r.seed, now - job.started)
+        completing = f" completing {r.keep_rows} rows of a {r.image_bytes}-byte upload" if r.completion else ""
+        log.info("job %s: %r n=%d seed=%d%s done in %.2f s", job.id, r.prompt, r.n, r.seed, completing,
+                 now - job.started)
 
     def _fail_with(self, job: Job, e: Exception) -> None:
         """Who is to blame: the request (GenerationError or FieldError: the message says what to change, 400)

@@ -3,7 +3,14 @@
 const CONFIG = JSON.parse(document.getElementById("config").textContent);
 const $ = (id) => document.getElementById(id);
 const FIELDS = ["prompt", "n", "top", "condition_scale", "top_k", "temperature", "seed"];
+const COMPLETION_FIELDS = ["image", "keep_rows"];
 let polling = null;
+// Image completion: the chosen picture and its blob: URL (the CSP's img-src allows blob:, so the preview never
+// leaves the browser); the URL of the picture the shown results completed; the one of the request in flight.
+let picture = null;
+let shownUrl = null;
+let sentUrl = null;
+let errorField = null;  // the field the message on show is about
 
 function init() {
   const d = CONFIG.defaults, l = CONFIG.limits;
@@ -29,15 +36,65 @@ function init() {
     }
   }
   $("form").addEventListener("submit", (e) => { e.preventDefault(); submit(); });
+  if (CONFIG.completion) initCompletion();
+}
+
+function initCompletion() {
+  const rows = CONFIG.limits.code_rows;
+  $("completion").hidden = false;
+  for (let k = 1; k < rows; k++) {
+    const o = document.createElement("option"); o.value = String(k); o.textContent = k + " of " + rows;
+    $("keep_rows").append(o);
+  }
+  $("keep_rows").value = String(Math.max(1, Math.floor(rows / 2)));
+  $("image-hint").textContent = "its centered square, at most " + kib(CONFIG.limits.max_image_bytes) +
+      "; empty = generate from the prompt alone";
+  $("keep_rows-hint").textContent = "top code rows of the picture kept (the model's images have " + rows +
+      "); the rest are drawn to match the prompt";
+  $("image").addEventListener("change", pictureChanged);
+  $("keep_rows").addEventListener("change", showKept);
+  $("image-clear").addEventListener("click", () => { $("image").value = ""; pictureChanged(); });
+}
+
+function kib(bytes) { return Number((bytes / 1024).toPrecision(4)) + " KiB"; }  // as the server writes it
+
+function forget(url) {  // a blob: URL holds its file in memory until revoked
+  if (url && url !== shownUrl && url !== sentUrl && !(picture && picture.url === url)) URL.revokeObjectURL(url);
+}
+
+function pictureChanged() {
+  const old = picture;
+  const file = $("image").files[0];
+  picture = file ? {file: file, url: URL.createObjectURL(file)} : null;
+  if (old) forget(old.url);
+  $("keep_rows").disabled = $("image-clear").disabled = !picture;
+  $("preview").hidden = !picture;
+  if (COMPLETION_FIELDS.includes(errorField)) clearErrors();  // a message about the previous picture
+  if (picture) { $("preview-img").src = picture.url; showKept(); } else { $("preview-img").removeAttribute("src"); }
+}
+
+function showKept() {
+  const rows = CONFIG.limits.code_rows, k = Number($("keep_rows").value);
+  $("preview-drawn").style.top = (100 * k / rows) + "%";
+  $("preview-caption").textContent = "top " + k + " of " + rows + " rows kept; shaded: drawn";
+}
+
+function readDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
 }
 
 function clearErrors() {
-  $("error").classList.remove("show"); $("error").textContent = "";
-  for (const f of FIELDS) $(f).removeAttribute("aria-invalid");
+  $("error").classList.remove("show"); $("error").textContent = ""; errorField = null;
+  for (const f of FIELDS.concat(COMPLETION_FIELDS)) $(f).removeAttribute("aria-invalid");
 }
 
 function showError(message, field) {
-  $("error").textContent = message; $("error").classList.add("show");
+  $("error").textContent = message; $("error").classList.add("show"); errorField = field || null;
   if (field && $(field)) { $(field).setAttribute("aria-invalid", "true"); $(field).focus(); }
 }
 
@@ -60,6 +117,26 @@ async function submit() {
       showError(CONFIG.fields[f] + " is not a number", f); return;
     }
   }
+  const completing = CONFIG.completion && picture ? picture : null;
+  if (completing) {
+    // the server checks the size too; refusing here spares sending a file it would refuse
+    const size = completing.file.size, max = CONFIG.limits.max_image_bytes;
+    if (size > max) {
+      showError("image is " + size.toLocaleString("en-US") + " bytes; the limit is " + max.toLocaleString("en-US") +
+                " bytes (" + kib(max) + ")", "image");
+      return;
+    }
+    $("generate").disabled = true;  // no second request while the file is read
+    try {
+      body.image = await readDataUrl(completing.file);
+    } catch (e) {
+      $("generate").disabled = false; showError("could not read the picture: " + e, "image"); return;
+    }
+    body.keep_rows = $("keep_rows").value;
+  }
+  const previous = sentUrl;
+  sentUrl = completing ? completing.url : null;
+  forget(previous);
   $("generate").disabled = true;
   setStatus("sending…", 0);
   let r, data;
@@ -110,6 +187,9 @@ async function poll(id) {
 
 function showResult(job) {
   const res = job.result, req = job.request;
+  const previous = shownUrl;
+  shownUrl = res.completion ? sentUrl : null;
+  forget(previous);
   setStatus("done: " + res.images.length + " image(s) in " + res.seconds.toFixed(1) + " s", 1, true);
   $("generate").disabled = false;
   $("results").hidden = false;
@@ -118,10 +198,23 @@ function showResult(job) {
       res.reranked ? "best " + res.images.length + " of " + req.n + " by CLIP" :
                      res.images.length + " sample(s) in sampling order (reranking off)",
       "guidance " + req.condition_scale, "top-k " + req.top_k, "temperature " + req.temperature,
-      "seed " + res.seed].join(" · ");
+      "seed " + res.seed].concat(res.completion ?
+          ["completing the top " + req.keep_rows + " of " + CONFIG.limits.code_rows + " code rows of a " +
+           (req.image_bytes / 1024).toFixed(1) + " KiB picture"] : []).join(" · ");
   $("result-warn").textContent = res.warnings.join(" ");
   const grid = $("grid"); grid.replaceChildren();
   const side = Math.max(res.image_size[1] || 0, 160);
+  if (res.completion && shownUrl) {  // the picture that was completed, cropped as the model saw it
+    const fig = document.createElement("figure"); fig.className = "source";
+    const frame = document.createElement("div"); frame.className = "frame";
+    frame.style.width = frame.style.height = side + "px";
+    const img = document.createElement("img"); img.src = shownUrl; img.alt = "the completed picture";
+    const drawn = document.createElement("div"); drawn.className = "drawn";
+    drawn.style.top = (100 * req.keep_rows / CONFIG.limits.code_rows) + "%";
+    const cap = document.createElement("figcaption");
+    cap.textContent = "your picture · top " + req.keep_rows + " rows kept";
+    frame.append(img, drawn); fig.append(frame, cap); grid.append(fig);
+  }
   res.images.forEach((src, i) => {
     const fig = document.createElement("figure");
     const img = document.createElement("img");
