@@ -28,10 +28,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# Reference implementations some tests compare against (torch + taming-transformers); see requirements-ref.txt.
+# Reference implementations some tests compare against (torch, taming-transformers, OpenAI's dall-e); see
+# requirements-ref.txt.
 $(REF_STAMP): $(STAMP) requirements-ref.txt
 	$(PY) -m pip install -q -r requirements-ref.txt
 	$(PY) -m pip install -q --no-deps taming-transformers-rom1504==0.0.6
+	$(PY) -m pip install -q --no-deps dall-e==0.1
 	touch $(REF_STAMP)
 
 setup-ref: $(REF_STAMP)
