@@ -30,6 +30,7 @@ SCHEMA_MODULES = (
     "dalle.data.schema",
     "dalle.eval.schema",
     "dalle.sampling_schema",
+    "dalle.clip_guided_schema",
 )
 
 

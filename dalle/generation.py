@@ -36,7 +36,7 @@ def _vocab(path: str):
 
 
 @functools.lru_cache(maxsize=4)
-def _image_tokenizer(path: str):
+def image_tokenizer(path: str):
     """The image tokenizer in `path`: a dalle model directory, or a vqgan-jax checkpoint (converted in memory)."""
     from dalle.modeling.vqgan import convert as vqgan_convert
 
@@ -128,7 +128,7 @@ class Generator:
 
             vqgan = kinds.load_image_tokenizer(vq_dir, mesh=mesh)
         else:
-            vqgan = _image_tokenizer(vq_dir)
+            vqgan = image_tokenizer(vq_dir)
         return cls(config, params, _vocab(tokenizer_path or data.tokenizer_path), vqgan, mesh,
                    decode_kernels=decode_kernels, dtype=dtype)
 
@@ -151,7 +151,7 @@ class Generator:
             raise GenerationError(f"{path}: {e}") from None
         data = converted.config.data
         return cls(converted.config, converted.params, _vocab(data.tokenizer_path),
-                   _image_tokenizer(data.vqgan_checkpoint), decode_kernels=decode_kernels, dtype=dtype)
+                   image_tokenizer(data.vqgan_checkpoint), decode_kernels=decode_kernels, dtype=dtype)
 
     @classmethod
     def from_checkpoint(cls, directory: str, mesh: Any = None, tokenizer_path: str = "",

@@ -3,12 +3,15 @@
     dalle generate "a red circle" --n 16 --top 4 --condition-scale 3 --seed 0 --out grid.png
     dalle generate --prompts-file prompts.txt --checkpoint outputs/demo/dalle --out-dir samples/
     dalle generate "a red circle below a blue square" --image-prompt photo.png --keep-rows 2
+    dalle generate "a red circle" --method clip-guided --steps 100 --n 4
 
 Samples `--n` candidates per prompt with super-conditioning, keeps the `--top` best by CLIP when a CLIP
 checkpoint is given (`--clip DIR`; otherwise the first `--top` in sampling order), decodes them with the model's
 VQGAN and writes the grid (one row per prompt) and each image. With `--image-prompt FILE --keep-rows K` the top K
 rows of image codes come from the picture and the rest are drawn to match the prompt (DALL·E's image completion).
-Every sampling flag left out takes the model's
+`--method clip-guided` needs no text-to-image model: it optimises the VQGAN's latents until its decoding matches
+the prompt under CLIP (dalle/clip_guided.py; the VQGAN and CLIP default to those of --checkpoint's model, or give
+--vqgan and --clip), the images ordered by that similarity. Every sampling flag left out takes the model's
 `sampling` section (saved with the model; `dalle eval` writes the guidance it measured best), so a bare
 `dalle generate "a red circle"` samples the demo model as EVAL.md reports.
 """
@@ -51,6 +54,15 @@ def _parser() -> Parser:
                         "centered square) and draw the rest")
     p.add_argument("--keep-rows", type=int, default=None, metavar="K",
                    help="code rows of --image-prompt kept, 1 to the model's rows - 1")
+    p.add_argument("--method", choices=METHODS, default="autoregressive",
+                   help="autoregressive (default): sample the model's image tokens; clip-guided: optimise a VQGAN's "
+                        "latents against CLIP")
+    p.add_argument("--vqgan", default=None, help="clip-guided: the VQGAN (default: --checkpoint's)")
+    p.add_argument("--steps", type=int, default=None, help="clip-guided: optimisation steps (clip_guided.steps)")
+    p.add_argument("--lr", type=float, default=None, help="clip-guided: Adam step size (clip_guided.lr)")
+    p.add_argument("--cutouts", type=int, default=None, help="clip-guided: CLIP crops per step (clip_guided.cutouts)")
+    p.add_argument("--init-image", default=None, metavar="FILE",
+                   help="clip-guided: start from this picture's latents instead of noise")
     p.add_argument("--out", default="grid.png", help="grid PNG path")
     p.add_argument("--out-dir", default="", help="also write each image here as PNG")
     p.add_argument("--upscale", type=int, default=4, help="nearest-neighbour upscaling factor of the written PNGs")
@@ -63,6 +75,7 @@ def _parser() -> Parser:
     return p
 
 
+METHODS = ("autoregressive", "clip-guided")
 MAX_SEED = 2 ** 31 - 1  # seeds are int32 in jax's PRNG; prompt i samples with (seed + i) mod 2**31
 
 
@@ -121,6 +134,7 @@ def main(argv: Sequence[str]) -> int:
             raise ValueError(f"--upscale = {args.upscale} must be >= 1")
         if (args.image_prompt is None) != (args.keep_rows is None):
             raise ValueError("image completion needs both --image-prompt FILE and --keep-rows K")
+        check_method_flags(args)
         if args.image_prompt is not None and not os.path.isfile(args.image_prompt):
             raise ValueError(f"--image-prompt {args.image_prompt!r} does not exist or is not a file")
         if args.keep_rows is not None and args.keep_rows < 1:
@@ -134,6 +148,8 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as e:
         print(f"dalle generate: error: {e}", file=sys.stderr)
         return 2
+    if args.method == "clip-guided":
+        return clip_guided_main(args, prompts)
     from tqdm import tqdm
 
     from dalle import generation, sampling_schema
@@ -191,6 +207,92 @@ def main(argv: Sequence[str]) -> int:
     completed = f", completing the top {args.keep_rows} code rows of {args.image_prompt}" if args.keep_rows else ""
     print(f"wrote {args.out} ({len(prompts)} prompt(s) x {keep} image(s)"
           f"{', reranked by CLIP' if scorer else ''}{completed})")
+    return 0
+
+
+# Flags of one method only: (flag, attribute).
+_AUTOREGRESSIVE_ONLY = (("--top", "top"), ("--condition-scale", "condition_scale"), ("--temperature", "temperature"),
+                        ("--top-k", "top_k"), ("--top-p", "top_p"), ("--image-prompt", "image_prompt"),
+                        ("--keep-rows", "keep_rows"))
+_CLIP_GUIDED_ONLY = (("--vqgan", "vqgan"), ("--steps", "steps"), ("--lr", "lr"), ("--cutouts", "cutouts"),
+                     ("--init-image", "init_image"))
+
+
+def check_method_flags(args: argparse.Namespace) -> None:
+    """A flag of the other method is an error, not silently ignored."""
+    other = _AUTOREGRESSIVE_ONLY if args.method == "clip-guided" else _CLIP_GUIDED_ONLY
+    given = [flag for flag, attr in other if getattr(args, attr) is not None]
+    if args.method == "clip-guided" and args.decode_kernels != "auto":
+        given.append("--decode-kernels")
+    if given:
+        raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --method "
+                         f"{args.method}")
+    if args.init_image is not None and not os.path.isfile(args.init_image):
+        raise ValueError(f"--init-image {args.init_image!r} does not exist or is not a file")
+
+
+def guiding_models(args: argparse.Namespace) -> tuple[str, str]:
+    """(VQGAN dir, CLIP dir) for --method clip-guided: the flags, else those of --checkpoint's model (its
+    data.vqgan_checkpoint and the sampling section's clip_checkpoint)."""
+    from dalle import model_dir as checkpoint
+
+    vqgan, clip = args.vqgan, args.clip
+    if vqgan is None or not clip:
+        if not os.path.exists(args.checkpoint):
+            raise FileNotFoundError(f"--method clip-guided needs --vqgan DIR and --clip DIR (or a --checkpoint whose "
+                                    f"model names them; {args.checkpoint!r} does not exist)")
+        config = checkpoint.config_of(args.checkpoint)
+        home = checkpoint.exported_model_dir(args.checkpoint) or args.checkpoint
+        if vqgan is None:
+            vqgan = config.get("data", {}).get("vqgan_checkpoint", "") if "data" in config else ""
+            vqgan = checkpoint.resolve_path(home, vqgan) if vqgan else ""
+        if not clip:
+            clip = config.get("sampling", {}).get("clip_checkpoint", "") if "sampling" in config else ""
+            clip = checkpoint.resolve_path(home, clip) if clip else ""
+    if not vqgan or not clip:
+        missing = " and ".join(f for f, v in (("--vqgan", vqgan), ("--clip", clip)) if not v)
+        raise FileNotFoundError(f"--method clip-guided: {args.checkpoint!r} names no "
+                                f"{'VQGAN' if not vqgan else 'CLIP'}; give {missing}")
+    return vqgan, clip
+
+
+def clip_guided_main(args: argparse.Namespace, prompts: list[str]) -> int:
+    """`dalle generate --method clip-guided`: n images per prompt, best CLIP similarity first."""
+    import numpy as np
+
+    from dalle import clip_guided, generation
+
+    labels = {"steps": "--steps", "lr": "--lr", "cutouts": "--cutouts"}
+    try:
+        vqgan, clip = guiding_models(args)
+        guide = clip_guided.ClipGuided.from_dirs(vqgan, clip, dtype=args.dtype)
+        settings = guide.settings({"steps": args.steps, "lr": args.lr, "cutouts": args.cutouts}, labels)
+        print(f"clip-guided: {settings.describe()}; VQGAN {vqgan}, CLIP {clip}", file=sys.stderr)
+        n = args.n or 1
+        rows, scores = [], []
+        for i, prompt in enumerate(prompts):
+            result = guide.generate([prompt], num_images=n, seed=(args.seed + i) % (MAX_SEED + 1),
+                                    init_image=args.init_image, labels=labels, steps=args.steps, lr=args.lr,
+                                    cutouts=args.cutouts)
+            order = np.argsort(-result.similarities, kind="stable")
+            rows.append(result.images[order])
+            scores.append(result.similarities[order])
+    except (clip_guided.ClipGuidedError, FileNotFoundError, generation.GenerationError) as e:
+        print(f"dalle generate: error: {e}", file=sys.stderr)
+        return 2
+    grid = generation.make_grid(np.concatenate(rows), cols=n)
+    try:
+        generation.save_png(args.out, grid, scale=args.upscale)
+        if args.out_dir:
+            for i, imgs in enumerate(rows):
+                for j, img in enumerate(imgs):
+                    generation.save_png(os.path.join(args.out_dir, f"{i:03d}_{j:02d}.png"), img, scale=args.upscale)
+    except OSError as e:
+        print(f"dalle generate: error: cannot write {e.filename or args.out!r}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    for prompt, s in zip(prompts, scores):
+        print(f"{prompt!r}: CLIP similarity {', '.join(f'{v:.3f}' for v in s)}")
+    print(f"wrote {args.out} ({len(prompts)} prompt(s) x {n} image(s), clip-guided)")
     return 0
 
 
