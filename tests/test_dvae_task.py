@@ -194,3 +194,29 @@ def test_a_loop_run_exports_a_model_that_loads_as_an_image_tokenizer(tmp_path):
     want = jax.jit(dvae_lib.DVAE(dvae_lib.DVAEConfig.from_config(config)).encode)(
         params, jnp.asarray(images, jnp.float32) / 255.0)
     np.testing.assert_array_equal(codes, np.asarray(want))
+
+
+def test_a_dvae_tokenizes_the_whole_text_to_image_pipeline(tmp_path):
+    """The dVAE in the VQGAN's place (data.vqgan_checkpoint names a dVAE model dir): encode, train a decoder-only
+    model a few steps, generate and decode, all through the image-tokenizer registry."""
+    from dalle import generation, kinds
+    from dalle.modeling.dvae.api import DVAETokenizer
+    from dalle.train import loop
+    from dalle.train.tasks.dalle import DalleTask
+    from tests import tiny_pipeline
+
+    config = tiny_pipeline.tiny_config(str(tmp_path), image_tokenizer="dvae")
+    tok = kinds.load_image_tokenizer(config.data.vqgan_checkpoint)
+    assert isinstance(tok, DVAETokenizer) and tok.tokens_per_side ** 2 == config.model.image_length
+    workdir = str(tmp_path / "dalle")
+    assert loop.train(config, workdir, DalleTask(config)).status == "done"
+    gen = generation.Generator.from_checkpoint(workdir)
+    assert isinstance(gen.vqgan, DVAETokenizer)
+    codes = gen.codes(["a red circle"], num_images=2, seed=0, top_k=4)
+    images = gen.decode(codes)
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images, gen.decode(codes))  # decoding is deterministic
+    prompt = gen.completion_prompt(images[0], 2)  # the dVAE's codes of the top two rows of a picture
+    np.testing.assert_array_equal(prompt, tok.encode(images[:1]).reshape(-1)[:16])
+    completed = gen.codes(["a red circle"], num_images=1, seed=0, image_prompt=prompt)
+    assert (completed[0, :16] == prompt).all()  # kept as given, the rest drawn

@@ -28,18 +28,34 @@ def tiny_vqgan(directory: str) -> str:
     return out
 
 
-def tiny_config(tmp_dir: str, kind: str = "decoder_only", **train) -> ConfigDict:
-    """Shapes data encoded by a random VQGAN + a micro model of `kind` + a few-step train section."""
+def tiny_dvae(directory: str) -> str:
+    """Saves a random-weight 32 px dVAE (3 groups: 8x8 codes) with CODES codes; returns its model dir."""
+    from dalle.modeling.dvae import model as dvae
+
+    cfg = config_lib.load_config("configs/dvae_shapes.py", [
+        "--config.model.n_hid=8", "--config.model.n_init=8", f"--config.model.vocab_size={CODES}"])
+    model = dvae.DVAE(dvae.DVAEConfig.from_config(cfg))
+    out = os.path.join(directory, "dvae")
+    checkpoint.save_model(out, model.init(jax.random.PRNGKey(0)), cfg)
+    return out
+
+
+IMAGE_TOKENIZERS = {"vqgan": tiny_vqgan, "dvae": tiny_dvae}
+
+
+def tiny_config(tmp_dir: str, kind: str = "decoder_only", image_tokenizer: str = "vqgan", **train) -> ConfigDict:
+    """Shapes data encoded by a random image tokenizer (VQGAN or dVAE, both 8x8 codes) + a micro model of `kind` +
+    a few-step train section."""
+    from dalle import kinds
     from dalle.data import build, encode
     from dalle.tokenizers import sentencepiece as tokenizer
-    from dalle.modeling.vqgan import api as vqgan_api
 
     config = data_helpers.shapes_config(tmp_dir)
-    vq_dir = tiny_vqgan(tmp_dir)
+    vq_dir = IMAGE_TOKENIZERS[image_tokenizer](tmp_dir)
     config.data.vqgan_checkpoint = vq_dir
     build.build_dataset(config.data)
     tokenizer.train_from_config(config.data)
-    vq = vqgan_api.VQGANTokenizer.from_checkpoint(vq_dir)
+    vq = kinds.load_image_tokenizer(vq_dir)
     encode.run_encode(config, vq.encode, vqgan_config=checkpoint.read_config(vq_dir), codebook_size=CODES,
                       process_index=0, process_count=1, progress=False)
     c = ConfigDict(config.to_dict())
