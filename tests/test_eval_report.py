@@ -62,3 +62,18 @@ def test_completion_table_rows():
     assert "| validation | 40 | 90.0% ± 5.0 | 25.0% ± 7.0 | 20.0% ± 6.0 | 30.0% ± 7.0 |" in lines
     assert eval_report.completion_table({"keep_rows": 2, "code_rows": 8, "scale": 1.0, "splits": {},
                                          "why": "one-object world"}) == []
+
+
+def test_comparison_table_rows():
+    report = {"prompts": {"splits": ["validation", "zero_shot"], "per_split": 50}, "clip_checkpoint": "c",
+              "methods": [{"name": "autoregressive", "guidance": 1.5, "clip_score": 28.123, "clip_self_scored": False,
+                           "fid": 3.5, "fid_metric": "FID-CLIP", "seconds_per_image": 0.0412,
+                           "training_minutes": 14.97,
+                           "splits": {"validation": {"all": 0.9, "stderr": 0.04}, "zero_shot": {"all": 0.02,
+                                                                                                "stderr": 0.02}}},
+                          {"name": "CLIP-guided", "guidance": 1.0, "clip_score": 31.0, "clip_self_scored": True,
+                           "fid": None, "fid_metric": None, "seconds_per_image": 5.9, "training_minutes": None,
+                           "splits": {"validation": {"all": None}}}]}
+    text = eval_report.render_comparison(report, "x/compare.json")
+    assert "| autoregressive | 1.5 | 90.0% ± 4.0 | 2.0% ± 2.0 | 28.12 | 3.50 FID-CLIP | 0.041 | 15.0 |" in text
+    assert "| CLIP-guided | 1 | n/a | n/a | 31.00* | n/a | 5.900 | none |" in text

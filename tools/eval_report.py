@@ -307,6 +307,29 @@ def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "
 HEADER = "# Evaluation\n\nEach section is written by `tools/eval_report.py` from the metrics.json of the eval job it names.\n"
 
 
+def render_comparison(report: dict, path: str, note: str = "") -> str:
+    """The methods-side-by-side section from `dalle eval compare`'s compare.json."""
+    splits = report["prompts"]["splits"]
+    pct = lambda s: "n/a" if not s or s.get("all") is None else (  # noqa: E731
+        f"{100 * s['all']:.1f}% ± {100 * (s.get('stderr') or 0):.1f}")
+    lines = ["## The seed's ways to draw from text, side by side", ""] + ([note, ""] if note else []) + [
+        f"Command: `.venv/bin/dalle eval compare --config ...`, then `.venv/bin/python tools/eval_report.py "
+        f"--compare {path}`. {report['prompts']['per_split']} prompts per split, one sample per prompt (no "
+        "reranking); fully correct = every attribute the caption asks (shapes analyzer), ± its standard error. CLIP "
+        f"score by {report.get('clip_checkpoint') or 'no CLIP'} (* = that CLIP also guided the method: self-scored). "
+        "Seconds per image on this machine after the first batch (which compiles).", "",
+        "| method | guidance | " + " | ".join(f"fully correct {sp}" for sp in splits)
+        + " | CLIP score | FID | s / image | training min |", "|---|---|" + "---|" * len(splits) + "---|---|---|---|"]
+    for r in report["methods"]:
+        clip = "n/a" if r["clip_score"] is None else f"{r['clip_score']:.2f}{'*' if r['clip_self_scored'] else ''}"
+        fid = "n/a" if r["fid"] is None else f"{r['fid']:.2f} {r['fid_metric'] or ''}".strip()
+        spi = "n/a" if r["seconds_per_image"] is None else f"{r['seconds_per_image']:.3f}"
+        minutes = "none" if r["training_minutes"] is None else f"{r['training_minutes']:.1f}"
+        lines.append(f"| {r['name']} | {r['guidance']:g} | " + " | ".join(pct(r["splits"].get(sp)) for sp in splits)
+                     + f" | {clip} | {fid} | {spi} | {minutes} |")
+    return "\n".join(lines) + "\n"
+
+
 def replace_section(document: str, name: str, body: str) -> str:
     """EVAL.md with section `name` (between <!-- eval:name --> markers) replaced by `body`, the others kept."""
     begin, end = f"<!-- eval:{name} -->", f"<!-- /eval:{name} -->"
@@ -338,7 +361,8 @@ def _option(argv: list[str], name: str) -> tuple[str, list[str]]:
 def main(argv: list[str]) -> int:
     """METRICS [--note TEXT] [--section NAME --title TEXT]: --section writes another model of the same kind (e.g. a
     variant) into its own section; only the default sections update the README. `--experiments LABEL=METRICS...`
-    writes the composition-experiments table over several runs instead."""
+    writes the composition-experiments table over several runs instead; `--compare FILE` the table of
+    `dalle eval compare`."""
     note, argv = _option(argv, "--note")
     if argv and argv[0] == "--experiments":  # --experiments "label=metrics.json" ...: the composition table
         runs = []
@@ -348,6 +372,10 @@ def main(argv: list[str]) -> int:
                 runs.append((label, json.load(f)))
         command = ".venv/bin/python tools/eval_report.py --experiments " + " ".join(f'"{a}"' for a in argv[1:])
         write_section("composition-experiments", render_experiments(runs, command, note))
+        return 0
+    if argv and argv[0] == "--compare":  # --compare compare.json: the methods side by side
+        with open(argv[1]) as f:
+            write_section("method-comparison", render_comparison(json.load(f), argv[1], note))
         return 0
     section, argv = _option(argv, "--section")
     title, argv = _option(argv, "--title")

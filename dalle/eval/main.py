@@ -3,6 +3,7 @@
     dalle eval --config configs/eval/shapes.py --checkpoint outputs/demo/dalle [--config.eval.num_prompts=32]
     dalle eval reference --config configs/eval/shapes.py --checkpoint outputs/demo/dalle --out ref_stats.npz
     dalle eval reference --config configs/eval/shapes.py --images DIR --out ref_stats.npz   # a folder of images
+    dalle eval compare --config eval/compare_shapes:root=outputs/demo   # methods side by side (eval/compare.py)
 
 For each `eval.condition_scales` value s: N = `eval.num_candidates` images per prompt (sharded over the mesh's
 batch axes), reranked by CLIP to the best k = `eval.keep_top` (sampling settings the eval config leaves None
@@ -590,6 +591,10 @@ def make_reference(config: ConfigDict, out: str, checkpoint_dir: str = "", image
 # ----------------------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
+    if argv[:1] == ["compare"]:  # several methods side by side: dalle/eval/compare.py
+        from dalle.eval import compare
+
+        return compare.main(argv[1:])
     sub = argv.pop(0) if argv and argv[0] == "reference" else "eval"
     overrides, rest = config_lib.split_config_args(argv)
     parser = Parser(prog=f"dalle eval{' reference' if sub == 'reference' else ''}", description=__doc__,

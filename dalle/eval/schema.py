@@ -104,3 +104,23 @@ def check_eval(e: ConfigDict, _: ConfigDict):
 
 
 config_lib.register_schema("eval", eval_defaults, check_eval)
+
+
+def compare_defaults() -> ConfigDict:
+    """`dalle eval compare` (dalle/eval/compare.py): which methods, and where the table goes."""
+    c = ConfigDict()
+    c.output_dir = "outputs/compare"
+    c.methods = ()  # dicts: name, method (autoregressive | clip-guided | gan) and the keys that method needs
+    return c
+
+
+def check_compare(c: ConfigDict, _: ConfigDict):
+    from dalle.eval import compare
+
+    if not c.methods:
+        yield "compare.methods is empty: name at least one method to measure"
+    methods = [m.to_dict() if isinstance(m, ConfigDict) else dict(m) for m in c.methods]
+    yield from compare.check_methods(methods)
+
+
+config_lib.register_schema("compare", compare_defaults, check_compare)
