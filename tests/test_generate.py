@@ -152,11 +152,13 @@ def test_flags_override_the_model_sampling_section(model_dir, tmp_path, monkeypa
     assert cli.main(base) == 0  # no flags: the model's section
     err = capsys.readouterr().err
     assert "sampling.clip_checkpoint" in err and "not reranked" in err  # its CLIP is missing: a warning, no rerank
-    assert calls[-1] == dict(num_images=2, seed=0, condition_scale=1.5, temperature=0.7, top_k=8, top_p=1.0)
+    assert calls[-1] == dict(num_images=2, seed=0, condition_scale=1.5, temperature=0.7, top_k=8, top_p=1.0,
+                             image_prompt=None)
     assert np.asarray(Image.open(out)).shape == (32 + 2 * 2, 32 + 2 * 2, 3)  # keep 1
     assert cli.main(base + ["--n", "3", "--top", "0", "--condition-scale", "2", "--top-k", "0", "--clip", ""]) == 0
     assert "warning" not in capsys.readouterr().err  # --clip '': reranking off on purpose
-    assert calls[-1] == dict(num_images=3, seed=0, condition_scale=2.0, temperature=0.7, top_k=0, top_p=1.0)
+    assert calls[-1] == dict(num_images=3, seed=0, condition_scale=2.0, temperature=0.7, top_k=0, top_p=1.0,
+                             image_prompt=None)
     assert np.asarray(Image.open(out)).shape == (32 + 2 * 2, 3 * 32 + 4 * 2, 3)  # all 3 kept
     assert cli.main(base + ["--top", "3"]) == 2
     assert "--top = 3 must be between 0 (keep all) and the model's sampling.candidates = 2" in capsys.readouterr().err

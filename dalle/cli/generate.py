@@ -150,6 +150,9 @@ def main(argv: Sequence[str]) -> int:
         return 2
     if args.method == "clip-guided":
         return clip_guided_main(args, prompts)
+    direct = direct_generator(args.checkpoint)
+    if direct is not None:
+        return direct_main(args, prompts, direct)
     from tqdm import tqdm
 
     from dalle import generation, sampling_schema
@@ -174,9 +177,7 @@ def main(argv: Sequence[str]) -> int:
     print(f"sampling: {settings.describe(reranked=scorer is not None)} (the model's sampling section; flags "
           f"override it)", file=sys.stderr)
     keep = settings.kept
-    rows, names = [], []
-    import numpy as np
-
+    rows = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -188,25 +189,70 @@ def main(argv: Sequence[str]) -> int:
                 else:
                     order = list(range(keep))
                 rows.append(images[order])
-                names.append(prompt)
         except generation.GenerationError as e:
             print(f"dalle generate: error: {e}", file=sys.stderr)
             return 2
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    grid = generation.make_grid(np.concatenate(rows), cols=keep)
-    try:
-        generation.save_png(args.out, grid, scale=args.upscale)
-        if args.out_dir:
-            for i, (prompt, imgs) in enumerate(zip(names, rows)):
-                for j, img in enumerate(imgs):
-                    generation.save_png(os.path.join(args.out_dir, f"{i:03d}_{j:02d}.png"), img, scale=args.upscale)
-    except OSError as e:
-        print(f"dalle generate: error: cannot write {e.filename or args.out!r}: {e.strerror or e}", file=sys.stderr)
+    if not write_images(args, rows, keep):
         return 1
     completed = f", completing the top {args.keep_rows} code rows of {args.image_prompt}" if args.keep_rows else ""
     print(f"wrote {args.out} ({len(prompts)} prompt(s) x {keep} image(s)"
           f"{', reranked by CLIP' if scorer else ''}{completed})")
+    return 0
+
+
+def write_images(args: argparse.Namespace, rows: list, cols: int) -> bool:
+    """The grid (one row per prompt) at --out and each image under --out-dir; False (said on stderr) when a file
+    cannot be written."""
+    import numpy as np
+
+    from dalle import generation
+
+    try:
+        generation.save_png(args.out, generation.make_grid(np.concatenate(rows), cols=cols), scale=args.upscale)
+        if args.out_dir:
+            for i, imgs in enumerate(rows):
+                for j, img in enumerate(imgs):
+                    generation.save_png(os.path.join(args.out_dir, f"{i:03d}_{j:02d}.png"), img, scale=args.upscale)
+    except OSError as e:
+        print(f"dalle generate: error: cannot write {e.filename or args.out!r}: {e.strerror or e}", file=sys.stderr)
+        return False
+    return True
+
+
+def direct_generator(checkpoint: str) -> str | None:
+    """The `direct_generator` of the checkpoint's model kind (dalle/kinds: a GAN draws without image tokens), or
+    None for token models and for paths that are no model (the token path reports those)."""
+    from dalle import kinds, model_dir, registry
+
+    try:
+        config = model_dir.config_of(checkpoint)
+        return kinds.of(config).direct_generator if "model" in config else None
+    except (model_dir.CheckpointError, OSError, ValueError, registry.UnknownNameError):
+        return None
+
+
+def direct_main(args: argparse.Namespace, prompts: list[str], target: str) -> int:
+    """`dalle generate --checkpoint GAN_DIR`: --n images per prompt in one pass each, no sampling settings."""
+    from dalle import generation, registry
+
+    given = [flag for flag, attr in _AUTOREGRESSIVE_ONLY if getattr(args, attr) is not None]
+    given += ["--clip"] if args.clip else []
+    if given:
+        print(f"dalle generate: error: {', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to "
+              f"{args.checkpoint} (a model that draws without image tokens)", file=sys.stderr)
+        return 2
+    n = args.n or 1
+    try:
+        gen = registry.resolve(target).from_checkpoint(args.checkpoint)
+        rows = [gen.images([p], num_images=n, seed=(args.seed + i) % (MAX_SEED + 1)) for i, p in enumerate(prompts)]
+    except (generation.GenerationError, FileNotFoundError) as e:
+        print(f"dalle generate: error: {e}", file=sys.stderr)
+        return 2
+    if not write_images(args, rows, n):
+        return 1
+    print(f"wrote {args.out} ({len(prompts)} prompt(s) x {n} image(s), {target.rsplit(':', 1)[-1]})")
     return 0
 
 
@@ -280,15 +326,7 @@ def clip_guided_main(args: argparse.Namespace, prompts: list[str]) -> int:
     except (clip_guided.ClipGuidedError, FileNotFoundError, generation.GenerationError) as e:
         print(f"dalle generate: error: {e}", file=sys.stderr)
         return 2
-    grid = generation.make_grid(np.concatenate(rows), cols=n)
-    try:
-        generation.save_png(args.out, grid, scale=args.upscale)
-        if args.out_dir:
-            for i, imgs in enumerate(rows):
-                for j, img in enumerate(imgs):
-                    generation.save_png(os.path.join(args.out_dir, f"{i:03d}_{j:02d}.png"), img, scale=args.upscale)
-    except OSError as e:
-        print(f"dalle generate: error: cannot write {e.filename or args.out!r}: {e.strerror or e}", file=sys.stderr)
+    if not write_images(args, rows, n):
         return 1
     for prompt, s in zip(prompts, scores):
         print(f"{prompt!r}: CLIP similarity {', '.join(f'{v:.3f}' for v in s)}")

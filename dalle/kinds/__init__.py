@@ -31,6 +31,9 @@ class ModelKind:
     task: str  # name in dalle.registry.TASKS of the training task
     model: Any = None  # text-to-image kinds: the token model class ("module:Class"), built from the model section
     features: str | None = None  # text-to-image kinds: layout of training examples (dalle.data.tasks converters)
+    # Text-to-image kinds that draw without image tokens (a GAN): "module:Class" whose `from_checkpoint(dir)` gives
+    # an object with `images(prompts, num_images=, seed=)` -> uint8 [P * N, H, W, 3]; `dalle generate` uses it.
+    direct_generator: Any = None
 
     @property
     def text_to_image(self) -> bool:

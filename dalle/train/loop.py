@@ -67,7 +67,9 @@ def guarded_step(task: Task) -> Callable:
     def step(state, batch, rng):
         new_state, metrics = task.train_step(state, batch, rng)
         ok = jnp.isfinite(metrics["loss"]) & all_finite(new_state)
-        kept = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+        # One cond for the whole state, not a select per leaf: XLA compiles the per-leaf selects of a GAN or VQGAN
+        # step (hundreds of leaves) 6-15x slower on CPU (measured in BENCHMARKS.md, "train step compile").
+        kept = jax.lax.cond(ok, lambda: new_state, lambda: state)
         if isinstance(kept, dict) and "step" in kept:
             kept = {**kept, "step": state["step"] + 1}
         return kept, {**metrics, "nonfinite": 1 - ok.astype(jnp.int32)}
