@@ -1,10 +1,14 @@
-"""VQGAN quality on the captioned-shapes data: train a CPU preset for at most N minutes, then measure validation
-PSNR and codebook usage, and save originals vs reconstructions (docs/vqgan_reconstructions.png).
+"""Image-tokenizer quality on the captioned-shapes data: train a CPU preset (a VQGAN, or with --config
+configs/dvae_shapes.py OpenAI's dVAE) for at most N minutes, then measure validation PSNR and codebook usage, and
+save originals vs reconstructions (docs/<kind>_reconstructions.png).
 
     .venv/bin/python -m benchmarks.bench_vqgan_quality [--minutes 10] [--workdir outputs/bench/vqgan_f4_32]
+    .venv/bin/python -m benchmarks.bench_vqgan_quality --config configs/dvae_shapes.py --minutes 12 \
+        --workdir outputs/bench/dvae_shapes
 
-Goal (issue): PSNR >= 28 dB on validation images and >= 50% of the codebook in use after <= 10 minutes here.
-An existing workdir is evaluated as it is (delete it to retrain).
+Goal (VQGAN issue): PSNR >= 28 dB on validation images and >= 50% of the codebook in use after <= 10 minutes
+here; the dVAE's figures are reported against the same bar. An existing workdir is evaluated as it is (delete it
+to retrain).
 """
 
 from __future__ import annotations
@@ -22,12 +26,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def evaluate(model_dir: str, data_config, n: int = 1000) -> dict:
+    from dalle import kinds, sharding
     from dalle.data import shapes
-    from dalle.modeling.vqgan import api as vqgan_api
-    from dalle import sharding
 
     mesh = sharding.make_mesh(("data",), (1,))
-    vq = vqgan_api.VQGANTokenizer.from_checkpoint(model_dir, mesh=mesh)
+    vq = kinds.load_image_tokenizer(model_dir, mesh=mesh)
     world = shapes.ShapesWorld.from_config(data_config)
     images = np.stack([world.render(world.scene("validation", i)) for i in range(n)])
     codes, recon = [], []
@@ -40,7 +43,8 @@ def evaluate(model_dir: str, data_config, n: int = 1000) -> dict:
     mse = np.mean((np.clip(recon, 0, 1) - x) ** 2, axis=(1, 2, 3))
     psnr = float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-10))))
     used = len(np.unique(codes)) / vq.codebook_size
-    return {"psnr": psnr, "codebook_usage": used, "images": n, "recon": recon, "originals": images}
+    return {"psnr": psnr, "codebook_usage": used, "codebook_size": int(vq.codebook_size), "images": n,
+            "recon": recon, "originals": images}
 
 
 def main() -> None:
@@ -69,20 +73,25 @@ def main() -> None:
     grid = generation.make_grid(np.concatenate([r["originals"][:k],
                                                 (np.clip(r["recon"][:k], 0, 1) * 255).round().astype(np.uint8)]),
                                 cols=k)
-    generation.save_png(os.path.join(ROOT, "docs", "vqgan_reconstructions.png"), grid, scale=4)
+    kind = config.model.kind
+    picture = f"docs/{kind}_reconstructions.png"
+    generation.save_png(os.path.join(ROOT, picture), grid, scale=4)
     ok = r["psnr"] >= 28 and r["codebook_usage"] >= 0.5
     body = common.table(
         ["config", "budget", "steps trained", "validation PSNR", "codebook in use", "goal (>= 28 dB, >= 50%)"],
         [(f"`{args.config}`", f"{args.minutes:g} min", run["steps"], f"{r['psnr']:.2f} dB",
-          f"{100 * r['codebook_usage']:.1f}% of {config.model.n_embed}", "met" if ok else "NOT met")])
+          f"{100 * r['codebook_usage']:.1f}% of {r['codebook_size']}", "met" if ok else "NOT met")])
     body += (f"\nMeasured on {r['images']} validation renders of the shapes world ({config.data.image_size} px, "
-             f"{config.data.max_objects} object(s) max); PSNR of the VQGAN round trip in [0, 1]; usage = distinct "
+             f"{config.data.max_objects} object(s) max); PSNR of the {kind} round trip in [0, 1]; usage = distinct "
              f"codes over those images. Training: {run['minutes'] or 0:.1f} min by its metrics.jsonl"
              f"{'' if trained_now else ' (an existing workdir, evaluated as it was)'}. "
-             f"Top: originals, bottom: reconstructions (docs/vqgan_reconstructions.png).\n\n"
-             f"![originals vs reconstructions](docs/vqgan_reconstructions.png)\n")
-    common.write_result("vqgan_quality", "VQGAN quality on the shapes data (CPU preset, time-boxed)",
-                        f".venv/bin/python -m benchmarks.bench_vqgan_quality --minutes {args.minutes:g}"
+             f"Top: originals, bottom: reconstructions ({picture}).\n\n"
+             f"![originals vs reconstructions]({picture})\n")
+    title = {"vqgan": "VQGAN", "dvae": "dVAE (OpenAI DALL·E's tokenizer)"}.get(kind, kind)
+    common.write_result(f"{kind}_quality", f"{title} quality on the shapes data (CPU preset, time-boxed)",
+                        ".venv/bin/python -m benchmarks.bench_vqgan_quality"
+                        + (f" --config {args.config}" if args.config != p.get_default("config") else "")
+                        + f" --minutes {args.minutes:g}"
                         + (f" --workdir {args.workdir}" if args.workdir != p.get_default("workdir") else ""), body)
 
 
