@@ -89,3 +89,13 @@ def test_the_shipped_config_names_every_method():
     config = config_lib.load_config("configs/eval/compare_shapes.py:root=/r", [])
     assert [m["method"] for m in config.compare.methods] == ["autoregressive", "clip-guided", "gan"]
     assert config.compare.methods[1]["clip"] == config.eval.clip_checkpoint == "/r/clip/model"  # self-scored
+
+
+def test_dalle_eval_compare_is_a_subcommand(capsys):
+    from dalle import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval", "compare", "--help"])
+    assert e.value.code == 0 and "dalle eval compare" in capsys.readouterr().out
+    assert cli.main(["eval", "compare", "--config", "configs/eval/shapes.py"]) == 2
+    assert "has no compare and eval sections" in capsys.readouterr().err

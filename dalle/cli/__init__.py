@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("dalle.data.encode:main", "pre-encode a dataset's images to VQGAN tokens"),
     "train": ("dalle.train.main:main", "train a model from a config (DALL·E model, VQGAN or CLIP)"),
     "generate": ("dalle.cli.generate:main", "generate images for prompts"),
-    "eval": ("dalle.eval.main:main", "run the evaluation job (accuracy, CLIP score, FID)"),
+    "eval": ("dalle.eval.cli:main", "run the evaluation job (accuracy, CLIP score, FID); `eval compare` methods"),
     "serve": ("dalle.serve:main", "serve the web demo on 127.0.0.1"),
     "convert": ("dalle.convert:main", "convert published weights (vqgan, dalle-mini, clip, inception)"),
     "export": ("dalle.export:main", "export a model to another code base's layout (dalle-mini)"),

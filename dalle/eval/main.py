@@ -591,10 +591,6 @@ def make_reference(config: ConfigDict, out: str, checkpoint_dir: str = "", image
 # ----------------------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
-    if argv[:1] == ["compare"]:  # several methods side by side: dalle/eval/compare.py
-        from dalle.eval import compare
-
-        return compare.main(argv[1:])
     sub = argv.pop(0) if argv and argv[0] == "reference" else "eval"
     overrides, rest = config_lib.split_config_args(argv)
     parser = Parser(prog=f"dalle eval{' reference' if sub == 'reference' else ''}", description=__doc__,
