@@ -100,36 +100,16 @@ class ClipGuidedSettings:
 
 def model_section(config: Any) -> Mapping[str, Any]:
     """The `clip_guided` section of a config ({} when it has none)."""
-    if config is None or not hasattr(config, "get"):
-        return {}
-    section = config.get(SECTION)
-    if section is None:
-        return {}
-    if not hasattr(section, "items"):
-        raise ClipGuidedError(f"the model's {SECTION} entry must be a section, got {type(section).__name__}")
-    return section
+    return config_lib.section_of(config, SECTION, ClipGuidedError)
 
 
 def resolve(config: Any = None, overrides: Mapping[str, Any] | None = None,
             labels: Mapping[str, str] | None = None) -> ClipGuidedSettings:
     """Schema defaults, then `config`'s `clip_guided` section, then every override that is not None; checked.
     `labels` name an override's origin in errors (e.g. {"steps": "--steps"})."""
-    values = clip_guided_defaults().to_dict()
-    origin: dict[str, str] = {}
-    errors: list[str] = []
-    for key, value in model_section(config).items():
-        if key not in values:
-            errors.append(f"unknown key in the model's {SECTION} section: {key!r} (known: {', '.join(values)})")
-            continue
-        values[key], origin[key] = value, f"the model's {SECTION}.{key}"
-    for key, value in (overrides or {}).items():
-        if key not in values:
-            raise ClipGuidedError(f"{key!r} is not a CLIP-guided setting (known: {', '.join(values)})")
-        if value is not None:
-            values[key], origin[key] = value, (labels or {}).get(key, key)
-
-    def name(key: str) -> str:
-        return origin.get(key, f"{SECTION}.{key}")
+    layered = config_lib.layer_settings(clip_guided_defaults().to_dict(), config, SECTION, overrides, labels,
+                                        ClipGuidedError, "a CLIP-guided setting")
+    values, errors, name = layered.values, layered.errors, layered.name
 
     for key in INT_KEYS:
         v = values[key]

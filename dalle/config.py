@@ -183,6 +183,52 @@ def variant_and_root(arg: str | None, variants: Sequence[str], default_root: str
     return variant, root
 
 
+@dataclasses.dataclass
+class Layered:
+    """Settings layered from schema defaults, a config's section and caller overrides (`layer_settings`)."""
+
+    values: dict[str, Any]
+    origin: dict[str, str]  # key -> where its value came from (absent: the schema default)
+    errors: list[str]  # unknown keys in the config's section
+    section: str
+
+    def name(self, key: str) -> str:
+        """How an error names the setting: the flag or argument that set it, else `<section>.<key>`."""
+        return self.origin.get(key, f"{self.section}.{key}")
+
+
+def section_of(config: Any, section: str, error: Callable[[str], Exception]) -> Any:
+    """The `section` of a (model's) config, {} when it has none; `error(message)` when it is not a section."""
+    if config is None or not hasattr(config, "get"):
+        return {}
+    value = config.get(section)
+    if value is None:
+        return {}
+    if not hasattr(value, "items"):
+        raise error(f"the model's {section} entry must be a section, got {type(value).__name__}")
+    return value
+
+
+def layer_settings(defaults: dict[str, Any], config: Any, section: str, overrides: Any, labels: Any,
+                   error: Callable[[str], Exception], what: str) -> Layered:
+    """Schema `defaults`, then `config`'s `section`, then every override that is not None (`labels`: how each
+    override is named in errors, e.g. {"steps": "--steps"}). An unknown override raises `error`; unknown keys in
+    the section are collected in `errors` for the caller to report with its own checks. `what`: "a sampling
+    setting", ..."""
+    values, origin, errors = dict(defaults), {}, []
+    for key, value in section_of(config, section, error).items():
+        if key not in values:
+            errors.append(f"unknown key in the model's {section} section: {key!r} (known: {', '.join(values)})")
+            continue
+        values[key], origin[key] = value, f"the model's {section}.{key}"
+    for key, value in (overrides or {}).items():
+        if key not in values:
+            raise error(f"{key!r} is not {what} (known: {', '.join(values)})")
+        if value is not None:
+            values[key], origin[key] = value, (labels or {}).get(key, key)
+    return Layered(values, origin, errors, section)
+
+
 def sibling_config(config_file: str, name: str):
     """The module of another config file in the same folder (e.g. configs/shapes_data.py's `data_config`)."""
     return _import_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), name))

@@ -364,6 +364,27 @@ def host_to_global(batch: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_LOGICAL
     return jax.tree_util.tree_map(one, batch)
 
 
+def run_on_rows(fn: Any, params: Any, rows: np.ndarray, mesh: Mesh,
+                rules: LogicalRules = DEFAULT_LOGICAL_RULES) -> np.ndarray:
+    """`fn(params, batch)` (jitted, batch-sharded in and out) over this process's `rows`: padded with copies of the
+    last row to a multiple of the batch shards it feeds, assembled across processes, and this process's rows of
+    the answer returned. How the image tokenizers run their encoders and decoders on any mesh."""
+    n = rows.shape[0]
+    pad = (-n) % max(1, batch_shards(mesh, rules) // jax.process_count())
+    if pad:
+        rows = np.concatenate([rows, np.repeat(rows[-1:], pad, axis=0)], axis=0)
+    with use_mesh(mesh, rules):
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            out = fn(params, host_to_global(rows, mesh, rules))
+            out = multihost_utils.global_array_to_host_local_array(out, mesh, batch_sharding(mesh, out.ndim,
+                                                                                            rules).spec)
+        else:
+            out = fn(params, jax.device_put(rows, batch_sharding(mesh, rows.ndim, rules)))
+    return np.asarray(jax.device_get(out))[:n]
+
+
 def local_batch_size(global_batch_size: int) -> int:
     """Rows each process feeds; the global batch must split evenly over processes."""
     n = jax.process_count()

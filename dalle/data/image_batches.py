@@ -93,3 +93,13 @@ def split_size(data: ConfigDict, split: str) -> int:
 
     splits = build.load_builder(data).info.splits
     return int(splits[split].num_examples) if split in splits else 0
+
+
+def validation_batches(data: ConfigDict, batch_size: int, process_index: int = 0, process_count: int = 1
+                       ) -> DataIterator | None:
+    """One pass over the whole validation split, or None when it has fewer than `batch_size` images (a small
+    folder): what the image tasks (VQGAN, dVAE) evaluate on."""
+    n = split_size(data, "validation")
+    if n < batch_size:
+        return None
+    return image_batches(data, "validation", batch_size, process_index, process_count, num_examples=n)

@@ -78,19 +78,7 @@ class DVAETokenizer:
         return sharding.batch_sharding(self.mesh, ndim, self.rules)
 
     def _run(self, fn, x: np.ndarray) -> np.ndarray:
-        n = x.shape[0]
-        pad = (-n) % max(1, sharding.batch_shards(self.mesh, self.rules) // jax.process_count())
-        if pad:
-            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)], axis=0)
-        with sharding.use_mesh(self.mesh, self.rules):
-            if jax.process_count() > 1:
-                from jax.experimental import multihost_utils
-
-                out = fn(self.params, sharding.host_to_global(x, self.mesh, self.rules))
-                out = multihost_utils.global_array_to_host_local_array(out, self.mesh, self._batch(out.ndim).spec)
-            else:
-                out = fn(self.params, jax.device_put(x, self._batch(x.ndim)))
-        return np.asarray(jax.device_get(out))[:n]
+        return sharding.run_on_rows(fn, self.params, x, self.mesh, self.rules)
 
     # --- API ----------------------------------------------------------------------------------------------------
     def preprocess(self, images: Any) -> np.ndarray:

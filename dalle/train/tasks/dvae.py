@@ -128,13 +128,9 @@ class DVAETask(Task):
     def eval_data(self, process_index: int, process_count: int) -> Iterator[Batch] | None:
         if self._train_iterator_fn is not None or "data" not in self.config:
             return None
-        from dalle.data import image_batches as ib
+        from dalle.data.image_batches import validation_batches
 
-        bs = int(self.config.train.batch_size)
-        n = ib.split_size(self.config.data, "validation")
-        if n < bs:
-            return None  # no validation split (a small folder): train without eval
-        return ib.image_batches(self.config.data, "validation", bs, process_index, process_count, num_examples=n)
+        return validation_batches(self.config.data, int(self.config.train.batch_size), process_index, process_count)
 
     def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         s = self.image_size
