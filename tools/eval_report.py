@@ -400,6 +400,13 @@ def main(argv: list[str]) -> int:
             extra += f"![{g}](docs/{prefix}{g})\n"
     samples = ("### Samples (one row per prompt: the kept image" + ("s" if kind == "shapes" else "") + ")\n\n"
                + extra) if extra else ""
+    completion_grid = "completion_validation.png"
+    if (metrics.get("completion") or {}).get("splits") and completion_grid in grids:
+        shutil.copy(os.path.join(out_dir, "grids", completion_grid),
+                    os.path.join(ROOT, "docs", f"{prefix}{completion_grid}"))
+        samples += ("\n### Image completion samples (validation; per row: the scene, its completion from the kept "
+                    "top rows, the same caption and seed without the image)\n\n"
+                    f"![{completion_grid}](docs/{prefix}{completion_grid})\n")
     if kind == "emoji":
         body = render_emoji(metrics, path, samples, note, title or "Real images: the emoji model")
     else:
