@@ -52,11 +52,11 @@ def get_config(arg=None):
 
     c.train = ConfigDict()
     c.train.batch_size = 32
-    # A fixed step count sized to the budget: 0.25 s/step measured on the shared 2-core dev machine (~240 steps a
-    # minute; 0.4-0.6 s when other jobs load it), so 2500 steps fill ~10-11 of the 15 minutes after the step's
-    # compile (~2.5 minutes through the loop today). The schedule is constant, so the time limit - a safety stop on a
-    # slower machine - ends the run at a usable model.
-    c.train.num_steps = 2500
+    # A fixed step count sized to the budget: 2500 steps took 6.5 minutes on a quiet 2-core dev machine (6.45 steps/s
+    # through the loop, compile included; `dalle train --config configs/gan_shapes.py`), so 5000 steps fill ~13 of
+    # the 15 minutes. The schedule is constant, so the time limit - a safety stop on a slower machine - ends the run
+    # at a usable model.
+    c.train.num_steps = 5000
     c.train.max_minutes = 15.0
     # Adam with a short memory of the first moment (beta1 0.5), as GANs usually train: the two players' targets move.
     c.train.optimizer = ConfigDict(dict(name="adam", lr=2e-4, b1=0.5, b2=0.999))
