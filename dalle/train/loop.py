@@ -68,7 +68,7 @@ def guarded_step(task: Task) -> Callable:
         new_state, metrics = task.train_step(state, batch, rng)
         ok = jnp.isfinite(metrics["loss"]) & all_finite(new_state)
         # One cond for the whole state, not a select per leaf: XLA compiles the per-leaf selects of a GAN or VQGAN
-        # step (hundreds of leaves) 6-15x slower on CPU (measured in BENCHMARKS.md, "train step compile").
+        # step (hundreds of leaves) 6-13x slower on CPU (BENCHMARKS.md, "Train-step compile time and the NaN/Inf guard").
         kept = jax.lax.cond(ok, lambda: new_state, lambda: state)
         if isinstance(kept, dict) and "step" in kept:
             kept = {**kept, "step": state["step"] + 1}
