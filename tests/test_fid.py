@@ -48,7 +48,9 @@ def test_frechet_matches_pytorch_fid(tag, n_a, n_b):
     z = np.load("tests/fixtures/inception_frechet.npz")
     a, b = z["feats_a"][:n_a], z["feats_b"][:n_b]
     got = fid.frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
-    assert got == pytest.approx(float(z[f"{tag}_value"]), rel=1e-9, abs=1e-9)
+    # The singular case takes pytorch-fid's eps path, whose sqrtm of a near-singular product differs between CPUs'
+    # LAPACK builds in the 9th digit (seen: 63.6494340761 here, 63.6494341720 in the fixture).
+    assert got == pytest.approx(float(z[f"{tag}_value"]), rel=1e-9 if tag == "full" else 1e-7, abs=1e-9)
 
 
 def test_fid_of_a_set_against_itself_is_zero():
