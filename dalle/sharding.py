@@ -364,13 +364,18 @@ def host_to_global(batch: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_LOGICAL
     return jax.tree_util.tree_map(one, batch)
 
 
+def row_multiple(mesh: Mesh, rules: LogicalRules = DEFAULT_LOGICAL_RULES) -> int:
+    """How many rows each process must feed so that its rows split evenly over the batch shards it holds."""
+    return max(1, batch_shards(mesh, rules) // jax.process_count())
+
+
 def run_on_rows(fn: Any, params: Any, rows: np.ndarray, mesh: Mesh,
                 rules: LogicalRules = DEFAULT_LOGICAL_RULES) -> np.ndarray:
     """`fn(params, batch)` (jitted, batch-sharded in and out) over this process's `rows`: padded with copies of the
     last row to a multiple of the batch shards it feeds, assembled across processes, and this process's rows of
     the answer returned. How the image tokenizers run their encoders and decoders on any mesh."""
     n = rows.shape[0]
-    pad = (-n) % max(1, batch_shards(mesh, rules) // jax.process_count())
+    pad = (-n) % row_multiple(mesh, rules)
     if pad:
         rows = np.concatenate([rows, np.repeat(rows[-1:], pad, axis=0)], axis=0)
     with use_mesh(mesh, rules):

@@ -100,7 +100,7 @@ def test_vqgan_encode_places_params_as_training_did(tmp_path):
     assert _specs(tok.params) == task.trained
     default = _default_specs(tok.params, sharding.get_partition_rules("vqgan"), mesh)
     assert any(default[k] != v for k, v in task.trained.items())
-    assert tok._row_multiple() == 2
+    assert sharding.row_multiple(tok.mesh, tok.rules) == 2
     codes = tok.encode(images[:3])  # 3 rows: padded to the 2 batch shards and cut back
     assert codes.shape == (3, 16, 16) and codes.dtype == np.int32
     one = VQGANTokenizer.from_checkpoint(model_dir, mesh=sharding.make_mesh(("data",), (1,), jax.devices()[:1]))
