@@ -8,8 +8,11 @@ Expected: ~0.9 of single-object validation prompts fully correct after <= 15 min
 same world sized this model; EVAL.md has what this config measures).
 
 Variants: `decoder_only` (default: the single-stream DALL·E/CogView model, d 128, 4 layers), `dalle_bart`
-(the encoder-decoder, same width), `multi` (1-3 objects per image, longer captions). Append `,root=DIR` to put
-every artifact under DIR instead of outputs/demo, e.g. `configs/shapes_tiny.py:dalle_bart,root=outputs/bart`.
+(the encoder-decoder, same width), `multi` (1-3 objects per image, longer captions), `dvae` (the default model over
+the codes of OpenAI DALL·E's tokenizer, configs/dvae_shapes.py, instead of the VQGAN's: DALL·E vs DALL·E mini on one
+world; it shares the root's data, tokenizer and CLIP and writes <root>/dvae, <root>/encoded_dvae and
+<root>/dalle_dvae). Append `,root=DIR` to put every artifact under DIR instead of outputs/demo, e.g.
+`configs/shapes_tiny.py:dalle_bart,root=outputs/bart`.
 """
 
 from ml_collections import ConfigDict
@@ -29,12 +32,15 @@ EXAMPLE_PROMPTS = (
 )
 
 
+VARIANTS = ("decoder_only", "dalle_bart", "multi", "dvae")
+
+
 def _shapes_data(variant):
     return config_lib.sibling_config(__file__, "shapes_data.py").data_config(variant)
 
 
 def get_config(arg=None):
-    variant, root = config_lib.variant_and_root(arg, ("decoder_only", "dalle_bart", "multi"))
+    variant, root = config_lib.variant_and_root(arg, VARIANTS)
     multi = variant == "multi"
 
     c = ConfigDict()
@@ -50,6 +56,9 @@ def get_config(arg=None):
     c.data.blank_caption_prob = 0.1  # dalle-mini's recipe: learn the unconditional model for guidance
     c.data.encoded_dir = f"{root}/encoded"
     c.data.vqgan_checkpoint = f"{root}/vqgan/model"
+    if variant == "dvae":
+        c.data.encoded_dir = f"{root}/encoded_dvae"
+        c.data.vqgan_checkpoint = f"{root}/dvae/model"  # the image tokenizer, whatever its kind
     c.data.examples_per_shard = 5000
     c.data.shuffle_buffer = 5000
 
@@ -68,6 +77,8 @@ def get_config(arg=None):
         ))
     # On a CPU, 4 unrolled layers train ~20% faster than a scanned layer stack (XLA:CPU's scan backward).
     c.model.scan_layers = False
+    if variant == "dvae":
+        c.model.image_vocab_size = 512  # configs/dvae_shapes.py's codes (also 8x8 per 32 px image)
 
     c.train = ConfigDict()
     c.train.batch_size = 64
@@ -98,7 +109,7 @@ def get_config(arg=None):
 
 def pipeline(arg=None) -> dict:
     """The other stages of `dalle demo --config configs/shapes_tiny.py[:arg]` (dalle/demo.py)."""
-    variant, root = config_lib.variant_and_root(arg, ("decoder_only", "dalle_bart", "multi"))
+    variant, root = config_lib.variant_and_root(arg, VARIANTS)
     d = get_config(arg).data
     # The world's keys this recipe sets (the rest are defaults in both configs) go to the VQGAN's config too.
     world = [f"--config.data.{k}={_fmt(d[k])}" for k in
@@ -111,9 +122,15 @@ def pipeline(arg=None) -> dict:
     world += ["--config.data.held_out_pairs=()", "--config.data.held_out_relations=()"]
     clip_variant = "multi," if variant == "multi" else ""
     # The time limits are safety stops: every stage is a fixed number of steps sized to fit them here.
-    return {"root": root, "vqgan": ("configs/vqgan_f4_32.py", world),
-            "clip": f"configs/clip_shapes.py:{clip_variant}root={root}", "eval": f"configs/eval/shapes.py:root={root}",
-            "minutes": {"vqgan": 11.0, "dalle": 30.0 if variant == "multi" else 15.0, "clip": 3.0}}
+    recipe = {"root": root, "vqgan": ("configs/vqgan_f4_32.py", world),
+              "clip": f"configs/clip_shapes.py:{clip_variant}root={root}",
+              "eval": f"configs/eval/shapes.py:root={root}",
+              "minutes": {"vqgan": 11.0, "dalle": 30.0 if variant == "multi" else 15.0, "clip": 3.0}}
+    if variant == "dvae":  # beside the VQGAN demo in the same root
+        recipe.update({"vqgan": ("configs/dvae_shapes.py", world), "workdir": "dalle_dvae",
+                       "samples": "samples_dvae"})
+        recipe["minutes"]["vqgan"] = 15.0
+    return recipe
 
 
 def _fmt(v) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
 from typing import Sequence
+
+from dalle import cli
 
 CONVERTERS = {
     "vqgan": ("dalle.modeling.vqgan.convert:main", "taming-transformers .ckpt or vqgan-jax flax checkpoint dir"),
@@ -17,11 +17,4 @@ CONVERTERS = {
 
 
 def main(argv: Sequence[str]) -> int:
-    argv = list(argv)
-    if not argv or argv[0] not in CONVERTERS:
-        print("usage: dalle convert {" + ",".join(CONVERTERS) + "} --from SRC --out DIR", file=sys.stderr)
-        for name, (_, text) in CONVERTERS.items():
-            print(f"  {name:11s} {text}", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module_name, func = CONVERTERS[argv[0]][0].split(":")
-    return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)
+    return cli.dispatch_group("convert", CONVERTERS, argv, "--from SRC --out DIR")

@@ -44,7 +44,9 @@ def _run(argv: list[str]) -> None:
 def pipeline_of(config_spec: str) -> dict[str, Any]:
     """The recipe's own stage configs: its config module's `pipeline(arg)` (configs/shapes_tiny.py,
     configs/emoji_tiny.py) gives {"root": where the recipe writes, "vqgan": (config spec, [overrides]),
-    "clip": spec, "eval": spec, "minutes": {"vqgan": m, "dalle": m, "clip": m}}, so the demo knows no data set."""
+    "clip": spec, "eval": spec, "minutes": {"vqgan": m, "dalle": m, "clip": m}} and optionally the folder names under
+    root of the text-to-image workdir ("workdir", default "dalle") and the samples ("samples", default "samples"),
+    so the demo knows no data set."""
     from dalle import config as config_lib
 
     path, _, arg = config_spec.partition(":")
@@ -67,7 +69,7 @@ def stages(config_spec: str, root: str, minutes: dict[str, float], overrides: li
     vqgan_spec, vqgan_overrides = recipe["vqgan"]
     eval_config = eval_config or recipe["eval"]
     vqgan_dir = os.path.dirname(d.vqgan_checkpoint.rstrip("/"))
-    dalle_dir = os.path.join(root, "dalle")
+    dalle_dir = os.path.join(root, recipe.get("workdir", "dalle"))
     # The data section is shared: a data override given to the demo reaches the VQGAN and CLIP stages too.
     data_overrides = [o for o in overrides if o.lstrip("-").startswith("config.data.")]
     out = [
@@ -90,8 +92,8 @@ def stages(config_spec: str, root: str, minutes: dict[str, float], overrides: li
         # Always run (cheap): the best measured settings go into the exported model's sampling section, also for
         # an eval that finished before the section existed.
         ("sampling", "", lambda: write_measured_sampling(dalle_dir)),
-        ("samples", os.path.join(root, "samples", "grid.png"),
-         lambda: write_samples(dalle_dir, os.path.join(root, "samples"))),
+        ("samples", os.path.join(root, recipe.get("samples", "samples"), "grid.png"),
+         lambda: write_samples(dalle_dir, os.path.join(root, recipe.get("samples", "samples")))),
     ]
     return out
 

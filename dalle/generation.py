@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from dalle import precision, sampling_schema
+from dalle import paths, precision, sampling_schema
 
 
 class GenerationError(ValueError):
@@ -366,4 +366,8 @@ def save_png(path: str, image: np.ndarray, scale: int = 1) -> None:
     img = Image.fromarray(np.asarray(image, np.uint8))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path, format="PNG")
+    parent = os.path.dirname(path)
+    if parent:
+        paths.makedirs(parent)
+    with paths.open_file(path, "wb") as f:
+        img.save(f, format="PNG")

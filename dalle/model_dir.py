@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
+
+from dalle import paths
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -34,13 +35,13 @@ def save_model(directory: str, params: Any, config: ConfigDict, extra: dict | No
     (`params.partial`) and swapped in only once complete, so a crash leaves the old model, or the new one with its
     old weights in `params.old` (put back by `recover_interrupted_export`). Other files in the directory (a CLIP's
     tokenizer, say) are kept."""
-    directory = os.path.abspath(directory)
+    directory = paths.absolute(directory)
     main = jax.process_index() == 0
-    final, partial, old = (os.path.join(directory, PARAMS_DIR + s) for s in ("", PARTIAL_SUFFIX, OLD_SUFFIX))
+    final, partial, old = (paths.join(directory, PARAMS_DIR + s) for s in ("", PARTIAL_SUFFIX, OLD_SUFFIX))
     if main:
-        os.makedirs(directory, exist_ok=True)
+        paths.makedirs(directory)
         recover_interrupted_export(directory)
-        shutil.rmtree(partial, ignore_errors=True)  # left by a save that died before it finished
+        paths.rmtree(partial)  # left by a save that died before it finished
     _sync_processes("dalle.model_dir.save_model:start")
     # Sharded jax arrays are written by every process (orbax coordinates); numpy arrays as they are.
     params = jax.tree_util.tree_map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), params)
@@ -48,14 +49,11 @@ def save_model(directory: str, params: Any, config: ConfigDict, extra: dict | No
         ckptr.save(partial, params)
     if main:
         meta = {"config": json.loads(config.to_json_best_effort()), **(extra or {})}
-        tmp = os.path.join(directory, f"{CONFIG_FILE}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-        if os.path.exists(final):
-            os.replace(final, old)
-        os.replace(partial, final)
-        os.replace(tmp, os.path.join(directory, CONFIG_FILE))
-        shutil.rmtree(old, ignore_errors=True)
+        if paths.exists(final):
+            paths.replace(final, old)
+        paths.replace(partial, final)
+        paths.write_text_atomic(paths.join(directory, CONFIG_FILE), json.dumps(meta, indent=2, sort_keys=True))
+        paths.rmtree(old)
     _sync_processes("dalle.model_dir.save_model:end")
     return directory
 
@@ -63,9 +61,9 @@ def save_model(directory: str, params: Any, config: ConfigDict, extra: dict | No
 def recover_interrupted_export(directory: str) -> bool:
     """Puts `params.old` back when an export died between moving the old params aside and moving the new ones in.
     Returns whether it did."""
-    final, old = os.path.join(directory, PARAMS_DIR), os.path.join(directory, PARAMS_DIR + OLD_SUFFIX)
-    if os.path.isdir(old) and not os.path.exists(final):
-        os.replace(old, final)
+    final, old = paths.join(directory, PARAMS_DIR), paths.join(directory, PARAMS_DIR + OLD_SUFFIX)
+    if paths.isdir(old) and not paths.exists(final):
+        paths.replace(old, final)
         return True
     return False
 
@@ -79,11 +77,10 @@ def _sync_processes(name: str) -> None:
 
 def _read_meta(directory: str) -> tuple[str, dict]:
     """(path, contents) of a model directory's config.json, which must hold a `config` entry."""
-    path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = paths.join(directory, CONFIG_FILE)
+    if not paths.isfile(path):
         raise CheckpointError(f"{directory!r} is not a dalle checkpoint: {CONFIG_FILE} is missing")
-    with open(path) as f:
-        meta = json.load(f)
+    meta = json.loads(paths.read_text(path))
     if "config" not in meta:
         raise CheckpointError(f"{path}: no 'config' entry")
     return path, meta
@@ -94,8 +91,7 @@ def read_config(directory: str) -> ConfigDict:
 
 
 def read_extra(directory: str) -> dict:
-    with open(os.path.join(directory, CONFIG_FILE)) as f:
-        meta = json.load(f)
+    meta = json.loads(paths.read_text(paths.join(directory, CONFIG_FILE)))
     meta.pop("config", None)
     return meta
 
@@ -103,10 +99,10 @@ def read_extra(directory: str) -> dict:
 def exported_model_dir(directory: str) -> str | None:
     """The model directory holding `directory`'s exported model: itself, or a trainer workdir's `model/`
     (None when training has not exported one yet)."""
-    if _params_dir(directory) is not None and os.path.isfile(os.path.join(directory, CONFIG_FILE)):
+    if _params_dir(directory) is not None and paths.isfile(paths.join(directory, CONFIG_FILE)):
         return directory
-    exported = os.path.join(directory, "model")
-    return exported if os.path.isfile(os.path.join(exported, CONFIG_FILE)) else None
+    exported = paths.join(directory, "model")
+    return exported if paths.isfile(paths.join(exported, CONFIG_FILE)) else None
 
 
 def set_config_section(directory: str, section: str, values: dict, extra: dict | None = None) -> str:
@@ -116,10 +112,7 @@ def set_config_section(directory: str, section: str, values: dict, extra: dict |
     path, meta = _read_meta(directory)
     meta["config"][section] = json.loads(json.dumps(values))
     meta.update(extra or {})
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    paths.write_text_atomic(path, json.dumps(meta, indent=2, sort_keys=True))
     return path
 
 
@@ -129,7 +122,15 @@ def resolve_path(directory: str, path: str) -> str:
     under the model directory and each folder above it (nearest first; then the same from the directory's real
     location, when it is reached through a link), then under the current directory; the
     first that exists wins. Absolute or unfound paths come back unchanged, for the caller's error message."""
-    if not path or os.path.isabs(path):
+    if not path or os.path.isabs(path) or paths.is_remote(path):
+        return path
+    if paths.is_remote(directory):  # the model directory and each folder above it, up to the bucket
+        here = paths.path(directory)
+        while paths.is_remote(here) and str(here).rstrip("/").count("/") >= 2:
+            candidate = here / path
+            if candidate.exists():
+                return str(candidate)
+            here = here.parent
         return path
     # The directory as named and as it really is: a model reached through a link was written where it lives.
     for start in dict.fromkeys((os.path.abspath(directory), os.path.realpath(directory))):
@@ -157,8 +158,8 @@ def _tuplify(x: Any) -> Any:
 def _params_dir(directory: str) -> str | None:
     """`params/`, or `params.old` when an export died after moving it aside (config.json is still the old one)."""
     for name in (PARAMS_DIR, PARAMS_DIR + OLD_SUFFIX):
-        path = os.path.join(os.path.abspath(directory), name)
-        if os.path.isdir(path):
+        path = paths.join(paths.absolute(directory), name)
+        if paths.isdir(path):
             return path
     return None
 
@@ -200,11 +201,11 @@ def load_model(directory: str) -> tuple[ConfigDict, Any]:
 def load_latest_model(workdir: str) -> tuple[ConfigDict, Any]:
     """(config, params) of a trainer workdir (dalle/train/checkpointing.py's layout): the exported model if
     training finished, else the params of the latest checkpoint step."""
-    exported = os.path.join(workdir, "model")
-    if os.path.isfile(os.path.join(exported, CONFIG_FILE)):
+    exported = paths.join(workdir, "model")
+    if paths.isfile(paths.join(exported, CONFIG_FILE)):
         return read_config(exported), load_params(exported)
     config = _run_config(workdir)
-    steps_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    steps_dir = paths.join(paths.absolute(workdir), "checkpoints")
     with ocp.CheckpointManager(steps_dir, options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
         step = manager.latest_step()
         if step is None:
@@ -224,8 +225,7 @@ def config_of(directory: str) -> ConfigDict:
 
 
 def _run_config(workdir: str) -> ConfigDict:
-    run_config = os.path.join(workdir, "config.json")
-    if not os.path.exists(run_config):
+    run_config = paths.join(workdir, "config.json")
+    if not paths.exists(run_config):
         raise CheckpointError(f"{workdir!r} is neither a model checkpoint (no {PARAMS_DIR}/) nor a training workdir")
-    with open(run_config) as f:
-        return ConfigDict(_tuplify(json.load(f)))
+    return ConfigDict(_tuplify(json.loads(paths.read_text(run_config))))

@@ -14,6 +14,7 @@ import pytest
 
 from dalle import kinds
 from dalle import model_dir as checkpoint
+from dalle.modeling import param_check
 from dalle.modeling.dvae import convert as convert_dvae
 from dalle.modeling.dvae import model as dvae_lib
 from dalle.modeling.dvae.api import DVAETokenizer
@@ -281,7 +282,7 @@ def test_params_that_do_not_fit_are_listed():
     params = {k: v for k, v in params.items() if k != "decoder/output/conv"}
     params["encoder/extra"] = {"w": np.zeros(1)}
     want = r"missing \(2\): decoder/output/conv/b, decoder/output/conv/w\n.*unexpected \(1\): encoder/extra/w"
-    with pytest.raises(dvae_lib.ParamMismatchError, match=want):
+    with pytest.raises(param_check.ParamMismatchError, match=want):
         dvae_lib.check_params(params, cfg)
 
 

@@ -10,6 +10,7 @@ from ml_collections import ConfigDict
 
 from dalle import config as config_lib, sharding
 from dalle import model_dir as checkpoint
+from dalle.modeling import param_check
 from dalle.modeling.vqgan import model as vqgan_lib
 from dalle.modeling.vqgan import losses
 
@@ -337,8 +338,8 @@ def test_api_rejects_params_of_another_architecture(tiny_params):
 
     config = tiny_config()
     config.model.n_embed = 64
-    with pytest.raises(vqgan_lib.ParamMismatchError, match=r"quantize/embeddings: \(32, 4\) != expected \(64, 4\)"):
+    with pytest.raises(param_check.ParamMismatchError, match=r"quantize/embeddings: \(32, 4\) != expected \(64, 4\)"):
         VQGANTokenizer(tiny_params, config)
     broken = {k: v for k, v in tiny_params.items() if k != "decoder/conv_out"}
-    with pytest.raises(vqgan_lib.ParamMismatchError, match="missing .*decoder/conv_out/b, decoder/conv_out/w"):
+    with pytest.raises(param_check.ParamMismatchError, match="missing .*decoder/conv_out/b, decoder/conv_out/w"):
         VQGANTokenizer(broken, tiny_config())

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Sequence
+from typing import Mapping, Sequence
 
-# name -> (module:function, one-line help). Nested commands (`dalle convert vqgan`) use "name sub".
+# name -> (module:function, one-line help). A command with subcommands (`dalle convert vqgan`) keeps its own table
+# in its module and dispatches with `dispatch_group`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("dalle.cli:config_main", "print a config (name or path, variant, overrides); `config list` lists them"),
     "data": ("dalle.data.build:main", "build a tfds dataset (captioned shapes, image folders, webdataset, ...)"),
@@ -20,8 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("dalle.cli.generate:main", "generate images for prompts"),
     "eval": ("dalle.eval.cli:main", "run the evaluation job (accuracy, CLIP score, FID); `eval compare` methods"),
     "serve": ("dalle.serve:main", "serve the web demo on 127.0.0.1"),
-    "convert": ("dalle.convert:main", "convert published weights (vqgan, dalle-mini, clip, inception)"),
-    "export": ("dalle.export:main", "export a model to another code base's layout (dalle-mini)"),
+    "convert": ("dalle.convert:main", "convert published weights (`dalle convert --help` lists the sources)"),
+    "export": ("dalle.export:main", "export a model to another code base's layout (`dalle export --help`)"),
     "demo": ("dalle.demo:main", "run the whole pipeline on the captioned-shapes data"),
 }
 
@@ -86,22 +87,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"dalle: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    target, _ = COMMANDS[name]
+    return call(COMMANDS[name][0], rest, f"dalle {name}")
+
+
+def call(target: str, argv: Sequence[str], label: str) -> int:
+    """Imports `module:function` and runs it on argv; a missing optional package becomes the extra to install."""
     module_name, func_name = target.split(":")
     try:
         module = importlib.import_module(module_name)
-        result = getattr(module, func_name)(rest)
+        result = getattr(module, func_name)(list(argv))
     except ModuleNotFoundError as e:
         if e.name == module_name:
-            print(f"dalle {name}: not available in this version ({module_name} is missing)", file=sys.stderr)
+            print(f"{label}: not available in this version ({module_name} is missing)", file=sys.stderr)
             return 2
         extra = OPTIONAL_PACKAGES.get((e.name or "").split(".")[0])
         if extra is None:
             raise
-        print(f"dalle {name}: needs the optional package {e.name.split('.')[0]!r}: pip install 'dalle[{extra}]'",
+        print(f"{label}: needs the optional package {e.name.split('.')[0]!r}: pip install 'dalle[{extra}]'",
               file=sys.stderr)
         return 2
     return int(result or 0)
+
+
+def dispatch_group(group: str, table: Mapping[str, tuple[str, str]], argv: Sequence[str], args_usage: str) -> int:
+    """`dalle <group> <name> ...` -> table[name]'s `module:function` (as `call` runs it); usage on stderr otherwise."""
+    argv = list(argv)
+    if not argv or argv[0] not in table:
+        print(f"usage: dalle {group} {{{','.join(table)}}} {args_usage}", file=sys.stderr)
+        for name, (_, text) in table.items():
+            print(f"  {name:11s} {text}", file=sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"dalle {group}: unknown {group} target {argv[0]!r}", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return call(table[argv[0]][0], argv[1:], f"dalle {group} {argv[0]}")
 
 
 if __name__ == "__main__":

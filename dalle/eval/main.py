@@ -31,7 +31,8 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
-from dalle import registry
+from dalle import paths, registry
+from dalle.generation import save_png
 from dalle.cli.args import Parser
 
 if TYPE_CHECKING:
@@ -197,13 +198,6 @@ def image_grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
     return out
 
 
-def save_png(path: str, image: np.ndarray) -> None:
-    from PIL import Image
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(image).save(path)
-
-
 def fid_clip_svg(points: list[tuple[float, float | None, float | None]], fid_name: str, clip_name: str) -> str:
     """An SVG line plot of FID (y) against CLIP score (x), one labeled point per guidance scale (no matplotlib in
     the venv: a small hand-written SVG). Points lacking either number are listed as missing, not drawn."""
@@ -257,8 +251,8 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
     from dalle.eval import metrics as metrics_lib
 
     ev = config.eval
-    out_dir = ev.output_dir or os.path.join(checkpoint_dir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = ev.output_dir or paths.join(checkpoint_dir, "eval")
+    paths.makedirs(out_dir)
     notes: list[str] = []
     t_start = time.time()
     gen = generator or Generator(checkpoint_dir, ev, config.mesh)
@@ -352,10 +346,9 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
 
     fid_name = net.metric_prefix if net is not None else "FID"
     svg = fid_clip_svg(plot_points, fid_name, clip.backbone if clip else "no CLIP")
-    with open(os.path.join(out_dir, "fid_vs_clip.svg"), "w") as f:
-        f.write(svg)
+    paths.write_text_atomic(paths.join(out_dir, "fid_vs_clip.svg"), svg)
     results.update({
-        "checkpoint": os.path.abspath(checkpoint_dir),
+        "checkpoint": paths.absolute(checkpoint_dir),
         "prompts": {"source": ev.prompts_file or f"{data.get('source', '?') if data is not None else '?'} splits",
                     "splits": splits, "per_split": ev.num_prompts,
                     "total": len(prompts)},
@@ -380,8 +373,8 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
         results["sampling_written"] = {"written": False, "why": "one guidance scale measured: nothing to choose"}
     elif jax.process_index() == 0:
         results["sampling_written"] = write_best_sampling(results, checkpoint_dir)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True, default=_json_default)
+    paths.write_text_atomic(paths.join(out_dir, "metrics.json"),
+                            json.dumps(results, indent=2, sort_keys=True, default=_json_default))
     if jax.process_index() == 0:  # the same numbers and grids in TensorBoard, at the model's training step
         from dalle.eval import tensorboard
         from dalle.train import reporting
@@ -477,7 +470,7 @@ def measure_completion(ev: ConfigDict, gen: Any, data: ConfigDict | None, prompt
         for split in out["splits"]:
             idx = [i for i, sp in enumerate(images["splits"]) if sp == split][: ev.grid_prompts]
             trio = np.stack([images["reference"][idx], images["completed"][idx], images["plain"][idx]], axis=1)
-            save_png(os.path.join(out_dir, "grids", f"completion_{split}.png"), image_grid(trio))
+            save_png(paths.join(out_dir, "grids", f"completion_{split}.png"), image_grid(trio))
     return out
 
 
@@ -525,11 +518,11 @@ def _measure(ctx: EvalContext) -> dict[str, Any]:
         entry["splits"][split] = split_entry
         g = min(len(idx), ev.grid_prompts)
         if g:
-            save_png(os.path.join(ctx.out_dir, "grids", f"{tag}_{split}.png"), image_grid(sub[:g]))
+            save_png(paths.join(ctx.out_dir, "grids", f"{tag}_{split}.png"), image_grid(sub[:g]))
         if ev.save_images:
             for j, i in enumerate(idx):
                 for c in range(k):
-                    save_png(os.path.join(ctx.out_dir, "images", tag, split, f"{j:05d}_{c}.png"), sub[j, c])
+                    save_png(paths.join(ctx.out_dir, "images", tag, split, f"{j:05d}_{c}.png"), sub[j, c])
     for metric in asked:
         if metric.overall:
             entry[metric.name] = metric(ctx, kept, prompts)
@@ -639,6 +632,6 @@ def main(argv: Sequence[str]) -> int:
               f"the sampling section of {written['model']}")
     elif written:
         print(f"sampling section not rewritten: {written['why']}")
-    out = config.eval.output_dir or os.path.join(args.checkpoint, "eval")
-    print(f"wrote {os.path.join(out, 'metrics.json')}")
+    out = config.eval.output_dir or paths.join(args.checkpoint, "eval")
+    print(f"wrote {paths.join(out, 'metrics.json')}")
     return 0

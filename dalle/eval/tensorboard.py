@@ -4,12 +4,12 @@ at the evaluated model's training step, so TensorBoard shows the eval beside the
 
 from __future__ import annotations
 
-import glob
 import math
-import os
 from typing import Any, Iterator, Mapping
 
 import numpy as np
+
+from dalle import paths
 
 
 def numbers(tree: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
@@ -35,14 +35,14 @@ def write(out_dir: str, metrics: Mapping[str, Any], step: int = 0) -> str:
     from clu import metric_writers
     from PIL import Image
 
-    folder = os.path.join(out_dir, "tensorboard")
+    folder = paths.join(out_dir, "tensorboard")
     writer = metric_writers.SummaryWriter(folder)
     try:
         writer.write_scalars(step, scalars(metrics))
         grids = {}
-        for path in sorted(glob.glob(os.path.join(out_dir, "grids", "*.png"))):
-            with Image.open(path) as img:
-                grids[f"grids/{os.path.splitext(os.path.basename(path))[0]}"] = np.asarray(img.convert("RGB"))[None]
+        for path in paths.glob(paths.join(out_dir, "grids"), "*.png"):
+            with paths.open_file(path, "rb") as f, Image.open(f) as img:
+                grids[f"grids/{paths.basename(path)[:-len('.png')]}"] = np.asarray(img.convert("RGB"))[None]
         if grids:
             writer.write_images(step, grids)
     finally:

@@ -50,6 +50,7 @@ from dalle import precision, weights_files
 from dalle.cli.args import Parser
 from dalle.modeling import norm_placement
 from dalle.modeling import schema as model_schema
+from dalle.progress import Stages
 
 
 ConversionError = weights_files.ConversionError  # a checkpoint that cannot be converted; names the key or param
@@ -462,13 +463,21 @@ class Converted:
         return sum(int(np.prod(v.shape)) for d in self.params.values() for v in d.values())
 
 
-def load(src: str, vqgan: str = "", dtype: str | None = None, weights_only: bool = False) -> Converted:
+LOAD_STAGES = ("find tokenizer + VQGAN", "read weights", "convert")
+WRITE_STAGES = ("copy tokenizer", "convert VQGAN", "write params")
+
+
+def load(src: str, vqgan: str = "", dtype: str | None = None, weights_only: bool = False,
+         stages: Stages | None = None) -> Converted:
     """Converts the dalle-mini directory `src` in memory (see the module docstring for where the VQGAN comes
-    from). `weights_only`: neither a tokenizer nor a VQGAN is required (a `vqgan` given is still used)."""
+    from). `weights_only`: neither a tokenizer nor a VQGAN is required (a `vqgan` given is still used).
+    `stages`: a progress bar that has LOAD_STAGES among its stages."""
+    stages = stages or Stages("", LOAD_STAGES, enabled=False)
     if not os.path.isdir(src):
         raise ConversionError(f"--from {src!r} is not a directory (dalle-mini's config.json + {FLAX_WEIGHTS})")
     if dtype is not None:
         precision.check(dtype, "--dtype")
+    stages.start("find tokenizer + VQGAN")
     config_json, _ = read_dalle_mini_dir(src, weights=False)
     # Every missing piece is reported before the weights are read (minutes for dalle-mega).
     tokenizer = tokenizer_files(src)
@@ -476,7 +485,11 @@ def load(src: str, vqgan: str = "", dtype: str | None = None, weights_only: bool
         raise ConversionError(f"{src!r} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): copy "
                               f"dalle-mini's tokenizer files there, or pass --weights-only")
     vq = find_vqgan(src, model_config_from_dalle_mini(config_json), vqgan) if (vqgan or not weights_only) else ""
-    model_cfg, params = convert(config_json, read_dalle_mini_dir(src)[1], dtype)
+    stages.start("read weights")
+    flat = read_dalle_mini_dir(src)[1]
+    stages.start("convert")
+    model_cfg, params = convert(config_json, flat, dtype)
+    del flat
     data = ConfigDict({"max_text_length": model_cfg.max_text_length, "lowercase": True,
                        "ascii_fold": bool(config_json.get("normalize_text", False)),
                        "tokenizer_path": os.path.abspath(src) if tokenizer else "",
@@ -489,12 +502,15 @@ TOKENIZER_DIR = "tokenizer"  # OUT/tokenizer: dalle-mini's tokenizer files
 VQGAN_DIR = "vqgan"  # OUT/vqgan: the vqgan-jax VQGAN, converted
 
 
-def write(converted: Converted, out: str) -> str:
+def write(converted: Converted, out: str, stages: Stages | None = None) -> str:
     """Writes a converted dalle-mini model to the directory `out`, with its tokenizer and (vqgan-jax) VQGAN inside
-    it, recorded as paths relative to `out`. Returns a one-line summary of what was written."""
+    it, recorded as paths relative to `out`. Returns a one-line summary of what was written. `stages`: a progress
+    bar that has WRITE_STAGES among its stages."""
     from dalle import model_dir as checkpoint
     from dalle.modeling.vqgan import convert as vqgan_convert
 
+    stages = stages or Stages("", WRITE_STAGES, enabled=False)
+    stages.start("copy tokenizer")
     config = ConfigDict(converted.config.to_dict())
     notes = []
     if converted.tokenizer_files:
@@ -507,6 +523,7 @@ def write(converted: Converted, out: str) -> str:
         notes.append("no tokenizer")
     extra = {"converted_from": converted.source, "source": "dalle-mini"}
     if converted.vqgan and vqgan_convert.is_vqgan_jax_dir(converted.vqgan):
+        stages.start("convert VQGAN")
         summary = vqgan_convert.write_converted(converted.vqgan, os.path.join(out, VQGAN_DIR))
         config.data.vqgan_checkpoint = VQGAN_DIR
         extra["vqgan_converted_from"] = converted.vqgan
@@ -515,6 +532,7 @@ def write(converted: Converted, out: str) -> str:
         notes.append(f"VQGAN {converted.vqgan}")
     else:
         notes.append("no VQGAN")
+    stages.start("write params")
     checkpoint.save_model(out, converted.params, config, extra=extra)
     dtype = precision.name_of(converted.params) or "float32"
     return f"dalle_bart, {converted.num_params():,} {dtype} parameters; " + "; ".join(notes)
@@ -538,8 +556,9 @@ def main(argv: Sequence[str]) -> int:
                         help="convert the transformer alone (for model.init_from): no tokenizer or VQGAN required")
     args = parser.parse_args(list(argv))
     try:
-        converted = load(args.src, args.vqgan, args.dtype, args.weights_only)
-        summary = write(converted, args.out)
+        with Stages("dalle convert dalle-mini", LOAD_STAGES + WRITE_STAGES) as stages:
+            converted = load(args.src, args.vqgan, args.dtype, args.weights_only, stages)
+            summary = write(converted, args.out, stages)
     except ConversionError as e:
         print(f"dalle convert dalle-mini: {e}", file=sys.stderr)
         return 2

@@ -65,6 +65,31 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Deadline:
+    """One pending `loop.call_later` callback that can be re-armed or cancelled (the head and write deadlines)."""
+
+    def __init__(self, loop: Any) -> None:
+        self.loop, self.handle = loop, None
+
+    @property
+    def armed(self) -> bool:
+        return self.handle is not None
+
+    def arm(self, delay_s: float, callback: Callable[[], None]) -> None:
+        self.cancel()
+
+        def fire() -> None:
+            self.handle = None
+            callback()
+
+        self.handle = self.loop.call_later(delay_s, fire)
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
 class _Connection(h11.Connection):
     """h11's connection state, remembering why it refused a request (uvicorn answers every refusal with one fixed
     text; the API names the reason)."""
@@ -94,13 +119,13 @@ class GuardedH11Protocol(H11Protocol):
         self.conn = _Connection(h11.SERVER, config.h11_max_incomplete_event_size or DEFAULT_MAX_INCOMPLETE_EVENT_SIZE)
         self.limit_concurrency = None  # uvicorn's own check answers text/plain: `_admit` answers JSON instead
         self._app, self.app = self.app, self._admit
-        self._head_timer: Any = None
-        self._write_timer: Any = None
+        self._head_deadline = _Deadline(self.loop)
+        self._write_deadline = _Deadline(self.loop)
 
     # --- the request head deadline -----------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._head_deadline.arm(self.http_limits.head_timeout_s, self._head_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
@@ -114,7 +139,7 @@ class GuardedH11Protocol(H11Protocol):
                 return
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # the request line and headers are in (or it was refused)
-            self._cancel_head_timer()
+            self._head_deadline.cancel()
 
     def on_response_complete(self) -> None:
         if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
@@ -123,24 +148,15 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
         super().on_response_complete()
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._arm_head_timer()  # the next request's head has the same deadline (keep-alive may end it sooner)
+            # The next request's head has the same deadline (keep-alive may end it sooner).
+            self._head_deadline.arm(self.http_limits.head_timeout_s, self._head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
-        self._cancel_write_timer()
+        self._head_deadline.cancel()
+        self._write_deadline.cancel()
         super().connection_lost(exc)
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.http_limits.head_timeout_s, self._head_timeout)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
     def _head_timeout(self) -> None:
-        self._head_timer = None
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
         if self.conn.trailing_data[0]:  # part of a request line or headers came, then nothing more
@@ -152,20 +168,14 @@ class GuardedH11Protocol(H11Protocol):
     # --- a client that stops reading ----------------------------------------------------------------------------
     def pause_writing(self) -> None:
         super().pause_writing()
-        if self._write_timer is None:
-            self._write_timer = self.loop.call_later(self.http_limits.write_timeout_s, self._write_timeout)
+        if not self._write_deadline.armed:
+            self._write_deadline.arm(self.http_limits.write_timeout_s, self._write_timeout)
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._cancel_write_timer()
-
-    def _cancel_write_timer(self) -> None:
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
+        self._write_deadline.cancel()
 
     def _write_timeout(self) -> None:
-        self._write_timer = None
         log.info("dropping a connection whose client read nothing for %g s", self.http_limits.write_timeout_s)
         self.transport.abort()
 

@@ -14,7 +14,6 @@ the previous checkpoint intact and resume never sees a half-written one.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
@@ -22,6 +21,7 @@ import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
+from dalle import paths
 
 # Keys that may change between a run and its resumption (how long / how chatty), everything else must match.
 RESUMABLE_CHANGES = (
@@ -44,17 +44,16 @@ class ResumeError(ValueError):
 
 
 def config_path(workdir: str) -> str:
-    return os.path.join(workdir, "config.json")
+    return paths.join(workdir, "config.json")
 
 
 def check_or_write_config(workdir: str, config: ConfigDict) -> None:
     """Writes the run's config on first start; on resume, stops with the differences if they matter."""
     path = config_path(workdir)
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = ConfigDict(json.load(f))
+        paths.makedirs(workdir)
+    if paths.exists(path):
+        old = ConfigDict(json.loads(paths.read_text(path)))
         new = ConfigDict(json.loads(config.to_json_best_effort()))
         diffs = [d for d in config_lib.diff(old, new) if not d.split(":")[0].startswith(RESUMABLE_CHANGES)]
         if diffs:
@@ -64,16 +63,14 @@ def check_or_write_config(workdir: str, config: ConfigDict) -> None:
                 + "\nUse a new --workdir, or the saved values."
             )
     if jax.process_index() == 0:
-        with open(path + ".tmp", "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-        os.replace(path + ".tmp", path)
+        paths.write_text_atomic(path, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 class Checkpointer:
     """Thin wrapper over orbax's CheckpointManager for (state pytree, JSON meta)."""
 
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.directory = paths.join(paths.absolute(workdir), "checkpoints")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,  # a save cut off by a crash leaves a `<step>.orbax-checkpoint-tmp-*`

@@ -9,10 +9,8 @@ metrics (loss, throughput, MFU) to the console, TensorBoard and metrics.jsonl.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import math
-import os
 import signal
 import time
 from typing import Any, Callable
@@ -23,7 +21,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from dalle import model_dir as model_checkpoint
-from dalle import kinds, registry, sharding
+from dalle import kinds, paths, registry, sharding
 from dalle.train import checkpointing, reporting
 from dalle.train.task import Task
 
@@ -113,28 +111,24 @@ class _Preemption:
 
 
 def _data_state_path(workdir: str, step: int) -> str:
-    return os.path.join(workdir, "data_state", f"step_{step:09d}.process_{jax.process_index()}.json")
+    return paths.join(workdir, "data_state", f"step_{step:09d}.process_{jax.process_index()}.json")
 
 
 def _save_data_state(workdir: str, step: int, state: dict, keep_steps: set[int]) -> None:
     """Each process keeps its own data position next to the orbax checkpoint of the same step."""
-    path = _data_state_path(workdir, step)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(state, f)
-    os.replace(path + ".tmp", path)
-    for old in glob.glob(os.path.join(workdir, "data_state", f"step_*.process_{jax.process_index()}.json")):
-        s = int(os.path.basename(old).split(".")[0][5:])
+    paths.makedirs(paths.join(workdir, "data_state"))
+    paths.write_text_atomic(_data_state_path(workdir, step), json.dumps(state))
+    for old in paths.glob(paths.join(workdir, "data_state"), f"step_*.process_{jax.process_index()}.json"):
+        s = int(paths.basename(old).split(".")[0][5:])
         if s not in keep_steps and s != step:
-            os.remove(old)
+            paths.remove(old)
 
 
 def _load_data_state(workdir: str, step: int) -> dict | None:
     path = _data_state_path(workdir, step)
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(paths.read_text(path))
 
 
 def train(config: ConfigDict, workdir: str, task: Task | None = None) -> RunResult:
@@ -262,7 +256,7 @@ def train(config: ConfigDict, workdir: str, task: Task | None = None) -> RunResu
             reporter.close()
         if status in ("done", "time_limit"):  # a run that used its time budget is finished too
             params, model_config = task.export_params(state)
-            model_checkpoint.save_model(os.path.join(workdir, "model"), params, model_config)
+            model_checkpoint.save_model(paths.join(workdir, "model"), params, model_config)
         ckpt.close()
     return RunResult(step, status, last, nonfinite_total, workdir)
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from typing import Sequence
 
+from dalle import paths
 from dalle.cli.args import Parser
 
 
@@ -85,7 +86,7 @@ def main(argv: Sequence[str]) -> int:
     except (checkpointing.ResumeError, loop.TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    model_dir = os.path.join(args.workdir, "model")
+    model_dir = paths.join(args.workdir, "model")
     if result.status == "done":
         print(f"done at step {result.step}; model in {model_dir}")
     elif result.status == "time_limit":

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from dalle import paths
+
 
 def quiet_library_logs() -> None:
     """orbax and TensorFlow log every checkpoint step at INFO; keep the console for the progress bar and metrics
@@ -33,8 +35,8 @@ class Reporter:
         self._jsonl = None
         if not self.main:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        paths.makedirs(workdir)
+        self._jsonl = paths.open_file(paths.join(workdir, "metrics.jsonl"), "a")
         if progress_bar:
             from tqdm import tqdm
 
@@ -47,7 +49,7 @@ class Reporter:
         if self._writer is None and self.main:
             from clu import metric_writers
 
-            self._writer = metric_writers.SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+            self._writer = metric_writers.SummaryWriter(paths.join(self.workdir, "tensorboard"))
         return self._writer
 
     def advance(self, n: int = 1, postfix: Mapping[str, float] | None = None) -> None:
@@ -97,11 +99,10 @@ def run_summary(workdir: str, metric: str = "train/loss") -> dict:
     training windows, each the steps since the previous train row at that row's logged rate (start-up, compile,
     evals and checkpoints inside a window included). A run stopped and resumed later is counted without the pause,
     which wall time from its first row to its last would add."""
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = paths.join(workdir, "metrics.jsonl")
     rows = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+    if paths.isfile(path):
+        rows = [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
     with_metric = [r for r in rows if metric in r]
     if not with_metric:
         return {"steps": None, "minutes": None, "last": None}

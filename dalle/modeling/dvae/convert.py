@@ -30,6 +30,8 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from dalle import weights_files
+from dalle.modeling import param_check
+from dalle.progress import Stages
 from dalle.cli.args import Parser
 
 ConversionError = weights_files.ConversionError
@@ -83,25 +85,16 @@ def convert_state_dicts(state_dicts: Mapping[str, Mapping[str, Any]], cfg,
     for part in PARTS:
         given, want = state_dicts[part], table[part]
         name = f"{part} state dict" + (f" {sources[part]!r}" if sources and part in sources else "")
-        missing = sorted(set(want) - set(given))
-        unexpected = sorted(set(given) - set(want))
-        bad = []
-        for key, (module, param, shape) in want.items():
-            if key not in given:
-                continue
+        shapes = _shapes(given)
+        lines = param_check.mismatch_lines({k: _torch_shape(s) for k, (_, _, s) in want.items()}, shapes, "keys")
+        problems.extend(f"{name}: {line}" for line in lines)
+        if lines:
+            continue
+        for key, (module, param, _) in want.items():
             value = weights_files.tensor_to_numpy(given[key])
-            if value.shape != _torch_shape(shape):
-                bad.append(f"{key}: {value.shape} != expected {_torch_shape(shape)}")
-                continue
             if value.ndim == 4:  # torch OIHW -> HWIO
                 value = np.transpose(value, (2, 3, 1, 0))
             params.setdefault(module, {})[param] = np.asarray(value, np.float32)
-        if missing:
-            problems.append(f"{name}: missing keys ({len(missing)}): " + ", ".join(missing))
-        if unexpected:
-            problems.append(f"{name}: unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
-        if bad:
-            problems.append(f"{name}: wrong shapes ({len(bad)}): " + "; ".join(bad))
     if problems:
         raise ConversionError("the dVAE state dicts do not match the architecture:\n  " + "\n  ".join(problems))
     return params
@@ -250,15 +243,19 @@ def load_source(src: str = "", resolution: int = 256, trust_pickle: bool = False
 
 
 def write_converted(src: str, out: str, resolution: int = 256, trust_pickle: bool = False, encoder: str = "",
-                    decoder: str = "") -> str:
-    """Converts (see `load_source`) into the dalle model directory `out`; returns a one-line summary."""
+                    decoder: str = "", progress: bool = False) -> str:
+    """Converts (see `load_source`) into the dalle model directory `out`; returns a one-line summary. `progress`:
+    a bar over the read and write stages on stderr."""
     from dalle import model_dir as checkpoint
     from dalle.modeling.dvae import model as dvae_lib
 
-    params, config = load_source(src, resolution, trust_pickle, encoder, decoder)
-    origin = os.path.abspath(src) if src else {"encoder": os.path.abspath(encoder),
-                                                "decoder": os.path.abspath(decoder)}
-    checkpoint.save_model(out, params, config, extra={"converted_from": origin})
+    with Stages("dalle convert dvae", ("read + convert", "write"), enabled=progress) as stages:
+        stages.start("read + convert")
+        params, config = load_source(src, resolution, trust_pickle, encoder, decoder)
+        origin = os.path.abspath(src) if src else {"encoder": os.path.abspath(encoder),
+                                                    "decoder": os.path.abspath(decoder)}
+        stages.start("write")
+        checkpoint.save_model(out, params, config, extra={"converted_from": origin})
     cfg = dvae_lib.DVAEConfig.from_config(config)
     return (f"dVAE f{cfg.downsample_factor}, {cfg.vocab_size} codes, n_hid {cfg.n_hid}, "
             f"{dvae_lib.num_params(params):,} params")
@@ -282,7 +279,8 @@ def main(argv: Sequence[str]) -> int:
                              "(runs code named in the files; needs the dall-e package)")
     args = parser.parse_args(list(argv))
     try:
-        summary = write_converted(args.src, args.out, args.resolution, args.trust_pickle, args.encoder, args.decoder)
+        summary = write_converted(args.src, args.out, args.resolution, args.trust_pickle, args.encoder, args.decoder,
+                                  progress=True)
     except ConversionError as e:
         print(f"dalle convert dvae: {e}", file=sys.stderr)
         return 1

@@ -27,7 +27,8 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from dalle import sharding
-from dalle.modeling.vqgan.model import ParamMismatchError, init_from_rules
+from dalle.modeling import param_check
+from dalle.modeling.vqgan.model import init_from_rules
 
 Params = Mapping[str, Mapping[str, jax.Array]]
 
@@ -282,17 +283,4 @@ def expected_param_shapes(cfg: DVAEConfig) -> dict[str, dict[str, tuple[int, ...
 
 def check_params(params: Params, cfg: DVAEConfig, what: str = "params") -> None:
     """Raises ParamMismatchError listing every missing, unexpected or misshapen param of `params`."""
-    want = {f"{m}/{n}": s for m, ps in expected_param_shapes(cfg).items() for n, s in ps.items()}
-    have = {f"{m}/{n}": tuple(np.shape(v)) for m, ps in params.items() for n, v in ps.items()}
-    missing = sorted(set(want) - set(have))
-    unexpected = sorted(set(have) - set(want))
-    shapes = sorted(f"{k}: {have[k]} != expected {want[k]}" for k in set(want) & set(have) if want[k] != have[k])
-    if missing or unexpected or shapes:
-        lines = [f"{what} do not match the dVAE config:"]
-        if missing:
-            lines.append(f"missing ({len(missing)}): " + ", ".join(missing))
-        if unexpected:
-            lines.append(f"unexpected ({len(unexpected)}): " + ", ".join(unexpected))
-        if shapes:
-            lines.append(f"wrong shape ({len(shapes)}): " + "; ".join(shapes))
-        raise ParamMismatchError("\n  ".join(lines))
+    param_check.check_param_shapes(params, expected_param_shapes(cfg), "dVAE", what)

@@ -23,6 +23,8 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from dalle import weights_files
+from dalle.modeling import param_check
+from dalle.progress import Stages
 from dalle.cli.args import Parser
 
 _NUMBERED = re.compile(r"^(down|up|block|attn)_(\d+)$")
@@ -76,28 +78,14 @@ def convert_taming_state_dict(state_dict: Mapping[str, Any], cfg) -> tuple[dict,
     table = key_table(cfg)
     ignored = sorted(k for k in state_dict if k.startswith(_IGNORED_PREFIXES))
     given = {k: v for k, v in state_dict.items() if not k.startswith(_IGNORED_PREFIXES)}
-    missing = sorted(set(table) - set(given))
-    unexpected = sorted(set(given) - set(table))
+    want = {key: (shape[3], shape[2], shape[0], shape[1]) if name == "w" else shape
+            for key, (_, name, shape) in table.items()}
+    problems = param_check.mismatch_lines(want, {k: tuple(np.shape(v)) for k, v in given.items()}, "keys")
+    if problems:
+        raise ConversionError("\n  ".join(["the taming state dict does not match the VQGAN config:", *problems]))
     params: dict[str, dict[str, np.ndarray]] = {}
-    bad_shapes = []
-    for key, (module, name, shape) in table.items():
-        if key not in given:
-            continue
-        value = _to_ours(_as_numpy(given[key]), name)
-        if value.shape != shape:
-            want = shape if name != "w" else (shape[3], shape[2], shape[0], shape[1])
-            bad_shapes.append(f"{key}: {tuple(np.shape(given[key]))} != expected {want}")
-            continue
-        params.setdefault(module, {})[name] = value.astype(np.float32)
-    if missing or unexpected or bad_shapes:
-        lines = ["the taming state dict does not match the VQGAN config:"]
-        if missing:
-            lines.append(f"missing keys ({len(missing)}): " + ", ".join(missing))
-        if unexpected:
-            lines.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
-        if bad_shapes:
-            lines.append(f"wrong shapes ({len(bad_shapes)}): " + "; ".join(bad_shapes))
-        raise ConversionError("\n  ".join(lines))
+    for key, (module, name, _) in table.items():
+        params.setdefault(module, {})[name] = _to_ours(_as_numpy(given[key]), name).astype(np.float32)
     return params, ignored
 
 
@@ -291,7 +279,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     try:
         summary = write_converted(args.src, args.out, args.taming_config, args.resolution,
-                                  legacy_loss=not args.no_legacy_loss)
+                                  legacy_loss=not args.no_legacy_loss, progress=True)
     except ConversionError as e:
         print(f"dalle convert vqgan: {e}", file=sys.stderr)
         return 1
@@ -300,14 +288,18 @@ def main(argv: Sequence[str]) -> int:
 
 
 def write_converted(src: str, out: str, taming_config: str = "", resolution: int = 256,
-                    legacy_loss: bool = True) -> str:
+                    legacy_loss: bool = True, progress: bool = False) -> str:
     """Converts `src` (see `load_source`) into the dalle model directory `out`; returns a one-line summary. Also
-    what `dalle convert dalle-mini` runs on the vqgan-jax checkpoint it finds next to dalle-mini's weights."""
+    what `dalle convert dalle-mini` runs on the vqgan-jax checkpoint it finds next to dalle-mini's weights.
+    `progress`: a bar over the read and write stages on stderr."""
     from dalle import model_dir as checkpoint
     from dalle.modeling.vqgan import model as vqgan_lib
 
-    params, config, ignored = load_source(src, taming_config, resolution, legacy_loss=legacy_loss)
-    checkpoint.save_model(out, params, config, extra={"converted_from": os.path.abspath(src)})
+    with Stages("dalle convert vqgan", ("read + convert", "write"), enabled=progress) as stages:
+        stages.start("read + convert")
+        params, config, ignored = load_source(src, taming_config, resolution, legacy_loss=legacy_loss)
+        stages.start("write")
+        checkpoint.save_model(out, params, config, extra={"converted_from": os.path.abspath(src)})
     cfg = vqgan_lib.VQGANConfig.from_config(config)
     return (f"VQGAN f{cfg.downsample_factor}, {cfg.n_embed} codes, {vqgan_lib.num_params(params):,} params"
             + (f" ({len(ignored)} loss.* keys dropped)" if ignored else ""))

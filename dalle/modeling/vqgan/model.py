@@ -25,6 +25,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from dalle import sharding
+from dalle.modeling import param_check
 
 Params = Mapping[str, Mapping[str, jax.Array]]
 
@@ -506,26 +507,6 @@ def expected_param_shapes(cfg: VQGANConfig) -> dict[str, dict[str, tuple[int, ..
     return {m: {n: tuple(v.shape) for n, v in ps.items()} for m, ps in abstract.items()}
 
 
-class ParamMismatchError(ValueError):
-    """Params that do not fit the architecture; the message lists every missing, unexpected or misshapen one."""
-
-
 def check_params(params: Params, cfg: VQGANConfig, what: str = "params") -> None:
     """Raises ParamMismatchError listing all differences between `params` and what `cfg` builds."""
-    want = expected_param_shapes(cfg)
-    have = {m: {n: tuple(np.shape(v)) for n, v in ps.items()} for m, ps in params.items()}
-    want_flat = {f"{m}/{n}": s for m, ps in want.items() for n, s in ps.items()}
-    have_flat = {f"{m}/{n}": s for m, ps in have.items() for n, s in ps.items()}
-    missing = sorted(set(want_flat) - set(have_flat))
-    unexpected = sorted(set(have_flat) - set(want_flat))
-    shapes = sorted(f"{k}: {have_flat[k]} != expected {want_flat[k]}"
-                    for k in set(want_flat) & set(have_flat) if want_flat[k] != have_flat[k])
-    if missing or unexpected or shapes:
-        lines = [f"{what} do not match the VQGAN config:"]
-        if missing:
-            lines.append(f"missing ({len(missing)}): " + ", ".join(missing))
-        if unexpected:
-            lines.append(f"unexpected ({len(unexpected)}): " + ", ".join(unexpected))
-        if shapes:
-            lines.append(f"wrong shape ({len(shapes)}): " + "; ".join(shapes))
-        raise ParamMismatchError("\n  ".join(lines))
+    param_check.check_param_shapes(params, expected_param_shapes(cfg), "VQGAN", what)
