@@ -166,7 +166,9 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--only", default="", help="comma-separated stage names to run (default: all)")
     args = p.parse_args(rest)
     spec = with_root(args.config, args.root) if args.root else args.config
-    root = pipeline_of(spec)["root"]
+    recipe = pipeline_of(spec)
+    root = recipe["root"]
+    dalle_dir = os.path.join(root, recipe.get("workdir", "dalle"))
     t0 = time.time()
     only = {s for s in args.only.split(",") if s}
     eval_config = with_root(args.eval_config, root) if args.eval_config else ""
@@ -183,8 +185,8 @@ def main(argv: Sequence[str]) -> int:
         print(f"[demo] {name}: finished in {time.time() - t:.0f} s", flush=True)
     print(f"\n[demo] all stages done in {(time.time() - t0) / 60:.1f} min; outputs in {root}/")
     example = (config_lib.load_config(spec, overrides).get("sampling") or {}).get("examples") or ("a red circle",)
-    print(f"[demo] try:  .venv/bin/dalle generate \"{example[0]}\" --checkpoint {root}/dalle")
-    print(f"[demo] serve: .venv/bin/dalle serve --checkpoint {root}/dalle   (http://127.0.0.1:7860)")
+    print(f"[demo] try:  .venv/bin/dalle generate \"{example[0]}\" --checkpoint {dalle_dir}")
+    print(f"[demo] serve: .venv/bin/dalle serve --checkpoint {dalle_dir}   (http://127.0.0.1:7860)")
     return 0
 
 

@@ -39,6 +39,9 @@ def test_experiments_table_rows_and_seed_mean(tmp_path):
     mean = next(r for r in rows if "mean of 2 seeds" in r)
     assert "70.0% (±10.0) / 80.0% (±10.0)" in mean  # first sample / CLIP-best on validation
     assert "what it shows" in text
+    assert text.startswith("## Composition experiments on the one-object shapes world\n")
+    titled = eval_report.render_experiments(runs[:1], "cmd", title="VQGAN vs dVAE codes")
+    assert titled.startswith("## VQGAN vs dVAE codes\n")
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path):

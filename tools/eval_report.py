@@ -263,13 +263,14 @@ def emoji_summary(metrics: dict) -> str:
             + (f"; VQGAN validation PSNR {fid['psnr']:.1f} dB" if fid else "") + ".*")
 
 
-def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "") -> str:
+def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "",
+                       title: str = "Composition experiments on the one-object shapes world") -> str:
     """One table over several eval jobs (runs labelled `name` or `name (seed N)`): fully correct per split at each
     run's exported guidance, first sample and CLIP-best; runs sharing a name get a mean and spread row."""
     from dalle.train import reporting
 
     splits = list(dict.fromkeys(sp for _, m in runs for sp in m["prompts"]["splits"]))
-    lines = ["## Composition experiments on the one-object shapes world", ""] + ([note, ""] if note else []) + [
+    lines = [f"## {title}", ""] + ([note, ""] if note else []) + [
         f"Command: `{command}`, from each run's `dalle eval --config configs/eval/shapes.py` metrics.json. Cells: "
         "first sample (no reranking) / CLIP-best of the candidates, fully correct, ± standard error.", "",
         "| run | steps | training minutes | guidance | temperature | " + " | ".join(splits) + " |",
@@ -361,9 +362,11 @@ def _option(argv: list[str], name: str) -> tuple[str, list[str]]:
 def main(argv: list[str]) -> int:
     """METRICS [--note TEXT] [--section NAME --title TEXT]: --section writes another model of the same kind (e.g. a
     variant) into its own section; only the default sections update the README. `--experiments LABEL=METRICS...`
-    writes the composition-experiments table over several runs instead; `--compare FILE` the table of
-    `dalle eval compare`."""
+    writes the composition-experiments table over several runs instead (into another section and title with
+    --section/--title); `--compare FILE` the table of `dalle eval compare`."""
     note, argv = _option(argv, "--note")
+    section, argv = _option(argv, "--section")
+    title, argv = _option(argv, "--title")
     if argv and argv[0] == "--experiments":  # --experiments "label=metrics.json" ...: the composition table
         runs = []
         for item in argv[1:]:
@@ -371,14 +374,13 @@ def main(argv: list[str]) -> int:
             with open(path) as f:
                 runs.append((label, json.load(f)))
         command = ".venv/bin/python tools/eval_report.py --experiments " + " ".join(f'"{a}"' for a in argv[1:])
-        write_section("composition-experiments", render_experiments(runs, command, note))
+        write_section(section or "composition-experiments",
+                      render_experiments(runs, command, note, *([title] if title else [])))
         return 0
     if argv and argv[0] == "--compare":  # --compare compare.json: the methods side by side
         with open(argv[1]) as f:
             write_section("method-comparison", render_comparison(json.load(f), argv[1], note))
         return 0
-    section, argv = _option(argv, "--section")
-    title, argv = _option(argv, "--title")
     path = argv[0] if argv else "outputs/demo/dalle/eval/metrics.json"
     with open(path) as f:
         metrics = json.load(f)
