@@ -1,6 +1,7 @@
-"""The one path layer for what training writes and reads by name (workdirs, checkpoints, exported models, their
-config.json and metrics.jsonl): `etils.epath`, the layer orbax itself uses, so `--workdir gs://bucket/run` on a pod
-reaches the bucket instead of a local folder named `gs:`. Paths stay plain strings at module boundaries; local
+"""The one path layer for what the jobs write and read by name (training workdirs, checkpoints, exported models,
+their config.json and metrics.jsonl, pre-encoded data, `dalle export` outputs, eval outputs): `etils.epath`, the
+layer orbax itself uses, so `--workdir gs://bucket/run` on a pod reaches the bucket instead of a local folder named
+`gs:`. Paths stay plain strings at module boundaries; local
 paths behave exactly as with os.path (made absolute where orbax needs it), remote ones (`scheme://...`) are never
 rewritten. Files larger than a config (orbax params, TensorBoard event files) are written by their own libraries,
 which take the same strings."""
@@ -37,6 +38,10 @@ def join(base: PathLike, *parts: str) -> str:
 
 def basename(p: PathLike) -> str:
     return path(p).name
+
+
+def dirname(p: PathLike) -> str:
+    return os.fspath(path(p).parent)
 
 
 def exists(p: PathLike) -> bool:

@@ -19,3 +19,37 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+BUCKET = "gs://bucket"
+
+
+@pytest.fixture
+def fake_bucket(tmp_path, monkeypatch):
+    """The local folder standing for gs://bucket while the fixture is active: etils' own epath mock, with
+    TensorFlow's gfile backend switched off (EPATH_USE_TF=false), maps gs://bucket/... there (tests/test_paths.py)."""
+    root = tmp_path / "bucket"
+    root.mkdir()
+    monkeypatch.setenv("EPATH_USE_TF", "false")
+
+    def local(p):
+        s = os.fspath(p)
+        return str(root) + s[len(BUCKET):] if s.startswith(BUCKET) else s
+
+    def remote(s):
+        return BUCKET + s[len(str(root)):] if s.startswith(str(root)) else s
+
+    def one(orig, p, *args, **kwargs):
+        return orig(local(p), *args, **kwargs)
+
+    def two(orig, src, dst, *args, **kwargs):
+        return orig(local(src), local(dst), *args, **kwargs)
+
+    def glob(orig, pattern):
+        return [remote(os.fspath(x)) for x in orig(local(pattern))]
+
+    from etils import epath
+
+    with epath.testing.mock_epath(open=one, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one,
+                                  remove=one, rmtree=one, stat=one, glob=glob, rename=two, replace=two, copy=two):
+        yield root

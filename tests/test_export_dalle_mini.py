@@ -138,3 +138,17 @@ def test_a_sentencepiece_model_is_exported_without_a_tokenizer(tmp_path, capsys)
     assert cli.main(["export", "dalle-mini", "--checkpoint", model_dir, "--out", str(tmp_path / "e")]) == 0
     assert "no tokenizer" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path / "e")) == ["config.json", "flax_model.msgpack"]
+
+
+def test_export_writes_into_a_bucket(tmp_path, fake_bucket):
+    """The export goes through the path layer: `--out gs://...` reaches the bucket (tests/conftest.py fakes it)."""
+    _, config, flat = load_fixture("normformer")
+    src = write_dalle_mini_dir(str(tmp_path / "dm"), config, flat)
+    converted = str(tmp_path / "converted")
+    assert cli.main(["convert", "dalle-mini", "--from", src, "--out", converted, "--weights-only"]) == 0
+    assert cli.main(["export", "dalle-mini", "--checkpoint", converted, "--out", "gs://bucket/exported"]) == 0
+    out = fake_bucket / "exported"
+    assert json.loads((out / "config.json").read_text())["model_type"] == "dallebart"
+    exported = _flatten(serialization.msgpack_restore((out / "flax_model.msgpack").read_bytes()))
+    assert sorted(exported) == sorted(flat) and all(np.array_equal(exported[k], flat[k]) for k in flat)
+    assert sorted(os.listdir(out)) == ["config.json", "flax_model.msgpack"]

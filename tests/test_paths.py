@@ -9,41 +9,12 @@ import json
 import os
 
 import pytest
-from etils import epath
 from ml_collections import ConfigDict
 
 from dalle import model_dir, paths
 from dalle.train import checkpointing, loop, reporting
 
-BUCKET = "gs://bucket"
-
-
-@pytest.fixture
-def bucket(tmp_path, monkeypatch):
-    """The local folder standing for gs://bucket while the fixture is active."""
-    root = tmp_path / "bucket"
-    root.mkdir()
-    monkeypatch.setenv("EPATH_USE_TF", "false")
-
-    def local(p):
-        s = os.fspath(p)
-        return str(root) + s[len(BUCKET):] if s.startswith(BUCKET) else s
-
-    def remote(s):
-        return BUCKET + s[len(str(root)):] if s.startswith(str(root)) else s
-
-    def one(orig, p, *args, **kwargs):
-        return orig(local(p), *args, **kwargs)
-
-    def two(orig, src, dst, *args, **kwargs):
-        return orig(local(src), local(dst), *args, **kwargs)
-
-    def glob(orig, pattern):
-        return [remote(os.fspath(x)) for x in orig(local(pattern))]
-
-    with epath.testing.mock_epath(open=one, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one,
-                                  remove=one, rmtree=one, stat=one, glob=glob, rename=two, replace=two, copy=two):
-        yield root
+BUCKET = "gs://bucket"  # what the fake_bucket fixture (tests/conftest.py) maps to a local folder
 
 
 def test_remote_paths_are_never_made_local():
@@ -54,7 +25,8 @@ def test_remote_paths_are_never_made_local():
     assert paths.join("outputs/run", "model") == os.path.join("outputs/run", "model")
 
 
-def test_files_and_directories_in_the_bucket(bucket):
+def test_files_and_directories_in_the_bucket(fake_bucket):
+    bucket = fake_bucket
     paths.makedirs(f"{BUCKET}/run/data_state")
     paths.write_text_atomic(f"{BUCKET}/run/a.json", '{"x": 1}')
     paths.write_text_atomic(f"{BUCKET}/run/a.json", '{"x": 2}')  # over an existing file
@@ -75,7 +47,8 @@ def test_files_and_directories_in_the_bucket(bucket):
     assert paths.read_text(f"{BUCKET}/run/log.jsonl") == "one\ntwo\n"
 
 
-def test_training_workdir_files_in_the_bucket(bucket):
+def test_training_workdir_files_in_the_bucket(fake_bucket):
+    bucket = fake_bucket
     workdir = f"{BUCKET}/runs/r1"
     config = ConfigDict({"name": "t", "seed": 0, "train": {"num_steps": 10}})
     checkpointing.check_or_write_config(workdir, config)
@@ -98,7 +71,8 @@ def test_training_workdir_files_in_the_bucket(bucket):
     assert model_dir.config_of(workdir).seed == 0
 
 
-def test_model_directory_in_the_bucket(bucket):
+def test_model_directory_in_the_bucket(fake_bucket):
+    bucket = fake_bucket
     directory = f"{BUCKET}/models/m"
     (bucket / "models" / "m" / "params").mkdir(parents=True)
     (bucket / "models" / "m" / "config.json").write_text(json.dumps(
@@ -118,7 +92,8 @@ def test_model_directory_in_the_bucket(bucket):
         model_dir.read_config(f"{BUCKET}/models/none")
 
 
-def test_images_written_into_the_bucket(bucket):
+def test_images_written_into_the_bucket(fake_bucket):
+    bucket = fake_bucket
     import numpy as np
     from PIL import Image
 
@@ -128,3 +103,19 @@ def test_images_written_into_the_bucket(bucket):
     save_png(f"{BUCKET}/eval/grids/a.png", image, scale=2)  # the folder is created
     with Image.open(bucket / "eval" / "grids" / "a.png") as img:
         assert np.array_equal(np.asarray(img)[::2, ::2], image)
+
+
+def test_encoded_dataset_metadata_in_the_bucket(fake_bucket):
+    from dalle.data import encode
+
+    out = f"{BUCKET}/encoded"
+    paths.makedirs(out)
+    encode._check_existing(out, "hash-a")  # claims the directory for this tokenizer
+    assert json.loads((fake_bucket / "encoded" / encode.ENCODER_FILE).read_text()) == {"vqgan_config_hash": "hash-a"}
+    with pytest.raises(ValueError, match="hash-a"):
+        encode._check_existing(out, "hash-b")
+    with pytest.raises(FileNotFoundError, match="info.json is missing"):
+        encode.read_info(out)
+    shard = encode.shard_path(out, "train", 0, 1, "tfrecord")
+    assert shard == f"{BUCKET}/encoded/train/train-00000-of-00001.tfrecord"
+    assert encode.sidecar_path(shard) == f"{BUCKET}/encoded/train/train-00000-of-00001.json"

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
+from dalle import paths
 from dalle.cli.args import Parser
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,11 @@ Encoder = Callable[[np.ndarray], np.ndarray]  # uint8 [B, H, W, 3] -> int32 [B, 
 # The encoded format (shared with dalle.data.tasks)
 # --------------------------------------------------------------------------------------------------------------
 def shard_path(encoded_dir: str, split: str, index: int, num_shards: int, fmt: str) -> str:
-    return os.path.join(encoded_dir, split, f"{split}-{index:05d}-of-{num_shards:05d}{EXTENSIONS[fmt]}")
+    return paths.join(encoded_dir, split, f"{split}-{index:05d}-of-{num_shards:05d}{EXTENSIONS[fmt]}")
 
 
 def sidecar_path(shard: str) -> str:
-    return os.path.splitext(shard)[0] + ".json"
+    return os.path.splitext(shard)[0] + ".json"  # string operations: URIs too
 
 
 def serialize_example(caption: str | bytes, tokens: np.ndarray) -> bytes:
@@ -71,12 +72,11 @@ def serialize_example(caption: str | bytes, tokens: np.ndarray) -> bytes:
 
 def read_info(encoded_dir: str) -> dict[str, Any]:
     """info.json of an encoded dataset; raises naming the directory (and the command) when it is missing."""
-    path = os.path.join(encoded_dir, INFO_FILE)
-    if not os.path.isfile(path):
+    path = paths.join(encoded_dir, INFO_FILE)
+    if not paths.isfile(path):
         raise FileNotFoundError(f"{encoded_dir!r} is not an encoded dataset ({INFO_FILE} is missing): "
                                 f"run `dalle encode --config ...` with data.encoded_dir={encoded_dir!r}")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(paths.read_text(path))
 
 
 def split_files(encoded_dir: str, split: str, info: dict[str, Any] | None = None) -> list[str]:
@@ -84,7 +84,7 @@ def split_files(encoded_dir: str, split: str, info: dict[str, Any] | None = None
     if split not in info["splits"]:
         raise ValueError(f"encoded dataset {encoded_dir!r} has no split {split!r} "
                          f"(splits: {sorted(info['splits'])})")
-    return [os.path.join(encoded_dir, split, name) for name in info["splits"][split]["shards"]]
+    return [paths.join(encoded_dir, split, name) for name in info["splits"][split]["shards"]]
 
 
 def dataset_from_files(files: Sequence[str], fmt: str, image_length: int):
@@ -139,7 +139,7 @@ def config_hash(vqgan_config: Any) -> str:
 
 def _write_shard(path: str, fmt: str, records: list[bytes]) -> None:
     """Writes to a temporary name and renames: a killed job never leaves a shard that looks finished."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    paths.makedirs(paths.dirname(path))
     tmp = path + ".incomplete"
     if fmt == "tfrecord":
         import tensorflow as tf
@@ -154,7 +154,7 @@ def _write_shard(path: str, fmt: str, records: list[bytes]) -> None:
         for r in records:
             w.write(r)
         w.close()
-    os.replace(tmp, path)
+    paths.replace(tmp, path)
 
 
 def _batches(builder, split: str, start: int, stop: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -208,8 +208,8 @@ def run_encode(
     size = int(data.image_size)
     options = text_lib.options_from_config(data)
     fmt = data.encoded_format
-    out_dir = os.path.abspath(data.encoded_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = paths.absolute(data.encoded_dir)
+    paths.makedirs(out_dir)
     if process_count > 1:
         import jax
 
@@ -233,8 +233,8 @@ def run_encode(
         num_shards = max(1, math.ceil(n / per))
         for first in range(0, num_shards, process_count):
             round_shards = list(range(first, min(first + process_count, num_shards)))
-            paths = {k: shard_path(out_dir, split, k, num_shards, fmt) for k in round_shards}
-            todo = [k for k in round_shards if not os.path.exists(sidecar_path(paths[k]))]
+            shard_paths = {k: shard_path(out_dir, split, k, num_shards, fmt) for k in round_shards}
+            todo = [k for k in round_shards if not paths.exists(sidecar_path(shard_paths[k]))]
             if bar is not None:
                 bar.update(sum(min(per, n - k * per) for k in round_shards if k not in todo))
             if not todo:
@@ -277,12 +277,10 @@ def run_encode(
                 if bar is not None:
                     bar.update(rows * process_count if process_count > 1 else rows)
             if do_mine:
-                _write_shard(paths[mine], fmt, records)
+                _write_shard(shard_paths[mine], fmt, records)
                 side = {"count": len(records), "skipped": skipped, "input_range": [lo, hi],
                         "token_shape": list(token_shape or ()), "seconds": round(time.time() - t0, 3)}
-                with open(sidecar_path(paths[mine]) + ".incomplete", "w") as f:
-                    json.dump(side, f)
-                os.replace(sidecar_path(paths[mine]) + ".incomplete", sidecar_path(paths[mine]))
+                paths.write_text_atomic(sidecar_path(shard_paths[mine]), json.dumps(side))
                 shards_done_here += 1
         else:
             continue
@@ -308,19 +306,15 @@ def _check_existing(out_dir: str, vq_hash: str, process_index: int = 0) -> None:
     if not vq_hash:
         return
     for name in (ENCODER_FILE, INFO_FILE):
-        path = os.path.join(out_dir, name)
-        if os.path.isfile(path):
-            with open(path) as f:
-                old = json.load(f).get("vqgan_config_hash")
+        path = paths.join(out_dir, name)
+        if paths.isfile(path):
+            old = json.loads(paths.read_text(path)).get("vqgan_config_hash")
             if old and old != vq_hash:
                 raise ValueError(f"{out_dir!r} holds codes of a VQGAN with config hash {old} ({name}), this one is "
                                  f"{vq_hash}: use another data.encoded_dir")
-    path = os.path.join(out_dir, ENCODER_FILE)
-    if process_index == 0 and not os.path.isfile(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"vqgan_config_hash": vq_hash}, f)
-        os.replace(tmp, path)
+    path = paths.join(out_dir, ENCODER_FILE)
+    if process_index == 0 and not paths.isfile(path):
+        paths.write_text_atomic(path, json.dumps({"vqgan_config_hash": vq_hash}))
 
 
 def _progress(enabled: bool, total: int):
@@ -341,20 +335,18 @@ def check_shared_dir(out_dir: str, process_index: int) -> None:
 
     token = np.frombuffer(os.urandom(8), np.uint32) if process_index == 0 else np.zeros(2, np.uint32)
     token = np.asarray(multihost_utils.broadcast_one_to_all(token))
-    path = os.path.join(out_dir, f".shared-check-{token[0]:08x}{token[1]:08x}")
+    path = paths.join(out_dir, f".shared-check-{token[0]:08x}{token[1]:08x}")
     if process_index == 0:
-        with open(path, "w") as f:
-            f.write(f"{token[0]:08x}{token[1]:08x}")
+        paths.write_text_atomic(path, f"{token[0]:08x}{token[1]:08x}")
     multihost_utils.sync_global_devices("dalle_encode_shared_check_written")
     try:
-        with open(path) as f:
-            seen = f.read() == f"{token[0]:08x}{token[1]:08x}"
+        seen = paths.read_text(path) == f"{token[0]:08x}{token[1]:08x}"
     except OSError:
         seen = False
     everyone = np.asarray(multihost_utils.process_allgather(np.asarray([seen], np.int32))).reshape(-1)
     multihost_utils.sync_global_devices("dalle_encode_shared_check_read")
     if process_index == 0:
-        os.remove(path)
+        paths.remove(path)
     if not everyone.all():
         blind = [int(i) for i in np.flatnonzero(everyone == 0)]
         raise ValueError(f"data.encoded_dir = {out_dir!r} is not one folder that every process sees (process(es) "
@@ -389,12 +381,11 @@ def _write_info(out_dir, splits, builder, data, vq_hash, codebook_size, fmt, sec
         for k in range(num_shards):
             path = shard_path(out_dir, split, k, num_shards, fmt)
             side_path = sidecar_path(path)
-            if not os.path.isfile(side_path):
+            if not paths.isfile(side_path):
                 missing += 1
                 continue
-            with open(side_path) as f:
-                side = json.load(f)
-            shards.append(os.path.basename(path))
+            side = json.loads(paths.read_text(side_path))
+            shards.append(paths.basename(path))
             counts.append(side["count"])
             count += side["count"]
             for reason, c in side["skipped"].items():
@@ -408,10 +399,7 @@ def _write_info(out_dir, splits, builder, data, vq_hash, codebook_size, fmt, sec
     info["token_shape"] = list(token_shape) if token_shape else None
     info["image_length"] = int(np.prod(token_shape)) if token_shape else None
     if process_index == 0:
-        tmp = os.path.join(out_dir, INFO_FILE + ".incomplete")
-        with open(tmp, "w") as f:
-            json.dump(info, f, indent=2, sort_keys=True)
-        os.replace(tmp, os.path.join(out_dir, INFO_FILE))
+        paths.write_text_atomic(paths.join(out_dir, INFO_FILE), json.dumps(info, indent=2, sort_keys=True))
     return info
 
 
@@ -433,7 +421,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     info = result.info
     counts = {s: v["count"] for s, v in info["splits"].items()}
-    print(json.dumps({"encoded_dir": os.path.abspath(config.data.encoded_dir), "counts": counts,
+    print(json.dumps({"encoded_dir": paths.absolute(config.data.encoded_dir), "counts": counts,
                       "complete": info["complete"], "token_shape": info["token_shape"],
                       "images_encoded_this_run": result.encoded_images,
                       "seconds": round(result.seconds, 2),

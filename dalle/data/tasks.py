@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -31,6 +30,7 @@ import seqio
 import tensorflow as tf
 from ml_collections import ConfigDict
 
+from dalle import paths
 from dalle.data import encode as encode_lib
 from dalle.data import text as text_lib
 from dalle.tokenizers import sentencepiece as tokenizer_lib
@@ -55,7 +55,7 @@ class EncodedDataSource(seqio.DataSource):
     all files, in the same seeded order, and keeps every num_shards-th example)."""
 
     def __init__(self, encoded_dir: str):
-        self.encoded_dir = os.path.abspath(encoded_dir)
+        self.encoded_dir = paths.absolute(encoded_dir)
         self.info = encode_lib.read_info(self.encoded_dir)
         if not self.info.get("image_length"):
             raise ValueError(f"{self.encoded_dir}/{encode_lib.INFO_FILE} has no image_length: was it finished?")
@@ -362,7 +362,7 @@ def register_tasks(data_config: ConfigDict, *, raw: bool | None = None) -> TaskN
     base, eval_name, mix_name, raw_name = task_names(data_config)
     train = evaluation = raw_task = None
     image_length = codebook = None
-    if data_config.encoded_dir and os.path.isfile(os.path.join(data_config.encoded_dir, encode_lib.INFO_FILE)):
+    if data_config.encoded_dir and paths.isfile(paths.join(data_config.encoded_dir, encode_lib.INFO_FILE)):
         buf = int(data_config.get("shuffle_buffer", 10_000))
         noise = CaptionNoise.from_config(data_config)
         t = register_encoded_task(base, data_config.encoded_dir, vocab, options, data_config.blank_caption_prob,

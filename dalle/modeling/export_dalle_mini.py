@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
 
-from dalle import weights_files
+from dalle import paths, weights_files
 from dalle.cli.args import Parser
 from dalle.modeling import convert_dalle_mini as importer
 from dalle.modeling import norm_placement
@@ -196,15 +195,14 @@ def export(checkpoint_dir: str, out: str, *, scanned: bool = True) -> str:
     flat = export_params(params, config.model, scanned=scanned)
     home = checkpoint.exported_model_dir(checkpoint_dir) or checkpoint_dir
     folder, files = _tokenizer_dir(config, home)
-    os.makedirs(out, exist_ok=True)
-    weights = os.path.join(out, importer.FLAX_WEIGHTS)
-    with open(weights + ".partial", "wb") as f:  # a crash never leaves a truncated msgpack under the real name
+    paths.makedirs(out)
+    weights = paths.join(out, importer.FLAX_WEIGHTS)
+    with paths.open_file(weights + ".partial", "wb") as f:  # a crash never leaves a truncated msgpack there
         f.write(serialization.msgpack_serialize(_nest(flat)))
-    os.replace(weights + ".partial", weights)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config_json, f, indent=2, sort_keys=True)
+    paths.replace(weights + ".partial", weights)
+    paths.write_text_atomic(paths.join(out, "config.json"), json.dumps(config_json, indent=2, sort_keys=True))
     for name in files:
-        shutil.copy(os.path.join(folder, name), out)
+        paths.path(paths.join(folder, name)).copy(paths.join(out, name), overwrite=True)
     count = sum(int(v.size) for v in flat.values())
     tokenizer = f"tokenizer {', '.join(files)}" if files else (
         "no tokenizer (the model's vocabulary is not BART BPE; dalle-mini cannot read it)")
