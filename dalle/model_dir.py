@@ -8,6 +8,7 @@ workdir (dalle/train/checkpointing.py); `load_model` accepts either kind of dire
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -41,7 +42,7 @@ def save_model(directory: str, params: Any, config: ConfigDict, extra: dict | No
     if main:
         paths.makedirs(directory)
         recover_interrupted_export(directory)
-        paths.rmtree(partial)  # left by a save that died before it finished
+        _remove_quietly(partial)  # left by a save that died before it finished
     _sync_processes("dalle.model_dir.save_model:start")
     # Sharded jax arrays are written by every process (orbax coordinates); numpy arrays as they are.
     params = jax.tree_util.tree_map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), params)
@@ -49,11 +50,14 @@ def save_model(directory: str, params: Any, config: ConfigDict, extra: dict | No
         ckptr.save(partial, params)
     if main:
         meta = {"config": json.loads(config.to_json_best_effort()), **(extra or {})}
+        # The new config is complete on disk before any params move, so nothing that can fail (serialising it, a
+        # full disk) runs between the params swap and the config's rename.
+        tmp = paths.write_temp(paths.join(directory, CONFIG_FILE), json.dumps(meta, indent=2, sort_keys=True))
         if paths.exists(final):
             paths.replace(final, old)
         paths.replace(partial, final)
-        paths.write_text_atomic(paths.join(directory, CONFIG_FILE), json.dumps(meta, indent=2, sort_keys=True))
-        paths.rmtree(old)
+        paths.replace(tmp, paths.join(directory, CONFIG_FILE))
+        _remove_quietly(old)
     _sync_processes("dalle.model_dir.save_model:end")
     return directory
 
@@ -65,7 +69,18 @@ def recover_interrupted_export(directory: str) -> bool:
     if paths.isdir(old) and not paths.exists(final):
         paths.replace(old, final)
         return True
+    if paths.isdir(old):  # the swap finished but its cleanup did not: the next save needs the name
+        _remove_quietly(old)
     return False
+
+
+def _remove_quietly(directory: str) -> None:
+    """Deletes a leftover params folder; a failure is logged, not raised, because it must not stop process 0 before
+    the barrier the other processes wait at (the save itself already succeeded or has not started)."""
+    try:
+        paths.rmtree(directory)
+    except OSError as e:
+        logging.getLogger(__name__).warning("could not remove %s: %s", directory, e)
 
 
 def _sync_processes(name: str) -> None:

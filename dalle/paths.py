@@ -8,18 +8,22 @@ which take the same strings."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 from etils import epath
 
 PathLike = str | os.PathLike
 
 
+REMOTE_SCHEMES = ("gs://", "s3://", "az://", "hf://")  # the URI schemes etils.epath routes to a remote backend
+
+
 def is_remote(path: PathLike) -> bool:
     """`gs://bucket/x`, `s3://...`: a URI, not a local file name."""
-    return "://" in os.fspath(path)
+    return os.fspath(path).startswith(REMOTE_SCHEMES)
 
 
 def path(p: PathLike) -> epath.Path:
@@ -60,22 +64,39 @@ def makedirs(p: PathLike) -> None:
     path(p).mkdir(parents=True, exist_ok=True)
 
 
-def open_file(p: PathLike, mode: str = "r") -> IO[Any]:
-    """A file object for `p` (text modes read and write UTF-8)."""
-    return path(p).open(mode)
+@contextlib.contextmanager
+def open_file(p: PathLike, mode: str = "r") -> Iterator[IO[Any]]:
+    """`with open_file(p, mode) as f`: a file object for `p` (text modes read and write UTF-8). A context manager
+    only: epath's TensorFlow backend (gs:// when TensorFlow is installed) hands out its files that way."""
+    with path(p).open(mode) as f:  # a file object is its own context manager; the TF backend's is a generator's
+        yield f
 
 
 def read_text(p: PathLike) -> str:
     return path(p).read_text()
 
 
-def write_text_atomic(p: PathLike, text: str) -> None:
-    """Readers see the old file or the new one, never a partial write: written next to it, then renamed over it.
-    Several processes may write the same name at once; each uses its own temporary file."""
+def write_temp(p: PathLike, text: str) -> str:
+    """Writes `text` to a new temporary file next to `p` and returns its name, for `replace(tmp, p)` later (several
+    processes may write beside the same name: each gets its own). A failed write leaves nothing behind."""
     target = path(p)
     tmp = target.parent / f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(text)
-    tmp.replace(target)
+    try:
+        tmp.write_text(text)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return os.fspath(tmp)
+
+
+def write_text_atomic(p: PathLike, text: str) -> None:
+    """Readers see the old file or the new one, never a partial write: written next to it, then renamed over it."""
+    tmp = write_temp(p, text)
+    try:
+        replace(tmp, p)
+    except BaseException:
+        remove(tmp)
+        raise
 
 
 def replace(src: PathLike, dst: PathLike) -> None:

@@ -26,11 +26,16 @@ BUCKET = "gs://bucket"
 
 @pytest.fixture
 def fake_bucket(tmp_path, monkeypatch):
-    """The local folder standing for gs://bucket while the fixture is active: etils' own epath mock, with
-    TensorFlow's gfile backend switched off (EPATH_USE_TF=false), maps gs://bucket/... there (tests/test_paths.py)."""
+    """The local folder standing for gs://bucket while the fixture is active: etils' own epath mock maps
+    gs://bucket/... there (tests/test_paths.py). epath sends gs:// to TensorFlow's gfile whenever TensorFlow is
+    installed, bypassing the mock, and caches that choice on first use; EPATH_USE_TF=false is its documented switch,
+    and the cached answer is replaced too, so the order tests run in does not matter."""
+    from etils.epath import gpath
+
     root = tmp_path / "bucket"
     root.mkdir()
     monkeypatch.setenv("EPATH_USE_TF", "false")
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
 
     def local(p):
         s = os.fspath(p)

@@ -9,12 +9,18 @@ import json
 import os
 
 import pytest
+from etils import epath
 from ml_collections import ConfigDict
 
 from dalle import model_dir, paths
 from dalle.train import checkpointing, loop, reporting
 
 BUCKET = "gs://bucket"  # what the fake_bucket fixture (tests/conftest.py) maps to a local folder
+
+# epath decides once per process whether TensorFlow serves gs:// (yes: it is installed) and caches the answer; make
+# that happen before any fixture runs, as orbax and earlier tests do in a full run, so every test here would reach
+# the real gs:// backend if the fixture did not override the cached choice.
+epath.Path(os.getcwd()).exists()
 
 
 def test_remote_paths_are_never_made_local():
@@ -119,3 +125,41 @@ def test_encoded_dataset_metadata_in_the_bucket(fake_bucket):
     shard = encode.shard_path(out, "train", 0, 1, "tfrecord")
     assert shard == f"{BUCKET}/encoded/train/train-00000-of-00001.tfrecord"
     assert encode.sidecar_path(shard) == f"{BUCKET}/encoded/train/train-00000-of-00001.json"
+
+
+def test_the_fake_bucket_holds_after_epath_chose_a_backend(tmp_path, fake_bucket):
+    """epath caches whether TensorFlow serves gs:// on first use; the fixture must win even after that."""
+    assert epath.Path(str(tmp_path)).exists()  # local use, as orbax and earlier tests make
+    paths.write_text_atomic(f"{BUCKET}/x.txt", "in the fake bucket")
+    assert (fake_bucket / "x.txt").read_text() == "in the fake bucket"
+
+
+def test_training_log_rows_in_the_bucket(fake_bucket):
+    r = reporting.Reporter(f"{BUCKET}/run", total_steps=2, start_step=0, progress_bar=False)
+    r._writer = _NoWriter()  # TensorBoard writes through TensorFlow's own filesystem, outside the fake bucket
+    r.scalars(1, {"loss": 2.0}, prefix="train/")
+    r.scalars(2, {"loss": 1.0}, prefix="train/")
+    r.close()
+    rows = [json.loads(line) for line in (fake_bucket / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(row["step"], row["train/loss"]) for row in rows] == [(1, 2.0), (2, 1.0)]
+
+
+class _NoWriter:
+    def write_scalars(self, step, values):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_an_interrupted_write_leaves_no_temporary_file(fake_bucket, monkeypatch):
+    def fail(self, target):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(epath.Path(f"{BUCKET}/a")), "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        paths.write_text_atomic(f"{BUCKET}/a.json", "{}")
+    assert os.listdir(fake_bucket) == []

@@ -373,7 +373,8 @@ def main(argv: list[str]) -> int:
             label, _, path = item.partition("=")
             with open(path) as f:
                 runs.append((label, json.load(f)))
-        command = ".venv/bin/python tools/eval_report.py --experiments " + " ".join(f'"{a}"' for a in argv[1:])
+        command = (".venv/bin/python tools/eval_report.py --experiments " + " ".join(f'"{a}"' for a in argv[1:])
+                   + (f' --section {section} --title "{title}"' if section else ""))
         write_section(section or "composition-experiments",
                       render_experiments(runs, command, note, *([title] if title else [])))
         return 0

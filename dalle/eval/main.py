@@ -32,7 +32,6 @@ from ml_collections import ConfigDict
 
 from dalle import config as config_lib
 from dalle import paths, registry
-from dalle.generation import save_png
 from dalle.cli.args import Parser
 
 if TYPE_CHECKING:
@@ -196,6 +195,12 @@ def image_grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
             y, x = pad + i * (h + pad), pad + j * (w + pad)
             out[y:y + h, x:x + w] = images[i, j]
     return out
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    from dalle import generation  # imports jax: not at module level (`dalle eval --help` stays fast)
+
+    generation.save_png(path, image)
 
 
 def fid_clip_svg(points: list[tuple[float, float | None, float | None]], fid_name: str, clip_name: str) -> str:

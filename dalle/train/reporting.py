@@ -32,11 +32,11 @@ class Reporter:
         self.workdir = workdir
         self._writer = None
         self._bar = None
-        self._jsonl = None
+        self._jsonl: str | None = None  # the metrics.jsonl path (process 0 only)
         if not self.main:
             return
         paths.makedirs(workdir)
-        self._jsonl = paths.open_file(paths.join(workdir, "metrics.jsonl"), "a")
+        self._jsonl = paths.join(workdir, "metrics.jsonl")
         if progress_bar:
             from tqdm import tqdm
 
@@ -63,8 +63,9 @@ class Reporter:
             return
         clean = {f"{prefix}{k}": float(np.asarray(v)) for k, v in values.items()}
         self.writer.write_scalars(step, clean)
-        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
-        self._jsonl.flush()
+        # Opened per row (every log_every steps): the file is complete on disk (or in the bucket) after each one.
+        with paths.open_file(self._jsonl, "a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
         if self._bar is None:
             shown = " ".join(f"{k}={v:.4g}" for k, v in clean.items())
             print(f"step {step}: {shown}", file=sys.stderr, flush=True)
@@ -88,8 +89,6 @@ class Reporter:
         if self._writer is not None:
             self._writer.flush()
             self._writer.close()
-        if self._jsonl is not None:
-            self._jsonl.close()
 
 
 def run_summary(workdir: str, metric: str = "train/loss") -> dict:
