@@ -12,7 +12,8 @@ class Stages:
     """`with Stages("dalle convert vqgan", ("read", "write")) as stages: stages.start("read"); ...`: stages may be
     skipped (the bar jumps ahead) but not revisited; the bar completes when the block ends without an error."""
 
-    def __init__(self, desc: str, names: Sequence[str], enabled: bool = True):
+    def __init__(self, desc: str, names: Sequence[str], enabled: bool | None = None):
+        """`enabled=None`: shown when stderr is a terminal (tqdm's rule), so logs and captured errors stay clean."""
         from tqdm import tqdm
 
         self.names = tuple(names)

@@ -6,7 +6,7 @@ from dalle.progress import Stages
 
 
 def test_stages_advance_in_order_and_complete(capsys):
-    with Stages("convert", ("read", "convert", "write")) as stages:
+    with Stages("convert", ("read", "convert", "write"), enabled=True) as stages:
         stages.start("read")
         assert stages.completed == 0
         stages.start("write")  # "convert" skipped: the bar jumps ahead
@@ -22,7 +22,7 @@ def test_stages_advance_in_order_and_complete(capsys):
 
 def test_a_failed_job_does_not_show_complete(capsys):
     with pytest.raises(RuntimeError):
-        with Stages("convert", ("read", "write")) as stages:
+        with Stages("convert", ("read", "write"), enabled=True) as stages:
             stages.start("read")
             raise RuntimeError("disk full")
     assert stages.completed == 0
@@ -31,5 +31,7 @@ def test_a_failed_job_does_not_show_complete(capsys):
 
 def test_disabled_bar_prints_nothing(capsys):
     with Stages("convert", ("read",), enabled=False) as stages:
+        stages.start("read")
+    with Stages("convert", ("read",)) as stages:  # the default: only on a terminal, which captured stderr is not
         stages.start("read")
     assert capsys.readouterr().err == ""

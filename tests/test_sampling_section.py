@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from etils import epath
 from ml_collections import ConfigDict
 
 from dalle import config as config_lib
@@ -97,14 +98,19 @@ def test_set_config_section_is_atomic_and_keeps_the_rest(tmp_path, monkeypatch):
     assert model_dir.read_extra(target) == {"note": "kept", "sampling_measured": {"x": 1}}
     assert sorted(os.listdir(target)) == ["config.json", "params"]  # no temporary file left behind
 
-    def crash(*a, **k):
+    path_cls = type(epath.Path(target))
+    write_text = path_cls.write_text
+
+    def half_then_crash(self, text, *a, **k):  # the disk fills up half way through the new file
+        write_text(self, text[: len(text) // 2])
         raise OSError("disk full")
 
     before = open(os.path.join(target, "config.json")).read()
-    monkeypatch.setattr(json, "dump", crash)
+    monkeypatch.setattr(path_cls, "write_text", half_then_crash)
     with pytest.raises(OSError, match="disk full"):
         model_dir.set_config_section(target, "sampling", {"guidance": 9.0})
     assert open(os.path.join(target, "config.json")).read() == before  # a failed write leaves the old file
+    assert sorted(os.listdir(target)) == ["config.json", "params"]  # and no half-written temporary one
 
 
 def _entry(validation=None, train=None, clip=None) -> dict:

@@ -243,7 +243,7 @@ def load_source(src: str = "", resolution: int = 256, trust_pickle: bool = False
 
 
 def write_converted(src: str, out: str, resolution: int = 256, trust_pickle: bool = False, encoder: str = "",
-                    decoder: str = "", progress: bool = False) -> str:
+                    decoder: str = "", progress: bool | None = False) -> str:
     """Converts (see `load_source`) into the dalle model directory `out`; returns a one-line summary. `progress`:
     a bar over the read and write stages on stderr."""
     from dalle import model_dir as checkpoint
@@ -280,7 +280,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     try:
         summary = write_converted(args.src, args.out, args.resolution, args.trust_pickle, args.encoder, args.decoder,
-                                  progress=True)
+                                  progress=None)
     except ConversionError as e:
         print(f"dalle convert dvae: {e}", file=sys.stderr)
         return 1

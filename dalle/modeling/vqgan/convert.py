@@ -279,7 +279,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     try:
         summary = write_converted(args.src, args.out, args.taming_config, args.resolution,
-                                  legacy_loss=not args.no_legacy_loss, progress=True)
+                                  legacy_loss=not args.no_legacy_loss, progress=None)
     except ConversionError as e:
         print(f"dalle convert vqgan: {e}", file=sys.stderr)
         return 1
@@ -288,10 +288,10 @@ def main(argv: Sequence[str]) -> int:
 
 
 def write_converted(src: str, out: str, taming_config: str = "", resolution: int = 256,
-                    legacy_loss: bool = True, progress: bool = False) -> str:
+                    legacy_loss: bool = True, progress: bool | None = False) -> str:
     """Converts `src` (see `load_source`) into the dalle model directory `out`; returns a one-line summary. Also
     what `dalle convert dalle-mini` runs on the vqgan-jax checkpoint it finds next to dalle-mini's weights.
-    `progress`: a bar over the read and write stages on stderr."""
+    `progress`: a bar over the read and write stages on stderr (None: when it is a terminal)."""
     from dalle import model_dir as checkpoint
     from dalle.modeling.vqgan import model as vqgan_lib
 
