@@ -1,5 +1,5 @@
-"""The captioned emoji collection (dalle/data/sources/emoji.py): Noto and Twemoji renderings from pinned npm
-packages, with held-out skin-tone and style combinations.
+"""The captioned emoji collection (dalle/data/sources/emoji.py): Noto, Twemoji and OpenMoji renderings from pinned
+npm packages, with held-out skin-tone and style combinations.
 
     dalle data --config configs/emoji.py --config.data.cache_dir=~/.cache/dalle/npm
 
@@ -30,7 +30,7 @@ def data_config(arg=None) -> ConfigDict:
         return d
     d.source = "emoji"
     d.cache_dir = f"{root}/npm"
-    d.validation_fraction = 0.05  # of the variants drawn by both vendors: one rendering held out
+    d.validation_fraction = 0.05  # of the variants drawn by two or more vendors: one rendering held out
     d.emoji_captions_per_image = 3
     d.emoji_zero_shot_tones = 24
     d.emoji_zero_shot_styles = 24

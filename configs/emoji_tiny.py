@@ -28,7 +28,7 @@ EXAMPLE_PROMPTS = (
     "rocket, google style",
     "waving hand sign, medium skin tone, google style",
     "an emoji of a birthday cake",
-    "sun with face, twitter style",
+    "sun with face, openmoji style",
 )
 
 

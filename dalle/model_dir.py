@@ -2,7 +2,8 @@
 
 This is the format converters write (`dalle convert ...`) and that `dalle generate`, `dalle encode` and
 `finetune_from`/`encoder_init` read. Training checkpoints (params + optimizer + data position) live in a trainer
-workdir (dalle/train/checkpointing.py); `load_model` accepts either kind of directory.
+workdir (dalle/train/checkpointing.py); `load_model` accepts either kind of directory, and one step of a workdir's
+checkpoints (`WORKDIR/checkpoints/STEP`, as orbax names them) to evaluate or sample a model part way through training.
 """
 
 from __future__ import annotations
@@ -207,24 +208,41 @@ def load_params(directory: str, target: Any | None = None, shardings: Any | None
 
 
 def load_model(directory: str) -> tuple[ConfigDict, Any]:
-    """(config, params) from an exported model directory or a trainer workdir (its latest checkpoint)."""
+    """(config, params) from an exported model directory, a trainer workdir (its latest checkpoint) or one
+    checkpoint step of a workdir (WORKDIR/checkpoints/STEP)."""
     if _params_dir(directory) is not None:
         return read_config(directory), load_params(directory)
+    step_of = checkpoint_step(directory)
+    if step_of is not None:
+        return load_latest_model(*step_of)
     return load_latest_model(directory)
 
 
-def load_latest_model(workdir: str) -> tuple[ConfigDict, Any]:
+def checkpoint_step(directory: str) -> tuple[str, int] | None:
+    """(workdir, step) when `directory` is one step of a trainer workdir's checkpoints, WORKDIR/checkpoints/STEP."""
+    name, parent = paths.basename(directory), paths.dirname(directory)
+    if not name.isdigit() or paths.basename(parent) != "checkpoints":
+        return None
+    workdir = paths.dirname(parent)
+    return (workdir, int(name)) if paths.isfile(paths.join(workdir, "config.json")) else None
+
+
+def load_latest_model(workdir: str, step: int | None = None) -> tuple[ConfigDict, Any]:
     """(config, params) of a trainer workdir (dalle/train/checkpointing.py's layout): the exported model if
-    training finished, else the params of the latest checkpoint step."""
+    training finished, else the params of the latest checkpoint step; with `step`, that checkpoint's params."""
     exported = paths.join(workdir, "model")
-    if paths.isfile(paths.join(exported, CONFIG_FILE)):
+    if step is None and paths.isfile(paths.join(exported, CONFIG_FILE)):
         return read_config(exported), load_params(exported)
     config = _run_config(workdir)
     steps_dir = paths.join(paths.absolute(workdir), "checkpoints")
     with ocp.CheckpointManager(steps_dir, options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
-        step = manager.latest_step()
+        steps = manager.all_steps()
         if step is None:
-            raise CheckpointError(f"{workdir!r} has no checkpoint yet")
+            step = manager.latest_step()
+            if step is None:
+                raise CheckpointError(f"{workdir!r} has no checkpoint yet")
+        elif step not in steps:
+            raise CheckpointError(f"{workdir!r} has no checkpoint of step {step} (it has {sorted(steps)})")
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     state = restored["state"]
     params = state["params"] if isinstance(state, dict) and "params" in state else state
@@ -232,10 +250,14 @@ def load_latest_model(workdir: str) -> tuple[ConfigDict, Any]:
 
 
 def config_of(directory: str) -> ConfigDict:
-    """The config of an exported model directory or of a trainer workdir, without loading any parameter."""
+    """The config of an exported model directory, a trainer workdir or one of its checkpoint steps, without
+    loading any parameter."""
     exported = exported_model_dir(directory)
     if exported is not None:
         return read_config(exported)
+    step_of = checkpoint_step(directory)
+    if step_of is not None:
+        return _run_config(step_of[0])
     return _run_config(directory)
 
 

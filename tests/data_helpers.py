@@ -129,6 +129,54 @@ def write_emoji_package(cache_dir: str, vendor: str, entries: list[dict], corrup
     return f"emoji-datasource-{vendor}@{version} {npm.integrity_of(path)}"
 
 
+def openmoji_svg(hexcode: str) -> bytes:
+    """A colour SVG with OpenMoji's layout (72-unit viewBox, a colour group and a black line group): a disc,
+    skin-coloured for a tone variant."""
+    tone = next((k for k in EMOJI_TONE_KEYS if k in hexcode.upper()), None)
+    seed = sum(map(ord, hexcode))
+    rgb = EMOJI_SKIN_RGB[tone] if tone else (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)
+    fill = "#%02X%02X%02X" % rgb
+    return (f'<svg id="emoji" viewBox="0 0 72 72" xmlns="http://www.w3.org/2000/svg">'
+            f'<g id="color"><circle cx="36" cy="36" r="23" fill="{fill}"/></g>'
+            f'<g id="line"><circle cx="36" cy="36" r="23" fill="none" stroke="#000000" stroke-width="2"/></g>'
+            f'</svg>').encode()
+
+
+def write_openmoji_package(cache_dir: str, entries: list[dict], corrupt: tuple[str, ...] = (),
+                           extras: tuple[str, ...] = ("E000", "E001"), version: str = "17.0.0") -> str:
+    """Writes `openmoji-<version>.tgz` with the package's layout (data/openmoji.json, color/svg/<hexcode>.svg and
+    black/svg, which is not read) drawing every emoji.json rendering of `entries`, plus OpenMoji-only `extras` that
+    emoji.json does not name; the first plain emoji is written with FE0F, as OpenMoji writes some. Returns its pin;
+    hexcodes named in `corrupt` get SVG that does not parse."""
+    import io
+    import json
+    import tarfile
+
+    from dalle.data import npm
+
+    hexcodes = []
+    for i, e in enumerate(entries):
+        hexcodes.append(e["unified"] + ("-FE0F" if i == 0 else ""))
+        hexcodes.extend(v["unified"] for v in (e.get("skin_variations") or {}).values())
+    index = [{"emoji": "", "hexcode": h, "group": "people-body", "subgroups": "person", "annotation": f"om {h}",
+              "tags": "", "skintone": ""} for h in hexcodes + list(extras)]
+    os.makedirs(cache_dir, exist_ok=True)
+    path = os.path.join(cache_dir, f"openmoji-{version}.tgz")
+
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar, "package/data/openmoji.json", json.dumps(index).encode())
+        for h in hexcodes + list(extras):
+            add(tar, f"package/color/svg/{h}.svg", b"<svg not closed" if h in corrupt else openmoji_svg(h))
+            add(tar, f"package/black/svg/{h}.svg", b"<svg not read")
+    return f"openmoji@{version} {npm.integrity_of(path)}"
+
+
 def emoji_config(tmp_dir: str, pins: list[str], **data_overrides) -> ConfigDict:
     """A validated config for a tiny 32 px emoji collection under tmp_dir (tarballs already in tmp_dir/npm)."""
     data = {"source": "emoji", "image_size": 32, "data_dir": os.path.join(tmp_dir, "tfds"),
@@ -139,13 +187,16 @@ def emoji_config(tmp_dir: str, pins: list[str], **data_overrides) -> ConfigDict:
     return config_lib.validate(ConfigDict({"data": data}))
 
 
-def build_tiny_emoji(tmp_dir: str, corrupt: tuple[str, ...] = (), **data_overrides) -> ConfigDict:
-    """Writes the two fake vendor packages, builds the dataset, returns the config."""
+def build_tiny_emoji(tmp_dir: str, corrupt: tuple[str, ...] = (), openmoji: bool = False,
+                     **data_overrides) -> ConfigDict:
+    """Writes the two fake vendor packages (and a fake openmoji package), builds the dataset, returns the config."""
     from dalle.data import build
 
     entries = emoji_entries()
     cache = os.path.join(tmp_dir, "npm")
     pins = [write_emoji_package(cache, v, entries, corrupt=corrupt) for v in ("google", "twitter")]
+    if openmoji:
+        pins.append(write_openmoji_package(cache, entries, corrupt=tuple(c.split(".")[0].upper() for c in corrupt)))
     config = emoji_config(tmp_dir, pins, **data_overrides)
     build.build_dataset(config.data)
     return config

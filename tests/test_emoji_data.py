@@ -75,7 +75,7 @@ def test_unlicensed_vendors_are_refused_by_the_config(tmp_path):
 def test_captions_follow_the_templates():
     img = emoji_lib.EmojiImage(emoji="1F44D", variant="1F44D-1F3FF", tone="dark", vendor="twitter",
                                name="thumbs up sign", short_names=("+1", "thumbsup"), category="People & Body",
-                               subcategory="hand-fingers-closed", png=b"")
+                               subcategory="hand-fingers-closed", image_bytes=b"")
     assert emoji_lib.captions(img, 4) == [
         "thumbs up sign, dark skin tone, twitter style",
         "an emoji of a thumbs up sign with dark skin tone",
@@ -83,7 +83,8 @@ def test_captions_follow_the_templates():
         "people & body: thumbs up sign, dark skin tone, in twitter style",
     ]
     plain = emoji_lib.EmojiImage(emoji="1F34E", variant="1F34E", tone="", vendor="google", name="red apple",
-                                 short_names=("apple",), category="Food & Drink", subcategory="food-fruit", png=b"")
+                                 short_names=("apple",), category="Food & Drink", subcategory="food-fruit",
+                                 image_bytes=b"")
     assert emoji_lib.captions(plain, 2) == ["red apple, google style", "an emoji of a red apple"]
     assert emoji_lib.tone_of("1F3FB-1F3FF") == "light/dark" and emoji_lib.tone_of("1F3FD-1F3FD") == "medium"
     assert emoji_lib.tone_phrase("light/dark") == "light and dark skin tones"
@@ -149,6 +150,64 @@ def test_build_examples_captions_and_counts(built):
     assert n_images + total // 3 == 2 * (12 + 36 + 2) - 2
 
 
+@pytest.fixture(scope="module")
+def built_with_openmoji(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("openmoji"))
+    return H.build_tiny_emoji(tmp, corrupt=("1f305.png",), openmoji=True)
+
+
+def test_openmoji_is_a_third_style_named_by_emoji_json(built_with_openmoji):
+    """OpenMoji's SVGs, drawn by resvg, join the collection under emoji.json's names (FE0F or not), so the
+    captions differ only in the style; its own extras and undrawable SVGs are counted, and the splits hold out
+    OpenMoji combinations too."""
+    from dalle.data import build
+
+    builder = build.load_builder(built_with_openmoji.data)
+    meta = builder.info.metadata
+    splits = {s: _examples(built_with_openmoji, s) for s in ("train", "validation", "zero_shot")}
+    examples = [ex for exs in splits.values() for ex in exs]
+    by_vendor: dict[str, set] = {}
+    for ex in examples:
+        by_vendor.setdefault(ex["vendor"].decode(), set()).add(ex["variant"].decode())
+    assert set(by_vendor) == {"google", "twitter", "openmoji"}
+    # Every rendering but the corrupt one (its PNG in two packages, its SVG in openmoji) in every style.
+    assert by_vendor["openmoji"] == by_vendor["google"] == by_vendor["twitter"]
+    assert len(by_vendor["openmoji"]) == 12 + 36 + 2 - 1
+    assert "1F300" in by_vendor["openmoji"]  # written 1F300-FE0F by openmoji.json
+    first = next(ex for ex in examples if ex["vendor"] == b"openmoji" and ex["caption_index"] == 0
+                 and ex["skin_tone"] == b"dark")
+    assert first["caption"].decode() == f"{first['name'].decode()}, dark skin tone, openmoji style"
+    pixels = first["image"].astype(int)
+    assert tuple(pixels[16, 16]) == pytest.approx(H.EMOJI_SKIN_RGB["1F3FF"], abs=8)  # the drawn skin colour
+    assert tuple(pixels[0, 0]) == (255, 255, 255)  # transparency composited onto the background
+    assert pixels[16, 4:8].min() < 100  # OpenMoji's black outline survives the resize
+    stats = meta["build_stats"]
+    assert stats["skipped"] == {"unreadable": 3} and meta["left_out"] == {"openmoji_not_in_emoji_json": 2}
+    assert "CC BY-SA 4.0" in meta["attribution"]
+    assert {p["vendor"] for p in meta["packages"]} == {"google", "twitter", "openmoji"}
+    held_styles = meta["held_out_styles"]
+    assert held_styles and set(held_styles.values()) <= {"google", "twitter", "openmoji"}
+    for ex in splits["train"]:
+        assert held_styles.get(ex["emoji"].decode()) != ex["vendor"].decode()
+
+
+def test_openmoji_alone_is_refused_by_the_config(tmp_path):
+    pin = H.write_openmoji_package(str(tmp_path / "npm"), H.emoji_entries(2, 1))
+    with pytest.raises(config_lib.ConfigError, match="openmoji needs an emoji-datasource-<vendor> package"):
+        H.emoji_config(str(tmp_path), [pin])
+    with pytest.raises(config_lib.ConfigError, match="'emoji-openmoji' is neither"):
+        H.emoji_config(str(tmp_path), ["emoji-openmoji@1.0.0 sha512-AAAA"])
+
+
+def test_an_svg_renders_like_a_png_of_the_same_drawing():
+    svg = H.openmoji_svg("1F44D-1F3FB")
+    image = emoji_lib.render(svg, 32, (255, 255, 255), image_format="svg")
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert tuple(image[16, 16].astype(int)) == pytest.approx(H.EMOJI_SKIN_RGB["1F3FB"], abs=8)
+    with pytest.raises(ValueError):
+        emoji_lib.render(b"<svg not closed", 32, (255, 255, 255), image_format="svg")
+
+
 def test_too_many_held_out_emoji_is_an_error(tmp_path):
     from dalle.data import build
 
@@ -163,17 +222,34 @@ def test_too_many_held_out_emoji_is_an_error(tmp_path):
 REAL_CACHE = os.environ.get("DALLE_EMOJI_NPM_CACHE", "outputs/emoji/npm")
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(REAL_CACHE, "emoji-datasource-twitter-16.0.0.tgz")),
-                    reason="the real npm tarballs are not cached (make demo fetches them)")
+def _all_cached() -> bool:
+    from dalle.data.sources import emoji as source
+
+    return all(os.path.isfile(os.path.join(REAL_CACHE, npm.PinnedPackage.parse(p).tarball_name))
+               for p in source.PINNED_PACKAGES)
+
+
+# OpenMoji 17.0.0's colour SVGs that emoji.json names, and its own extras (counted on the real package).
+OPENMOJI_COUNTS = (3786, 709)
+
+
+@pytest.mark.skipif(not _all_cached(), reason="the real npm tarballs are not cached (make demo fetches them)")
 def test_real_packages_when_cached():
     from dalle.data.sources import emoji as source
 
     for text in source.PINNED_PACKAGES:
         pin = npm.PinnedPackage.parse(text)
         path = npm.fetch(pin, REAL_CACHE)  # verifies the pinned hash
-        entries, pngs = emoji_lib.read_package(path, pin.name)
-        images = list(emoji_lib.images_of(entries, pngs, emoji_lib.vendor_of(pin.name)))
+        entries, files = emoji_lib.read_package(path, pin.name)
+        if emoji_lib.vendor_of(pin.name) == emoji_lib.OPENMOJI_PACKAGE:
+            openmoji = entries, files
+            continue
+        names = entries
+        images = list(emoji_lib.images_of(entries, files, emoji_lib.vendor_of(pin.name)))
         assert len(entries) == 1911 and len(images) == 3786
+    unnamed: list[str] = []
+    images = list(emoji_lib.openmoji_images(*openmoji, names, unnamed=unnamed))
+    assert len(openmoji[0]) == 4495 and (len(images), len(unnamed)) == OPENMOJI_COUNTS
 
 
 def test_dalle_data_names_the_npm_problem(tmp_path, capsys, monkeypatch):

@@ -110,6 +110,27 @@ class _Wrap(toy_task.ToyData):
         self.inner.set_state(state)
 
 
+def test_one_checkpoint_step_is_a_model_of_its_own(reference_run):
+    """WORKDIR/checkpoints/STEP loads like a model directory, so a run can be evaluated part way through."""
+    from dalle.eval import main as eval_main
+    from dalle.train import reporting
+
+    ref_dir, _ = reference_run
+    last, mid = (os.path.join(ref_dir, "checkpoints", str(s)) for s in (10, 8))
+    _assert_same_params(sharding.to_mapping(checkpoint.load_model(last)[1]), _params(ref_dir))
+    config, params = checkpoint.load_model(mid)
+    assert config.train.num_steps == 10 and checkpoint.config_of(mid).train.num_steps == 10
+    mid_params, final = sharding.to_mapping(params), _params(ref_dir)
+    assert set(mid_params) == set(final)
+    assert any(not np.array_equal(mid_params[k], final[k]) for k in final)
+    assert checkpoint.checkpoint_step(mid) == (ref_dir, 8) and checkpoint.checkpoint_step(ref_dir) is None
+    assert reporting.run_summary(mid)["steps"] == 8 and reporting.run_summary(ref_dir)["steps"] == 10
+    assert eval_main.default_output_dir(mid) == os.path.join(ref_dir, "eval_step_8")
+    assert eval_main.default_output_dir(ref_dir) == os.path.join(ref_dir, "eval")
+    with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint of step 5 \(it has \[6, 8, 10\]\)"):
+        checkpoint.load_latest_model(ref_dir, step=5)
+
+
 def test_incompatible_resume_names_the_difference(reference_run):
     ref_dir, _ = reference_run
     cfg = toy_task.toy_config(**{"train.optimizer.lr": 1.0})

@@ -1,10 +1,14 @@
-"""The captioned emoji collection: emoji images of the npm `emoji-datasource-<vendor>` packages (iamcal/emoji-data),
-their captions, and the held-out splits. Pure Python + PIL (no TensorFlow): the tfds builder
-(dalle/data/builders/emoji.py) and the tests use it.
+"""The captioned emoji collection: emoji images of the npm `emoji-datasource-<vendor>` packages (iamcal/emoji-data)
+and of the `openmoji` package, their captions, and the held-out splits. Pure Python + PIL, and resvg for OpenMoji's
+SVGs (no TensorFlow): the tfds builder (dalle/data/builders/emoji.py) and the tests use it.
 
-Each package has `package/emoji.json` (one entry per emoji: `name`, `short_names`, `category`, `subcategory`,
-`image`, `has_img_<vendor>`, `skin_variations` {"1F3FB": {"image": ...}, "1F3FB-1F3FC": ...}) and 64 px RGBA PNGs
-under `package/img/<vendor>/64/`. One image is one (emoji, skin-tone variant, vendor) rendering.
+Each emoji-datasource package has `package/emoji.json` (one entry per emoji: `name`, `short_names`, `category`,
+`subcategory`, `image`, `has_img_<vendor>`, `skin_variations` {"1F3FB": {"image": ...}, "1F3FB-1F3FC": ...}) and
+64 px RGBA PNGs under `package/img/<vendor>/64/`. `openmoji` has `package/data/openmoji.json` (`hexcode`,
+`annotation`, `skintone`, ...) and one SVG per emoji under `package/color/svg/<hexcode>.svg`; its images take their
+names from emoji.json, matched by code points, so every vendor's rendering of an emoji has the same captions but
+for the style (OpenMoji-only emoji, which emoji.json does not name, are left out and counted). One image is one
+(emoji, skin-tone variant, vendor) rendering.
 
 Splits (a pure function of the records and the seed):
 - `zero_shot`: held-out combinations. For `zero_shot_tones` emoji with all five skin tones, one tone is never seen
@@ -37,14 +41,18 @@ SKIN_TONES: dict[str, str] = {
 }
 TONE_NAMES = tuple(SKIN_TONES.values())
 # Image sets whose licence allows this use, with the attribution each licence asks for (from the packages'
-# README.md: "Google ... Apache License 2.0", "Twitter ... CC-BY 4.0"). The apple and facebook sets are not
-# licensed for it and are refused.
+# README.md: "Google ... Apache License 2.0", "Twitter ... CC-BY 4.0"; openmoji's README.md and LICENSE.txt:
+# CC BY-SA 4.0, which also asks that what is made from the images be shared under the same licence). The apple and
+# facebook sets are not licensed for it and are refused.
 VENDOR_LICENCES: dict[str, str] = {
     "google": "Noto Emoji images by Google, Apache License 2.0 (https://github.com/googlefonts/noto-emoji)",
     "twitter": "Twemoji images by Twitter, Inc and other contributors, CC-BY 4.0 (https://github.com/twitter/twemoji)",
+    "openmoji": "OpenMoji images by the OpenMoji project (https://openmoji.org), CC BY-SA 4.0; images and data sets "
+                "derived from them are shared under the same licence",
 }
 PACKAGE_PREFIX = "emoji-datasource-"
-IMAGE_SIZE = 64  # the size of the packages' PNGs
+OPENMOJI_PACKAGE = "openmoji"  # its vendor name too
+IMAGE_SIZE = 64  # the size of the packages' PNGs; OpenMoji's SVGs are drawn at this size
 SPLITS = ("train", "validation", "zero_shot")
 NUM_TEMPLATES = 4
 
@@ -53,14 +61,22 @@ class EmojiDataError(ValueError):
     """A package that is not an emoji-datasource tarball, or a vendor whose images may not be used."""
 
 
+def _usable_packages() -> str:
+    return ", ".join(v if v == OPENMOJI_PACKAGE else PACKAGE_PREFIX + v for v in VENDOR_LICENCES)
+
+
 def vendor_of(package_name: str) -> str:
-    """"emoji-datasource-twitter" -> "twitter"; refuses other packages and unlicensed vendors, naming them."""
+    """"emoji-datasource-twitter" -> "twitter", "openmoji" -> "openmoji"; refuses other packages and unlicensed
+    vendors, naming them."""
+    if package_name == OPENMOJI_PACKAGE:
+        return OPENMOJI_PACKAGE
     if not package_name.startswith(PACKAGE_PREFIX):
-        raise EmojiDataError(f"package {package_name!r} is not an {PACKAGE_PREFIX}<vendor> package")
+        raise EmojiDataError(f"package {package_name!r} is neither an {PACKAGE_PREFIX}<vendor> package nor "
+                             f"{OPENMOJI_PACKAGE} (usable: {_usable_packages()})")
     vendor = package_name[len(PACKAGE_PREFIX):]
-    if vendor not in VENDOR_LICENCES:
+    if vendor not in VENDOR_LICENCES or vendor == OPENMOJI_PACKAGE:
         raise EmojiDataError(f"package {package_name!r}: the {vendor!r} images are not licensed for this use "
-                             f"(usable: {', '.join(PACKAGE_PREFIX + v for v in VENDOR_LICENCES)})")
+                             f"(usable: {_usable_packages()})")
     return vendor
 
 
@@ -76,7 +92,8 @@ class EmojiImage:
     short_names: tuple[str, ...]
     category: str
     subcategory: str
-    png: bytes
+    image_bytes: bytes  # the package's file
+    image_format: str = "png"  # "png" | "svg" (OpenMoji)
 
     @property
     def key(self) -> str:
@@ -131,30 +148,53 @@ def captions(img: EmojiImage, count: int) -> list[str]:
 # Reading the packages
 # ----------------------------------------------------------------------------------------------------------------
 def read_package(path: str, package_name: str) -> tuple[list[dict], dict[str, bytes]]:
-    """(emoji.json entries, {png file name: bytes} of the 64 px images) of one package tarball."""
+    """(its index entries, {image file name: bytes}) of one package tarball: emoji.json and the 64 px PNGs of an
+    emoji-datasource package, or openmoji.json and the colour SVGs (named <hexcode>.svg) of openmoji."""
     vendor = vendor_of(package_name)
-    prefix = f"package/img/{vendor}/{IMAGE_SIZE}/"
+    if vendor == OPENMOJI_PACKAGE:
+        index_name, prefix, suffix = "package/data/openmoji.json", "package/color/svg/", ".svg"
+    else:
+        index_name, prefix, suffix = "package/emoji.json", f"package/img/{vendor}/{IMAGE_SIZE}/", ".png"
     entries: list[dict] | None = None
-    pngs: dict[str, bytes] = {}
+    files: dict[str, bytes] = {}
     try:
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
-                if member.name == "package/emoji.json":
+                if member.name == index_name:
                     entries = json.load(tar.extractfile(member))
-                elif member.name.startswith(prefix) and member.name.endswith(".png") and "/" not in \
+                elif member.name.startswith(prefix) and member.name.endswith(suffix) and "/" not in \
                         member.name[len(prefix):]:
-                    pngs[member.name[len(prefix):]] = tar.extractfile(member).read()
+                    files[member.name[len(prefix):]] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as e:
         raise EmojiDataError(f"{path}: not a readable package tarball ({e})") from None
     except json.JSONDecodeError as e:
-        raise EmojiDataError(f"{path}: package/emoji.json is not valid JSON ({e})") from None
+        raise EmojiDataError(f"{path}: {index_name} is not valid JSON ({e})") from None
     if entries is None:
-        raise EmojiDataError(f"{path}: no package/emoji.json ({package_name} is not an emoji-datasource package?)")
-    if not pngs:
+        raise EmojiDataError(f"{path}: no {index_name} (is {package_name} the package it claims to be?)")
+    if not files:
         raise EmojiDataError(f"{path}: no images under {prefix}")
-    return entries, pngs
+    return entries, files
+
+
+def _renderings(entries: Sequence[Mapping], categories: Iterable[str]) -> Iterator[tuple[dict, str, str, Mapping]]:
+    """(the emoji's fields, variant code points, tone, the variant's record) of every emoji.json entry and each of
+    its skin-tone variants; `categories` non-empty keeps only those categories."""
+    keep = set(categories)
+    for e in entries:
+        if keep and e.get("category") not in keep:
+            continue
+        name = " ".join(str(e.get("name") or e.get("short_name") or "").lower().split())
+        if not name:
+            continue
+        base = dict(emoji=str(e["unified"]).upper(), name=name, short_names=tuple(e.get("short_names") or ()),
+                    category=str(e.get("category", "")), subcategory=str(e.get("subcategory", "")))
+        yield base, base["emoji"], "", e
+        for mod, v in sorted((e.get("skin_variations") or {}).items()):
+            tone = tone_of(mod)
+            if tone is not None:
+                yield base, str(v.get("unified", f"{base['emoji']}-{mod}")).upper(), tone, v
 
 
 def images_of(entries: Sequence[Mapping], pngs: Mapping[str, bytes], vendor: str,
@@ -163,38 +203,75 @@ def images_of(entries: Sequence[Mapping], pngs: Mapping[str, bytes], vendor: str
 
     `categories` non-empty keeps only those categories. Listed images whose file is absent are appended to
     `missing`."""
-    keep = set(categories)
-    for e in entries:
-        if keep and e.get("category") not in keep:
+    for base, variant, tone, v in _renderings(entries, categories):
+        if not v.get(f"has_img_{vendor}", False) or not v.get("image"):
             continue
-        name = " ".join(str(e.get("name") or e.get("short_name") or "").lower().split())
-        if not name:
+        png = pngs.get(v["image"])
+        if png is None:
+            if missing is not None:
+                missing.append(f"{vendor}/{v['image']}")
             continue
-        base = dict(emoji=str(e["unified"]).upper(), vendor=vendor, name=name,
-                    short_names=tuple(e.get("short_names") or ()), category=str(e.get("category", "")),
-                    subcategory=str(e.get("subcategory", "")))
-        variants = [(base["emoji"], "", e)]
-        for mod, v in sorted((e.get("skin_variations") or {}).items()):
-            tone = tone_of(mod)
-            if tone is not None:
-                variants.append((str(v.get("unified", f"{base['emoji']}-{mod}")).upper(), tone, v))
-        for variant, tone, v in variants:
-            if not v.get(f"has_img_{vendor}", False) or not v.get("image"):
-                continue
-            png = pngs.get(v["image"])
-            if png is None:
-                if missing is not None:
-                    missing.append(f"{vendor}/{v['image']}")
-                continue
-            yield EmojiImage(variant=variant, tone=tone, png=png, **base)
+        yield EmojiImage(variant=variant, tone=tone, vendor=vendor, image_bytes=png, **base)
+
+
+def code_points_key(code: str) -> str:
+    """The code points without variation selector 16 (FE0F), which the two indexes write differently
+    ("2764-FE0F" in one, "2764" in the other)."""
+    return "-".join(p for p in code.upper().split("-") if p and p != "FE0F")
+
+
+def openmoji_images(om_entries: Sequence[Mapping], svgs: Mapping[str, bytes], named_by: Sequence[Mapping],
+                    categories: Iterable[str] = (), missing: list[str] | None = None,
+                    unnamed: list[str] | None = None) -> Iterator[EmojiImage]:
+    """OpenMoji's renderings, named by the emoji.json entries `named_by` (an emoji-datasource package's index)
+    with the same code points, so that their captions match the other vendors'. Hexcodes emoji.json does not
+    list (OpenMoji's own extras) go to `unnamed`; listed SVGs that are absent, to `missing`."""
+    index: dict[str, tuple[dict, str, str]] = {}
+    for base, variant, tone, _ in _renderings(named_by, categories):
+        index.setdefault(code_points_key(variant), (base, variant, tone))
+    seen: set[str] = set()
+    for om in om_entries:
+        hexcode = str(om.get("hexcode", "")).upper()
+        match = index.get(code_points_key(hexcode))
+        if match is None:
+            if unnamed is not None and hexcode:
+                unnamed.append(f"{OPENMOJI_PACKAGE}/{hexcode}")
+            continue
+        base, variant, tone = match
+        if variant in seen:
+            continue
+        svg = svgs.get(f"{hexcode}.svg")
+        if svg is None:
+            if missing is not None:
+                missing.append(f"{OPENMOJI_PACKAGE}/{hexcode}.svg")
+            continue
+        seen.add(variant)
+        yield EmojiImage(variant=variant, tone=tone, vendor=OPENMOJI_PACKAGE, image_bytes=svg, image_format="svg",
+                         **base)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Images
 # ----------------------------------------------------------------------------------------------------------------
-def render(png: bytes, size: int, background: Sequence[int]) -> np.ndarray:
-    """uint8 [size, size, 3]: the RGBA image composited onto `background`, then resized with Lanczos (antialiased).
-    Raises (OSError, ValueError, SyntaxError from PIL) for an undecodable PNG."""
+def rasterize_svg(svg: bytes, size: int = IMAGE_SIZE) -> bytes:
+    """An RGBA PNG of `size` px drawn from SVG bytes by resvg (a maintained renderer with wheels and no system
+    libraries). Raises ValueError for SVG it cannot draw."""
+    try:
+        import resvg_py
+    except ImportError:
+        raise ImportError("drawing OpenMoji's SVGs needs resvg-py: pip install resvg-py") from None
+    try:
+        text = svg.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 SVG text ({e})") from None
+    return bytes(resvg_py.svg_to_bytes(svg_string=text, width=size, height=size, skip_system_fonts=True))
+
+
+def render(data: bytes, size: int, background: Sequence[int], image_format: str = "png") -> np.ndarray:
+    """uint8 [size, size, 3]: the RGBA image (a PNG, or an SVG drawn at IMAGE_SIZE px first) composited onto
+    `background`, then resized with Lanczos (antialiased). Raises (OSError, ValueError, SyntaxError from PIL) for
+    an undecodable image."""
+    png = rasterize_svg(data) if image_format == "svg" else data
     with Image.open(io.BytesIO(png)) as im:
         im.load()
         rgba = im.convert("RGBA")

@@ -246,6 +246,17 @@ def fid_clip_svg(points: list[tuple[float, float | None, float | None]], fid_nam
 # ----------------------------------------------------------------------------------------------------------------
 # The job
 # ----------------------------------------------------------------------------------------------------------------
+def default_output_dir(checkpoint_dir: str) -> str:
+    """CHECKPOINT/eval; for one checkpoint step of a workdir (WORKDIR/checkpoints/STEP), WORKDIR/eval_step_STEP,
+    so that orbax's step folders hold only what orbax wrote."""
+    from dalle import model_dir
+
+    step_of = model_dir.checkpoint_step(checkpoint_dir)
+    if step_of is not None:
+        return paths.join(step_of[0], f"eval_step_{step_of[1]}")
+    return paths.join(checkpoint_dir, "eval")
+
+
 def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[str, Any]:
     """Runs the whole evaluation and returns what it wrote to metrics.json. `generator` (tests) replaces the
     DALL·E + VQGAN stack: any callable (captions, scale, rng) -> uint8 [P * N, H, W, 3]."""
@@ -256,7 +267,7 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
     from dalle.eval import metrics as metrics_lib
 
     ev = config.eval
-    out_dir = ev.output_dir or paths.join(checkpoint_dir, "eval")
+    out_dir = ev.output_dir or default_output_dir(checkpoint_dir)
     paths.makedirs(out_dir)
     notes: list[str] = []
     t_start = time.time()
@@ -595,7 +606,8 @@ def main(argv: Sequence[str]) -> int:
                     takes_config=True, examples="dalle eval --config eval/shapes --checkpoint outputs/demo/dalle\n"
                                                 "dalle eval --config eval/emoji --checkpoint outputs/emoji/dalle")
     parser.add_argument("--config", required=True, help="an eval config's name (eval/shapes) or path[:variant]")
-    parser.add_argument("--checkpoint", default="", help="DALL·E model dir or trainer workdir")
+    parser.add_argument("--checkpoint", default="", help="DALL·E model dir, trainer workdir, or one checkpoint step "
+                                                             "of it (WORKDIR/checkpoints/STEP)")
     if sub == "reference":
         parser.add_argument("--out", required=True, help="statistics .npz to write")
         parser.add_argument("--images", default="", help="a folder of images instead of the shapes renders")
@@ -637,6 +649,6 @@ def main(argv: Sequence[str]) -> int:
               f"the sampling section of {written['model']}")
     elif written:
         print(f"sampling section not rewritten: {written['why']}")
-    out = config.eval.output_dir or paths.join(args.checkpoint, "eval")
+    out = config.eval.output_dir or default_output_dir(args.checkpoint)
     print(f"wrote {paths.join(out, 'metrics.json')}")
     return 0

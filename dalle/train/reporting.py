@@ -97,11 +97,18 @@ def run_summary(workdir: str, metric: str = "train/loss") -> dict:
     tools/tokenizer_ceiling.py) read runs through this, so they agree on what "minutes" means: the sum of the logged
     training windows, each the steps since the previous train row at that row's logged rate (start-up, compile,
     evals and checkpoints inside a window included). A run stopped and resumed later is counted without the pause,
-    which wall time from its first row to its last would add."""
+    which wall time from its first row to its last would add. `workdir` may be one of its checkpoint steps
+    (WORKDIR/checkpoints/STEP): then the run up to that step."""
+    from dalle import model_dir
+
+    step_of = model_dir.checkpoint_step(workdir)
+    workdir, up_to = step_of if step_of is not None else (workdir, None)
     path = paths.join(workdir, "metrics.jsonl")
     rows = []
     if paths.isfile(path):
         rows = [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
+    if up_to is not None:
+        rows = [r for r in rows if r.get("step", 0) <= up_to]
     with_metric = [r for r in rows if metric in r]
     if not with_metric:
         return {"steps": None, "minutes": None, "last": None}

@@ -3,19 +3,21 @@
     dalle data --config configs/emoji.py --config.data.cache_dir=~/.cache/dalle/npm
 
 Building fetches the pinned tarballs (dalle/data/npm.py, verified against `data.emoji_packages`), reads each
-vendor's 64 px PNGs, composites them onto `data.emoji_background`, resizes to `data.image_size` and writes one
-example per (image, caption template). The config name carries the image size and a hash of everything that
-changes the content, so different builds never share a directory under `data_dir`.
+vendor's 64 px PNGs (OpenMoji's SVGs drawn at 64 px), composites them onto `data.emoji_background`, resizes to
+`data.image_size` and writes one example per (image, caption template). The config name carries the image size and
+a hash of everything that changes the content, so different builds never share a directory under `data_dir`.
 
 Features: image, caption, caption_index (0 = the full caption: name, tone, style), key (vendor/variant), emoji,
 variant, name, vendor, skin_tone, category, zero_shot_kind. The held-out combinations, licences and attributions
-are in `builder.info.metadata`. PNGs that fail to decode are skipped and counted (build_stats.json).
+are in `builder.info.metadata`, with `left_out` (OpenMoji's images that emoji.json does not name). Images that
+fail to decode are skipped and counted (build_stats.json).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from typing import Any, Mapping, Sequence
 
@@ -27,6 +29,8 @@ import tensorflow_datasets as tfds  # noqa: E402
 from dalle.data import emoji as emoji_lib  # noqa: E402
 from dalle.data import npm  # noqa: E402
 from dalle.data.images import BuildStats  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 # The data keys that change what is built (the config hash).
 CONTENT_KEYS = ("emoji_packages", "emoji_background", "emoji_captions_per_image", "emoji_categories",
@@ -62,7 +66,7 @@ def fetch_all(content: Mapping[str, Any], cache_dir: str) -> list[tuple[npm.Pinn
 
 
 class EmojiCollection(tfds.core.GeneratorBasedBuilder):
-    """Captioned emoji renderings (Noto, Twemoji) with held-out skin-tone and style combinations in `zero_shot`."""
+    """Captioned emoji renderings (Noto, Twemoji, OpenMoji) with held-out skin-tone and style combinations in `zero_shot`."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
@@ -95,11 +99,29 @@ class EmojiCollection(tfds.core.GeneratorBasedBuilder):
         self.stats = BuildStats()
         images: list[emoji_lib.EmojiImage] = []
         packages = []
-        for pin, path in fetch_all(content, self.builder_config.cache_dir):
+        fetched = fetch_all(content, self.builder_config.cache_dir)
+        names: list[dict] = []  # the first emoji.json read: it names OpenMoji's images too
+        left_out: dict[str, int] = {}
+        # emoji-datasource packages first: OpenMoji's images take their names from an emoji.json
+        for pin, path in sorted(fetched, key=lambda f: emoji_lib.vendor_of(f[0].name) == emoji_lib.OPENMOJI_PACKAGE):
             vendor = emoji_lib.vendor_of(pin.name)
-            entries, pngs = emoji_lib.read_package(path, pin.name)
+            entries, files = emoji_lib.read_package(path, pin.name)
             missing: list[str] = []
-            images.extend(emoji_lib.images_of(entries, pngs, vendor, content["emoji_categories"], missing))
+            if vendor == emoji_lib.OPENMOJI_PACKAGE:
+                if not names:
+                    raise emoji_lib.EmojiDataError(
+                        f"data.emoji_packages: {pin.spec} needs an {emoji_lib.PACKAGE_PREFIX}<vendor> package beside "
+                        f"it (its emoji.json names the emoji OpenMoji draws)")
+                unnamed: list[str] = []
+                images.extend(emoji_lib.openmoji_images(entries, files, names, content["emoji_categories"],
+                                                        missing, unnamed))
+                if unnamed:  # by design, not a problem: counted once, not warned about one by one
+                    left_out["openmoji_not_in_emoji_json"] = len(unnamed)
+                    log.info("%d OpenMoji images left out: emoji.json does not name their code points (e.g. %s)",
+                             len(unnamed), ", ".join(unnamed[:3]))
+            else:
+                names = names or entries
+                images.extend(emoji_lib.images_of(entries, files, vendor, content["emoji_categories"], missing))
             for where in missing:
                 self.stats.skip(where, "missing_image")
             packages.append({"package": pin.spec, "integrity": pin.integrity, "vendor": vendor,
@@ -111,7 +133,7 @@ class EmojiCollection(tfds.core.GeneratorBasedBuilder):
                                      int(content["emoji_zero_shot_tones"]), int(content["emoji_zero_shot_styles"]))
         self.info.metadata.update({
             "image_size": int(content["image_size"]), "packages": packages,
-            "attribution": "; ".join(p["licence"] for p in packages), **plan.to_metadata(),
+            "attribution": "; ".join(p["licence"] for p in packages), "left_out": left_out, **plan.to_metadata(),
         })
         by_split: dict[str, list[emoji_lib.EmojiImage]] = {s: [] for s in emoji_lib.SPLITS}
         for img in images:
@@ -123,7 +145,7 @@ class EmojiCollection(tfds.core.GeneratorBasedBuilder):
         size, background = int(content["image_size"]), tuple(content["emoji_background"])
         for img in group:
             try:
-                pixels = emoji_lib.render(img.png, size, background)
+                pixels = emoji_lib.render(img.image_bytes, size, background, img.image_format)
             except (OSError, ValueError, SyntaxError) as e:
                 self.stats.skip(f"{img.key} ({e})", "unreadable")
                 continue

@@ -3,7 +3,7 @@ dalle.data.builders.emoji into the tfds dataset `emoji_collection`.
 
 The pins are exact versions with the `integrity` hash `npm pack --json` printed for them: a package that changes
 under the same version is refused. Only image sets whose licence allows this use are accepted (Noto: Apache-2.0,
-Twemoji: CC-BY-4.0); attribution goes into the dataset's metadata.
+Twemoji: CC-BY-4.0, OpenMoji: CC-BY-SA-4.0); attribution goes into the dataset's metadata.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ PINNED_PACKAGES = (
     "sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A==",
     "emoji-datasource-twitter@16.0.0 "
     "sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ==",
+    "openmoji@17.0.0 "
+    "sha512-EBnYrNGdcdw+OSXmENeNE1yBNRu6tOraTmoOyUbJkTmvT/+XETp8RZLSJFzD3lrPc5N9CzsyPnRTk0Vp4UaI9w==",
 )
 
 
@@ -38,13 +40,17 @@ def check(d: ConfigDict) -> Iterator[str]:
     from dalle.data import emoji as emoji_lib  # light: PIL + numpy
     from dalle.data import npm
 
+    vendors = []
     for pin in d.emoji_packages:
         try:
-            emoji_lib.vendor_of(npm.PinnedPackage.parse(pin).name)
+            vendors.append(emoji_lib.vendor_of(npm.PinnedPackage.parse(pin).name))
         except ValueError as e:
             yield f"data.emoji_packages: {e}"
     if not d.emoji_packages:
         yield "data.emoji_packages is empty"
+    elif vendors and set(vendors) == {emoji_lib.OPENMOJI_PACKAGE}:
+        yield (f"data.emoji_packages: {emoji_lib.OPENMOJI_PACKAGE} needs an {emoji_lib.PACKAGE_PREFIX}<vendor> "
+               f"package beside it (its emoji.json names the emoji OpenMoji draws)")
     bg = tuple(d.emoji_background)
     if len(bg) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in bg):
         yield f"data.emoji_background = {bg} must be three integers in [0, 255] (RGB)"
@@ -61,7 +67,7 @@ def check(d: ConfigDict) -> Iterator[str]:
 
 register_data_source(DataSource(
     name="emoji",
-    description="captioned emoji (Noto, Twemoji) from pinned npm packages, with held-out tone/style combinations",
+    description="captioned emoji (Noto, Twemoji, OpenMoji) from pinned npm packages, with held-out tone/style combinations",
     builder="dalle.data.builders.emoji:make_builder",
     tfds_name="emoji_collection",
     build="dalle.data.builders.emoji:build",
