@@ -8,10 +8,10 @@ Expected: ~0.9 of single-object validation prompts fully correct after <= 15 min
 same world sized this model; EVAL.md has what this config measures).
 
 Variants: `decoder_only` (default: the single-stream DALL·E/CogView model, d 128, 4 layers), `dalle_bart`
-(the encoder-decoder, same width), `multi` (1-3 objects per image, longer captions), `dvae` (the default model over
-the codes of OpenAI DALL·E's tokenizer, configs/dvae_shapes.py, instead of the VQGAN's: DALL·E vs DALL·E mini on one
-world; it shares the root's data, tokenizer and CLIP and writes <root>/dvae, <root>/encoded_dvae and
-<root>/dalle_dvae). Append `,root=DIR` to put every artifact under DIR instead of outputs/demo, e.g.
+(the encoder-decoder, same width), `multi` (1-3 objects per image, longer captions), `multi_dalle_bart` (the
+encoder-decoder on that world), `dvae` (the default model over the codes of OpenAI DALL·E's tokenizer,
+configs/dvae_shapes.py, instead of the VQGAN's: DALL·E vs DALL·E mini on one world; it shares the root's data,
+tokenizer and CLIP and writes <root>/dvae, <root>/encoded_dvae and <root>/dalle_dvae). Append `,root=DIR` to put every artifact under DIR instead of outputs/demo, e.g.
 `configs/shapes_tiny.py:dalle_bart,root=outputs/bart`.
 """
 
@@ -32,7 +32,8 @@ EXAMPLE_PROMPTS = (
 )
 
 
-VARIANTS = ("decoder_only", "dalle_bart", "multi", "dvae")
+VARIANTS = ("decoder_only", "dalle_bart", "multi", "multi_dalle_bart", "dvae")
+MULTI = ("multi", "multi_dalle_bart")
 
 
 def _shapes_data(variant):
@@ -41,7 +42,7 @@ def _shapes_data(variant):
 
 def get_config(arg=None):
     variant, root = config_lib.variant_and_root(arg, VARIANTS)
-    multi = variant == "multi"
+    multi = variant in MULTI
 
     c = ConfigDict()
     c.name = f"shapes_tiny_{variant}"
@@ -62,7 +63,7 @@ def get_config(arg=None):
     c.data.examples_per_shard = 5000
     c.data.shuffle_buffer = 5000
 
-    if variant == "dalle_bart":
+    if variant in ("dalle_bart", "multi_dalle_bart"):
         c.model = ConfigDict(dict(
             kind="dalle_bart", d_model=128, encoder_layers=2, decoder_layers=4, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512, use_glu=False,
@@ -120,12 +121,12 @@ def pipeline(arg=None) -> dict:
     # cannot draw one: its round trip turned most red stars into red blobs (EVAL.md, "what the image tokenizer
     # keeps"), which would measure the tokenizer, not whether the text-to-image model composes.
     world += ["--config.data.held_out_pairs=()", "--config.data.held_out_relations=()"]
-    clip_variant = "multi," if variant == "multi" else ""
+    clip_variant = "multi," if variant in MULTI else ""
     # The time limits are safety stops: every stage is a fixed number of steps sized to fit them here.
     recipe = {"root": root, "vqgan": ("configs/vqgan_f4_32.py", world),
               "clip": f"configs/clip_shapes.py:{clip_variant}root={root}",
               "eval": f"configs/eval/shapes.py:root={root}",
-              "minutes": {"vqgan": 11.0, "dalle": 30.0 if variant == "multi" else 15.0, "clip": 3.0}}
+              "minutes": {"vqgan": 11.0, "dalle": 30.0 if variant in MULTI else 15.0, "clip": 3.0}}
     if variant == "dvae":  # beside the VQGAN demo in the same root
         recipe.update({"vqgan": ("configs/dvae_shapes.py", world), "workdir": "dalle_dvae",
                        "samples": "samples_dvae"})

@@ -38,14 +38,16 @@ def test_demo_pipeline(tmp_path, capsys):
 
 
 def test_demo_pipeline_on_emoji(tmp_path, capsys):
-    """The emoji recipe (configs/emoji_tiny.py's pipeline) end to end on fake npm packages with the real layout,
-    already in the demo's npm cache (no network): its stages, R-precision eval and sample grid."""
+    """The emoji recipe (configs/emoji_tiny.py's pipeline) end to end on fake npm packages with the real layouts
+    (two emoji-datasource vendors and openmoji's SVGs), already in the demo's npm cache (no network): its stages,
+    R-precision eval and sample grid."""
     from tests import data_helpers as H
 
     root = str(tmp_path / "emoji")
     entries = H.emoji_entries(num_plain=100, num_toned=6)  # R-precision draws 99 distractors of other emoji
     pins = [H.write_emoji_package(os.path.join(root, "npm"), v, entries) for v in ("google", "twitter")]
-    small = [f"--config.data.emoji_packages=({pins[0]!r},{pins[1]!r})", "--config.data.emoji_zero_shot_tones=2",
+    pins.append(H.write_openmoji_package(os.path.join(root, "npm"), entries))
+    small = [f"--config.data.emoji_packages={tuple(pins)!r}", "--config.data.emoji_zero_shot_tones=2",
              "--config.data.emoji_zero_shot_styles=2", "--config.data.validation_fraction=0.2",
              "--config.train.batch_size=16", "--config.train.eval_every=0"]
     argv = ["demo", "--config", "configs/emoji_tiny.py", "--root", root, "--vqgan_minutes", "0.02",

@@ -44,6 +44,26 @@ def test_experiments_table_rows_and_seed_mean(tmp_path):
     assert titled.startswith("## VQGAN vs dVAE codes\n")
 
 
+def test_a_checkpoint_step_is_a_row_at_its_step_and_best_scale(tmp_path):
+    """A run evaluated part way through (WORKDIR/checkpoints/STEP) reports the steps and minutes up to that step,
+    at its best measured scale (it has no export that a scale was written into)."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text("{}")
+    m = _metrics(workdir, 0.5, 0.4, 0.0, steps=1500)
+    m["checkpoint"] = str(workdir / "checkpoints" / "800")
+    m["sampling_written"] = {"written": False, "why": "no exported model"}
+    m["scales"]["1"]["splits"] = {"validation": {"compositional": {"all": 0.3, "stderr": 0.01}},
+                                  "zero_shot": {"compositional": {"all": 0.0, "stderr": 0.0}}}
+    (workdir / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": step, "train/loss": 1.0, "train/steps_per_s": rate}) + "\n"
+        for step, rate in ((50, 2.0), (800, 2.5), (1500, 1.0))))
+    row = next(r for r in eval_report.render_experiments([("step 800", m)], "cmd").splitlines()
+               if r.startswith("| step 800"))
+    # 50 steps at 2 steps/s, then 750 at 2.5 (the rows after step 800 do not count); the better of scales 1, 1.5
+    assert "| 800 | 5.4 | 1.5 |" in row and "40.0% ± 2.0 / 50.0% ± 1.0" in row
+
+
 def test_write_section_replaces_only_its_own_section(tmp_path):
     target = tmp_path / "EVAL.md"
     target.write_text(eval_report.HEADER)

@@ -266,7 +266,10 @@ def emoji_summary(metrics: dict) -> str:
 def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "",
                        title: str = "Composition experiments on the one-object shapes world") -> str:
     """One table over several eval jobs (runs labelled `name` or `name (seed N)`): fully correct per split at each
-    run's exported guidance, first sample and CLIP-best; runs sharing a name get a mean and spread row."""
+    run's exported guidance (for a checkpoint step part way through a run, its best measured scale), first sample
+    and CLIP-best; runs sharing a name get a mean and spread row."""
+    from dalle import model_dir
+    from dalle.eval import main as eval_main
     from dalle.train import reporting
 
     splits = list(dict.fromkeys(sp for _, m in runs for sp in m["prompts"]["splits"]))
@@ -279,6 +282,9 @@ def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "
     for label, m in runs:
         written = m.get("sampling_written") or {}
         g = f"{written['guidance']:g}" if written.get("guidance") is not None else next(iter(m["scales"]))
+        best = eval_main.best_scale(m)
+        if model_dir.checkpoint_step(m["checkpoint"]) is not None and best is not None:
+            g = f"{best[0]:g}"  # a step part way through has no export: the scale its export would have been given
         entry = m["scales"][g]
         t = reporting.run_summary(m["checkpoint"])
         cells, values = [], {}

@@ -5,7 +5,7 @@ checked on its real validation images (the accuracy there is reported next to ev
 - skin tone: a colour histogram (8 bins per channel) of the pixels that differ from the background; emoji skin
   tones are flat palette colours, so the histogram carries them;
 - vendor style: the same histogram plus histograms of gradient magnitude and of local colour variance (Noto draws
-  shading and outlines, Twemoji flat shapes) and an 8x8 grey thumbnail.
+  shading, Twemoji flat shapes, OpenMoji black outlines) and an 8x8 grey thumbnail.
 Numpy only; deterministic (full-batch gradient descent from zeros).
 """
 
