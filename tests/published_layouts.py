@@ -3,7 +3,8 @@
   * dalle-mini: `config.json` + `flax_model.msgpack` (+ BART tokenizer files), made from the golden fixtures of
     tools/make_dalle_mini_fixtures.py (real dalle-mini parameter trees), resized to the sizes a test needs;
   * vqgan-jax: `config.json` + `flax_model.msgpack` whose tree is written from a taming state dict with vqgan-jax's
-    names, independently of the converter (`vqgan_jax_tree` is the inverse of `flax_to_taming_state_dict`).
+    names, independently of the converter (`vqgan_jax_tree` is the inverse of `flax_to_taming_state_dict`; its names,
+    shapes and config keys are checked against vqgan-jax's own files, tests/fixtures/vqgan_jax_f2_64.npz).
 """
 
 from __future__ import annotations
@@ -127,14 +128,18 @@ def vqgan_jax_tree(state_dict: Mapping[str, np.ndarray]) -> dict:
 
 
 def write_vqgan_jax_dir(directory: str, state_dict: Mapping[str, np.ndarray], arch: Mapping[str, Any]) -> str:
-    """vqgan-jax's published files for a taming state dict and its architecture (ddconfig + n_embed, embed_dim)."""
+    """vqgan-jax's published files for a taming state dict and its architecture (ddconfig + n_embed, embed_dim).
+    config.json has the keys vqgan-jax's VQGANConfig saves (no `model_type`: it declares none), less transformers'
+    bookkeeping (`architectures`, `transformers_version`); tests/test_convert_vqgan.py checks both against
+    vqgan-jax's own files."""
     from flax import serialization
 
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "flax_model.msgpack"), "wb") as f:
         f.write(serialization.msgpack_serialize(vqgan_jax_tree(state_dict)))
-    doc = {"model_type": "vqgan", "double_z": False, "resamp_with_conv": True, "give_pre_end": False,
-           "dropout": 0.0, **{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}}
+    doc = {"double_z": False, "resamp_with_conv": True, "give_pre_end": False, "dropout": 0.0,
+           **{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}}
+    doc["num_resolutions"] = len(doc["ch_mult"])
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(doc, f)
     return directory

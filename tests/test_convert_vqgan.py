@@ -1,14 +1,17 @@
-"""Reference equivalence with taming-transformers (random weights, small config) and converter errors.
+"""Reference equivalence with taming-transformers (random weights, small config), with vqgan-jax's own files and
+outputs (tests/fixtures/vqgan_jax_f2_64.npz, from tools/make_vqgan_jax_fixture.py), and converter errors.
 
-The torch reference comes from requirements-ref.txt; without it the equivalence tests are skipped.
+The torch reference comes from requirements-ref.txt; without it the taming equivalence tests are skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import types
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,6 +121,117 @@ def test_flax_checkpoint_dir_converts_to_the_same_params(reference, tmp_path):
     for m in p_flax:
         for n in p_flax[m]:
             np.testing.assert_array_equal(p_flax[m][n], p_taming[m][n], err_msg=f"{m}/{n}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# vqgan-jax's own files: a tree and config.json written by vqgan-jax (save_pretrained), and its codes and images
+# --------------------------------------------------------------------------------------------------------------
+VQGAN_JAX_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "vqgan_jax_f2_64.npz")
+
+
+@pytest.fixture(scope="module")
+def upstream() -> dict[str, Any]:
+    """The vqgan-jax fixture: `flat` ("/" paths -> arrays in the dtype vqgan-jax saved), `config_json` (its exact
+    text), `image` (the input, [-1, 1]), `codes` [B, h*w] and `decoded` (vqgan-jax's encode / decode_code)."""
+    z = np.load(VQGAN_JAX_FIXTURE)
+    dtype = np.dtype(str(z["param_dtype"]))
+    flat = {k[len("param/"):]: z[k].astype(dtype) for k in z.files if k.startswith("param/")}
+    return dict(flat=flat, config_json=str(z["config_json"]), image=z["image"], codes=z["codes"],
+                decoded=z["decoded"], commit=str(z["upstream_commit"]), msgpack_sha256=str(z["msgpack_sha256"]))
+
+
+def _write_vqgan_jax_dir(up: dict[str, Any], directory) -> str:
+    """config.json + flax_model.msgpack, byte for byte what vqgan-jax's save_pretrained writes for these params."""
+    from flax import serialization
+
+    directory.mkdir()
+    (directory / "config.json").write_text(up["config_json"])
+    data = serialization.msgpack_serialize(published_layouts._nest(up["flat"]))
+    assert hashlib.sha256(data).hexdigest() == up["msgpack_sha256"], "not the bytes vqgan-jax wrote"
+    (directory / "flax_model.msgpack").write_bytes(data)
+    return str(directory)
+
+
+def test_vqgan_jax_fixture_is_what_vqgan_jax_writes(upstream):
+    """Guards the fixture itself: a vqgan-jax save (its config keys, float32 leaves) with outputs worth comparing."""
+    assert len(upstream["commit"]) == 40
+    doc = json.loads(upstream["config_json"])
+    assert set(convert_vqgan.VQGAN_JAX_KEYS) <= doc.keys() and doc["transformers_version"]
+    assert {v.dtype for v in upstream["flat"].values()} == {np.dtype(np.float32)}
+    assert upstream["flat"]["quantize/embedding/embedding"].shape == (doc["n_embed"], doc["embed_dim"])
+    # Norm scales and biases are not at their init (1, 0): a scale/bias mix-up in the converter would show.
+    assert not np.allclose(upstream["flat"]["encoder/norm_out/scale"], 1.0)
+    assert not np.allclose(upstream["flat"]["decoder/up_0/block_0/nin_shortcut/bias"], 0.0)
+    assert len(np.unique(upstream["codes"])) > 16 and float(np.std(upstream["decoded"])) > 0.1
+
+
+def test_vqgan_jax_checkpoint_converts_to_vqgan_jax_outputs(upstream, tmp_path):
+    """`dalle convert vqgan --from DIR` on vqgan-jax's own files: our encode gives its codes, our decode its image."""
+    from dalle.modeling.vqgan.api import VQGANTokenizer
+
+    src = _write_vqgan_jax_dir(upstream, tmp_path / "vqgan_jax")
+    assert convert_vqgan.main(["--from", src, "--out", str(tmp_path / "converted")]) == 0
+    tok = VQGANTokenizer.from_checkpoint(str(tmp_path / "converted"))
+    doc = json.loads(upstream["config_json"])
+    side = doc["resolution"] // 2 ** (len(doc["ch_mult"]) - 1)
+    assert (tok.codebook_size, tok.tokens_per_side) == (doc["n_embed"], side)
+
+    image, ref_codes = upstream["image"], upstream["codes"]  # vqgan-jax's input range, as given to it
+    codes = np.asarray(tok.model.encode(tok.params, image))
+    np.testing.assert_array_equal(codes.reshape(ref_codes.shape), ref_codes)
+    decoded = np.asarray(tok.model.decode_codes(tok.params, ref_codes.reshape(codes.shape)))
+    np.testing.assert_allclose(decoded, upstream["decoded"], atol=1e-4, rtol=0)
+
+
+def test_vqgan_jax_fixture_matches_taming_on_the_same_weights(upstream, tmp_path):
+    """taming, loaded strictly with the weights of vqgan-jax's tree, gives vqgan-jax's codes and images; and the
+    taming checkpoint of those weights converts to the same params as vqgan-jax's directory."""
+    torch, taming_vqgan = _import_taming()
+    doc = json.loads(upstream["config_json"])
+    ddconfig = {k: doc[k] for k in ("double_z", "z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_mult",
+                                    "num_res_blocks", "attn_resolutions", "dropout", "resamp_with_conv")}
+    model = taming_vqgan.VQModel(ddconfig=ddconfig, lossconfig={"target": "torch.nn.Identity"},
+                                 n_embed=doc["n_embed"], embed_dim=doc["embed_dim"]).eval()
+    sd = convert_vqgan.flax_to_taming_state_dict(published_layouts._nest(upstream["flat"]))
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, strict=True)
+
+    image, ref_codes = upstream["image"], upstream["codes"]
+    b, side = image.shape[0], int(np.sqrt(ref_codes.shape[1]))
+    with torch.no_grad():
+        _, _, (_, _, codes) = model.encode(torch.from_numpy(image).permute(0, 3, 1, 2))
+        np.testing.assert_array_equal(codes.numpy().reshape(ref_codes.shape), ref_codes)
+        z_q = model.quantize.get_codebook_entry(torch.from_numpy(ref_codes.reshape(-1).astype(np.int64)),
+                                                (b, side, side, doc["embed_dim"]))
+        decoded = model.decode(z_q).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(decoded, upstream["decoded"], atol=1e-4, rtol=0)
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": model.state_dict()}, str(ckpt))
+    p_taming, _, _ = convert_vqgan.load_source(str(ckpt), resolution=doc["resolution"])
+    p_flax, _, _ = convert_vqgan.load_source(_write_vqgan_jax_dir(upstream, tmp_path / "vqgan_jax"))
+    assert p_flax.keys() == p_taming.keys()
+    for m in p_flax:
+        for n in p_flax[m]:
+            np.testing.assert_array_equal(p_flax[m][n], p_taming[m][n], err_msg=f"{m}/{n}")
+
+
+def test_published_layouts_helper_writes_vqgan_jax_names_and_shapes(upstream, tmp_path):
+    """tests/published_layouts.py writes vqgan-jax checkpoints by hand for other tests: its tree has exactly the
+    names and shapes of vqgan-jax's own for the same architecture, and its config.json only keys vqgan-jax writes."""
+    from flax.traverse_util import flatten_dict
+
+    real = json.loads(upstream["config_json"])
+    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in real.items() if k in convert_vqgan.VQGAN_JAX_KEYS}
+    sd = published_layouts.random_taming_state_dict(arch)
+    ours = flatten_dict(published_layouts.vqgan_jax_tree(sd), sep="/")
+    assert sorted(ours) == sorted(upstream["flat"])
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in upstream["flat"].items()}
+
+    d = published_layouts.write_vqgan_jax_dir(str(tmp_path / "helper"), sd, arch)
+    with open(os.path.join(d, "config.json")) as f:
+        written = json.load(f)
+    bookkeeping = {"architectures", "transformers_version"}  # transformers' own, not the architecture
+    assert written == {k: v for k, v in real.items() if k not in bookkeeping}
 
 
 # --------------------------------------------------------------------------------------------------------------
