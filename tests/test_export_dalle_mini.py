@@ -77,6 +77,7 @@ def test_cli_exports_weights_config_and_tokenizer(tmp_path, capsys):
     from dalle.tokenizers import bart_bpe
 
     _, config, flat = load_fixture("normformer")
+    config = {**config, "normalize_text": True}  # its TextNormalizer: recorded by the import, written back
     src = write_dalle_mini_dir(str(tmp_path / "dm"), config, flat)
     bart_bpe.train_tiny_bpe(CAPTIONS, src, vocab_size=300)
     converted = str(tmp_path / "converted")
@@ -88,6 +89,8 @@ def test_cli_exports_weights_config_and_tokenizer(tmp_path, capsys):
     assert sorted(conv.tokenizer_files(str(out))) == sorted(conv.tokenizer_files(src))
     config_json = json.loads((out / "config.json").read_text())
     assert config_json["use_scan"] is True and config_json["model_type"] == "dallebart"
+    assert checkpoint.read_config(converted).data.text_normalizer == "dalle_mini"
+    assert config_json["normalize_text"] is True
     tree = serialization.msgpack_restore((out / "flax_model.msgpack").read_bytes())
     exported = _flatten(tree)
     assert sorted(exported) == sorted(flat)

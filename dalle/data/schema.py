@@ -183,6 +183,9 @@ config_lib.register_schema("data", data_defaults, check_data)
 ENCODED_FORMATS = ("tfrecord", "array_record")
 
 
+TEXT_NORMALIZERS = ("caption", "dalle_mini", "none")  # dalle.data.text.NORMALIZERS (not imported: ftfy is heavy)
+
+
 def real_data_defaults() -> ConfigDict:
     c = ConfigDict()
     # What `dalle data` builds and the tasks read: a name registered by a module of dalle/data/sources (built in:
@@ -201,6 +204,10 @@ def real_data_defaults() -> ConfigDict:
     c.lowercase = True
     c.ascii_fold = False  # also strip accents (dalle-mini's unidecode step)
     c.max_caption_chars = 0  # > 0: cut longer captions
+    # caption: the cleaner above (dalle.data.text) | dalle_mini: dalle-mini's TextNormalizer exactly (a converted
+    # dalle-mini with normalize_text: true; needs the `dalle-mini` extra) | none: captions as given.
+    c.text_normalizer = "caption"
+    c.word_frequency_path = ""  # dalle_mini's hashtag word list ("" = enwiki-words-frequency.txt beside the tokenizer)
     c.tokenizer_path = ""  # sentencepiece .model; `dalle tokenizer train` writes it
     c.vocab_size = 1000  # sentencepiece vocabulary size (pad 0, eos 1, unk 2 included)
     c.tokenizer_model_type = "unigram"  # unigram | bpe | word | char
@@ -245,6 +252,8 @@ def check_real_data(d: ConfigDict, _: ConfigDict):
         yield f"data.caption_word_dropout = {d.caption_word_dropout} must be < 1 (it would drop every word)"
     if d.max_text_length <= 0:
         yield f"data.max_text_length = {d.max_text_length} must be positive"
+    if d.text_normalizer not in TEXT_NORMALIZERS:
+        yield f"data.text_normalizer = {d.text_normalizer!r} is not one of {', '.join(TEXT_NORMALIZERS)}"
     if d.vocab_size < 4:
         yield f"data.vocab_size = {d.vocab_size} must be at least 4 (pad, eos, unk and one piece)"
     if d.tokenizer_model_type not in ("unigram", "bpe", "word", "char"):

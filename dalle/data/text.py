@@ -4,7 +4,8 @@ Captions scraped from the web (CC3M, CC12M, LAION) carry mojibake ("cafÃ©"), H
 (full-width letters, ligatures, non-breaking spaces, zero-width characters) and ragged whitespace. The tokenizer
 must see the same text at training time and at prompt time, so every path goes through `normalize_caption`,
 modelled on dalle-mini's `TextNormalizer` (ftfy, unicode folding, lowercasing, whitespace) but without its
-emoji/hashtag/wiki rules, which only matter for its particular crawl.
+emoji/hashtag/wiki rules, which only matter for its particular crawl. A converted dalle-mini model uses dalle-mini's
+own rules instead, exactly (`data.text_normalizer = "dalle_mini"`, dalle/data/dalle_mini_text.py).
 
 `ftfy` (pip `ftfy`) does the mojibake repair when installed; without it a built-in repair handles the common
 case of UTF-8 bytes decoded as cp1252/latin-1, so the module never fails to import.
@@ -39,6 +40,15 @@ _FOLD = str.maketrans({
 })
 
 
+# `data.text_normalizer`: which normalizer captions and prompts go through.
+#   caption     this module's cleaner (dalle's own models), driven by the options below;
+#   dalle_mini  dalle-mini's TextNormalizer, exactly (dalle/data/dalle_mini_text.py; a converted dalle-mini whose
+#               config.json says normalize_text: true); the options below other than word_frequency_path are unused;
+#   none        the text as given (a converted dalle-mini with normalize_text: false: its processor tokenizes the
+#               raw prompt, case and all).
+NORMALIZERS = ("caption", "dalle_mini", "none")
+
+
 @dataclasses.dataclass(frozen=True)
 class NormalizerOptions:
     """What `normalize_caption` does; the defaults match `data.lowercase=True` and dalle-mini's behaviour."""
@@ -48,6 +58,12 @@ class NormalizerOptions:
     remove_urls: bool = True
     remove_html: bool = True
     max_chars: int = 0  # > 0: cut very long captions (bounded tokenizer time on web crawls)
+    normalizer: str = "caption"  # one of NORMALIZERS
+    word_frequency_path: str = ""  # dalle_mini: its hashtag word list ("" = hashtags left unsplit, one warning)
+
+    def __post_init__(self):
+        if self.normalizer not in NORMALIZERS:
+            raise ValueError(f"data.text_normalizer = {self.normalizer!r} is not one of {', '.join(NORMALIZERS)}")
 
 
 def fix_mojibake(text: str) -> str:
@@ -84,9 +100,12 @@ def normalize_caption(text: str | bytes, options: NormalizerOptions = Normalizer
     dashes), URLs and tags dropped, control characters removed, whitespace collapsed, optionally lowercased.
 
     Idempotent: normalizing twice gives the same string (tested), so normalized captions may be stored.
+    `options.normalizer` other than "caption" hands the text to that normalizer instead (see NORMALIZERS).
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
+    if options.normalizer != "caption":
+        return _other_normalizer(text, options)
     if options.max_chars > 0:
         text = text[: options.max_chars * 2]
     text = fix_mojibake(text)
@@ -112,10 +131,31 @@ def normalize_caption(text: str | bytes, options: NormalizerOptions = Normalizer
     return text
 
 
+def _other_normalizer(text: str, options: NormalizerOptions) -> str:
+    """`none` and `dalle_mini`. The empty caption stays empty under both: it is the unconditional prompt, which
+    dalle-mini tokenizes unnormalized ("<s></s>"; its processor's `input_ids_uncond`, and its training blanks
+    captions after normalizing them)."""
+    if options.normalizer == "none" or not text:
+        return text
+    from dalle.data import dalle_mini_text
+
+    return dalle_mini_text.normalizer(options.word_frequency_path)(text)
+
+
 def options_from_config(data_config) -> NormalizerOptions:
-    """Normalizer options from the `data` config section (keys `lowercase`, `ascii_fold`, `max_caption_chars`)."""
+    """Normalizer options from the `data` config section (keys `lowercase`, `ascii_fold`, `max_caption_chars`,
+    `text_normalizer`, `word_frequency_path`; for dalle_mini without the last, dalle-mini's
+    enwiki-words-frequency.txt is looked for beside the tokenizer files, where `dalle convert dalle-mini` puts it)."""
+    normalizer = str(data_config.get("text_normalizer", "caption") or "caption")
+    word_frequency = str(data_config.get("word_frequency_path", "") or "")
+    if normalizer == "dalle_mini" and not word_frequency:
+        from dalle.data import dalle_mini_text
+
+        word_frequency = dalle_mini_text.find_word_frequency(str(data_config.get("tokenizer_path", "") or ""))
     return NormalizerOptions(
         lowercase=bool(data_config.get("lowercase", True)),
         ascii_fold=bool(data_config.get("ascii_fold", False)),
         max_chars=int(data_config.get("max_caption_chars", 0)),
+        normalizer=normalizer,
+        word_frequency_path=word_frequency,
     )

@@ -14,7 +14,10 @@ OUT/tokenizer (read with `dalle.tokenizers.bart_bpe.BpeVocabulary`). The VQGAN t
 A vqgan-jax VQGAN is converted into OUT/vqgan (dalle/modeling/vqgan/convert.py); a converted one is recorded where
 it is. OUT's config records `data.tokenizer_path = "tokenizer"` and `data.vqgan_checkpoint = "vqgan"` (or the
 converted VQGAN's absolute path): relative paths resolve from OUT (`model_dir.resolve_path`), so OUT works from
-any working directory and can be moved. `--weights-only` converts the transformer alone (for `model.init_from` /
+any working directory and can be moved. Prompts are normalized as dalle-mini's processor does: `data.text_normalizer
+= "dalle_mini"` (its TextNormalizer, dalle/data/dalle_mini_text.py) when config.json says `normalize_text: true`,
+else "none" (the raw prompt); its hashtag word list, `enwiki-words-frequency.txt`, is copied with the tokenizer
+files when DIR has it. `--weights-only` converts the transformer alone (for `model.init_from` /
 `model.encoder_init`), without requiring a tokenizer or a VQGAN.
 
 `load` does the same in memory (no OUT): `dalle.generation.Generator.from_pretrained` uses it on a raw DIR.
@@ -340,7 +343,10 @@ def read_dalle_mini_dir(directory: str, weights: bool = True) -> tuple[dict, dic
     return config_json, _flatten(tree)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+# The last is dalle-mini's hashtag word list (its TextNormalizer downloads it from the dalle-mini/dalle-mini repo):
+# copied with the tokenizer when the source has it, and read from the tokenizer directory (dalle.data.text).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+                   "enwiki-words-frequency.txt")
 
 
 def tokenizer_files(directory: str) -> tuple[str, ...]:
@@ -490,8 +496,11 @@ def load(src: str, vqgan: str = "", dtype: str | None = None, weights_only: bool
     stages.start("convert")
     model_cfg, params = convert(config_json, flat, dtype)
     del flat
-    data = ConfigDict({"max_text_length": model_cfg.max_text_length, "lowercase": True,
-                       "ascii_fold": bool(config_json.get("normalize_text", False)),
+    # dalle-mini's processor runs its TextNormalizer when normalize_text is true, else tokenizes the raw prompt.
+    # (ascii_fold stays as the exporter's record of normalize_text.)
+    normalize = bool(config_json.get("normalize_text", False))
+    data = ConfigDict({"max_text_length": model_cfg.max_text_length, "lowercase": True, "ascii_fold": normalize,
+                       "text_normalizer": "dalle_mini" if normalize else "none",
                        "tokenizer_path": os.path.abspath(src) if tokenizer else "",
                        "vqgan_checkpoint": os.path.abspath(vq) if vq else ""})
     return Converted(ConfigDict({"model": model_cfg, "data": data}), params, os.path.abspath(src),

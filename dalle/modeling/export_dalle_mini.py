@@ -190,7 +190,10 @@ def export(checkpoint_dir: str, out: str, *, scanned: bool = True) -> str:
 
     config, params = checkpoint.load_model(checkpoint_dir)
     params = {m: {p: np.asarray(v) for p, v in d.items()} for m, d in params.items()}
-    normalize = bool(config.data.get("ascii_fold", False)) if "data" in config else False
+    data = config.data if "data" in config else {}
+    # dalle-mini's normalize_text: its TextNormalizer (text_normalizer "dalle_mini"; models converted before that
+    # key recorded it as ascii_fold).
+    normalize = data.get("text_normalizer", "dalle_mini" if data.get("ascii_fold", False) else "") == "dalle_mini"
     config_json = dalle_mini_config(config.model, scanned=scanned, normalize_text=normalize)
     flat = export_params(params, config.model, scanned=scanned)
     home = checkpoint.exported_model_dir(checkpoint_dir) or checkpoint_dir
