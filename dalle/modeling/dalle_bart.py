@@ -50,6 +50,16 @@ def subln_gain(cfg: ConfigDict, part: str) -> float:
     return math.sqrt(math.log(3 * m))
 
 
+ENCODER_SWITCHES = ("ln_positions", "use_bias", "use_glu", "activation_function")
+
+
+def encoder_overrides(cfg: ConfigDict) -> dict[str, Any]:
+    """The spec fields the text encoder sets itself (`model.encoder_<key>` when not None; schema._text_encoder),
+    so a pretrained BART / BERT encoder can sit under a decoder of another kind."""
+    out = {k: cfg.get(f"encoder_{k}") for k in ENCODER_SWITCHES if cfg.get(f"encoder_{k}") is not None}
+    return {**out, "norm_eps": cfg.get("encoder_layer_norm_eps", layers.NORM_EPS)}
+
+
 def make_spec(cfg: ConfigDict, part: str) -> layers.TransformerSpec:
     enc = part == "encoder"
     alpha, gain, cross_gain = 1.0, 1.0, 1.0
@@ -60,6 +70,7 @@ def make_spec(cfg: ConfigDict, part: str) -> layers.TransformerSpec:
         gain = subln_gain(cfg, part)
     return layers.TransformerSpec.from_config(
         cfg,
+        **(encoder_overrides(cfg) if enc else {}),
         num_heads=cfg.encoder_attention_heads if enc else cfg.decoder_attention_heads,
         ffn_dim=cfg.encoder_ffn_dim if enc else cfg.decoder_ffn_dim,
         sinkhorn_iters=cfg.sinkhorn_iters if enc else 1,
@@ -103,7 +114,11 @@ class _Stack(hk.Module):
             x = x * math.sqrt(cfg.d_model)
         if cfg.use_absolute_position_embeddings:
             x = x + layers.Embed(length, cfg.d_model, self.policy, cfg.init_std, name="embed_positions")(positions)[None]
-        x = layers.Norm(cfg.ln_type, use_scale=True, name="layernorm_embedding")(x)
+        types = cfg.get("encoder_token_types", 0) if enc_side else 0
+        if types:  # BERT's token types: every caption token is type 0
+            x = x + layers.Embed(types, cfg.d_model, self.policy, cfg.init_std, name="embed_token_types")(
+                jnp.zeros_like(ids))
+        x = layers.Norm(cfg.ln_type, use_scale=True, name="layernorm_embedding", eps=spec.norm_eps)(x)
         x = layers.dropout(x, cfg.dropout, is_training)
 
         n = cfg.encoder_layers if self.part == "encoder" else cfg.decoder_layers
@@ -203,5 +218,6 @@ def param_rules(prefix: str = "dalle_bart") -> tuple[tuple[str, tuple], ...]:
     """Regex over Haiku paths -> logical axes (a leading `layers` axis is added for scanned params)."""
     return (
         (r"embed_tokens/embedding$", ("vocab", "embed")),
+        (r"embed_token_types/embedding$", (None, "embed")),
         (r"lm_head/kernel$", ("embed", "vocab")),
     ) + layers.block_param_rules()

@@ -114,6 +114,7 @@ class TransformerSpec:
     dropout: float = 0.0
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
+    norm_eps: float = NORM_EPS  # BERT / RoBERTa encoders use 1e-12 (model.encoder_layer_norm_eps)
     # DeepNet: residual * alpha + f(x), and v/out/ffn kernels initialised with gain beta.
     residual_gain: float = 1.0
     init_gain: float = 1.0  # gain of v_proj/out_proj (self-attention) and FFN kernels (deepnet or subln init)
@@ -155,7 +156,8 @@ class TransformerSpec:
 
     def norm(self, site: str, name: str) -> "Norm":
         """The norm at `site` (one of `norm_placement.SITES`), with or without a scale as that site wants."""
-        return Norm(self.ln_type, use_scale=norm_placement.use_scale(site, self.force_ln_scale), name=name)
+        return Norm(self.ln_type, use_scale=norm_placement.use_scale(site, self.force_ln_scale), name=name,
+                    eps=self.norm_eps)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -168,12 +170,13 @@ class Norm(hk.Module):
     be redundant with the kernel; such norms then carry only a bias.
     """
 
-    def __init__(self, ln_type: str, use_scale: bool = True, name: str | None = None):
+    def __init__(self, ln_type: str, use_scale: bool = True, name: str | None = None, eps: float = NORM_EPS):
         super().__init__(name=name)
         if ln_type not in LN_TYPES:
             raise ValueError(f"unknown ln_type {ln_type!r} (known: {LN_TYPES})")
         self.ln_type = ln_type
         self.use_scale = use_scale
+        self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype
@@ -182,9 +185,9 @@ class Norm(hk.Module):
         if self.ln_type == "layernorm":
             mean = jnp.mean(x, axis=-1, keepdims=True)
             var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-            y = (x - mean) * jax.lax.rsqrt(var + NORM_EPS)
+            y = (x - mean) * jax.lax.rsqrt(var + self.eps)
         else:
-            y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + NORM_EPS)
+            y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
         if self.use_scale:
             y = y * hk.get_parameter("scale", [dim], jnp.float32, init=jnp.ones)
         if self.ln_type == "layernorm":

@@ -73,7 +73,20 @@ def dalle_bart_defaults() -> ConfigDict:
     c.sinkhorn_iters = 1
     c.use_final_ln_encoder = True
     c.use_final_ln_decoder = True
+    _text_encoder(c)
     return c
+
+
+def _text_encoder(c: ConfigDict) -> None:
+    """The text encoder's own switches, so that a pretrained encoder (`model.encoder_init` = a Hugging Face BART,
+    BERT or RoBERTa directory, dalle/modeling/hf_encoders.py) fits under a decoder built otherwise. None = the
+    shared key without the `encoder_` prefix; every default is the encoder dalle-mini has."""
+    c.encoder_ln_positions = None  # e.g. "postln" for BART / BERT / RoBERTa
+    c.encoder_use_bias = None  # biases of the attention projections and FFN
+    c.encoder_use_glu = None
+    c.encoder_activation_function = None  # "gelu" is the exact (erf) GELU of BART and BERT
+    c.encoder_layer_norm_eps = 1e-5  # BERT and RoBERTa: 1e-12
+    c.encoder_token_types = 0  # > 0: a token-type table (BERT's [types, d]) whose row 0 is added to every token
 
 
 def decoder_only_defaults() -> ConfigDict:
@@ -145,6 +158,23 @@ def check_dalle_bart(m: ConfigDict, _: ConfigDict):
         # dalle-mini asserts it for post-LN, whose layers already end with a norm (no final_ln is created).
         yield (f"model.use_final_ln_encoder/decoder must be True with ln_positions {m.ln_positions} "
                "(as dalle-mini requires)")
+    yield from _check_text_encoder(m)
+
+
+def _check_text_encoder(m: ConfigDict):
+    checks = {"encoder_ln_positions": (str, norm_placement.names()), "encoder_use_bias": (bool, None),
+              "encoder_use_glu": (bool, None), "encoder_activation_function": (str, ACTIVATIONS)}
+    for key, (kind, allowed) in checks.items():
+        value = m.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (allowed is not None and value not in allowed):
+            want = f"one of {allowed}" if allowed is not None else kind.__name__
+            yield f"model.{key} = {value!r}: expected None (= model.{key[len('encoder_'):]}) or {want}"
+    if not m.encoder_layer_norm_eps > 0:
+        yield f"model.encoder_layer_norm_eps = {m.encoder_layer_norm_eps} must be positive"
+    if m.encoder_token_types < 0:
+        yield f"model.encoder_token_types = {m.encoder_token_types} must be >= 0 (0 = no token-type embedding)"
 
 
 CODE_FEATURE_SOURCES = ("codebook", "codebook_pixels")

@@ -4,7 +4,8 @@ State: {"params", "opt_state", "step"}. Gradient accumulation runs `train.grad_a
 `lax.scan` inside the jitted step (one compile, memory of one microbatch). `train.freeze_encoder` and
 `train.embeddings_only` select trainable params (the rest get no updates and no optimizer state);
 `model.init_from` starts every param from a converted or trained model (whole-model fine-tuning) and
-`model.encoder_init` the text encoder alone (over init_from's, when both are set).
+`model.encoder_init` the text encoder alone (over init_from's, when both are set), also from a Hugging Face BART,
+BERT or RoBERTa directory (dalle/modeling/hf_encoders.py).
 """
 
 from __future__ import annotations
@@ -61,10 +62,29 @@ class DalleTask(Task):
         if m.get("init_from", ""):
             state = self._copy_params(state, m.init_from, "model.init_from", lambda key: True)
         if m.get("encoder_init", ""):
-            state = self._copy_params(state, m.encoder_init, "model.encoder_init", self.model.encoder_param_filter)
+            state = self._init_encoder(state, m.encoder_init)
         if m.get("image_code_features", 0):
             state = self._put_code_features(state)
         return state
+
+    def _init_encoder(self, state: dict, path: str) -> dict:
+        """`model.encoder_init`: a saved model's text encoder, or a Hugging Face BART / BERT / RoBERTa directory's
+        (dalle/modeling/hf_encoders.py converts it; the run's model section must describe that encoder)."""
+        from dalle.modeling import hf_encoders
+
+        if not hf_encoders.is_hf_encoder_dir(path):
+            return self._copy_params(state, path, "model.encoder_init", self.model.encoder_param_filter)
+        target = {k: tuple(np.shape(v)) for k, v in sharding.to_mapping(state["params"]).items()
+                  if self.model.encoder_param_filter(k)}
+        src = hf_encoders.load_encoder(path, self.config.model, target)
+
+        def put(p, leaf):
+            name = sharding.path_str(p)
+            if name in src:
+                return jax.device_put(jnp.asarray(src[name], leaf.dtype), leaf.sharding)
+            return leaf
+
+        return {**state, "params": jax.tree_util.tree_map_with_path(put, state["params"])}
 
     def _copy_params(self, state: dict, path: str, key: str, selected: Callable[[str], bool]) -> dict:
         """The state with every param `selected` by path copied from the model saved in `path` (a model directory
