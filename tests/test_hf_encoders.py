@@ -5,6 +5,7 @@ whose model section does not describe the encoder is refused with the keys to se
 # bazel: manual  (trains a few steps: `make test` runs it with pytest; Bazel runs the fast tests)
 
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -98,22 +99,81 @@ def test_every_switch_matters():
         assert error(**{key: value}) > 10 * right, key
 
 
+def _torch_state(kind: str) -> dict[str, np.ndarray]:
+    """The fixture's weights as transformers' PyTorch models save them: dotted names, [out, in] Linear weights,
+    `weight` for norm scales and embeddings, BART's tied `encoder.embed_tokens.weight` copy of `shared.weight`, and
+    BERT's / RoBERTa's int64 `embeddings.position_ids` buffer (saved until transformers 4.31)."""
+    out = {}
+    for key, value in hf_encoders.read_weights(_dir(kind)).items():
+        path, _, leaf = key.rpartition("/")
+        name = path.replace("/", ".")
+        if leaf == "kernel":
+            out[f"{name}.weight"] = np.ascontiguousarray(value.T)
+        else:
+            out[f"{name}.{'weight' if leaf in ('scale', 'embedding') else leaf}"] = value
+    if kind == "bart":
+        out["encoder.embed_tokens.weight"] = out["shared.weight"].copy()
+    else:
+        rows = int(hf_encoders.read_config(_dir(kind))["max_position_embeddings"])
+        out["embeddings.position_ids"] = np.arange(rows, dtype=np.int64)[None]
+    return out
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_pytorch_names_map_to_the_flax_layout(kind):
     """A safetensors file holds PyTorch names and [out, in] Linear weights: renamed, it is the msgpack's tree."""
     flax = hf_encoders.read_weights(_dir(kind))
-
-    def torch_name(key: str, value: np.ndarray) -> tuple[str, np.ndarray]:
-        path, _, leaf = key.rpartition("/")
-        if leaf == "kernel":
-            return f"{path.replace('/', '.')}.weight", value.T
-        return f"{path.replace('/', '.')}.{'weight' if leaf in ('scale', 'embedding') else leaf}", value
-
-    torch = dict(torch_name(k, v) for k, v in flax.items())
+    torch = {k: v for k, v in _torch_state(kind).items()
+             if k not in ("encoder.embed_tokens.weight", "embeddings.position_ids")}  # not in the msgpack
     back = hf_encoders.torch_to_flax_names(torch)
     assert back.keys() == flax.keys()
     for k in flax:
         np.testing.assert_array_equal(back[k], flax[k], err_msg=k)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_safetensors_directory_converts_to_the_msgpack_params(kind, tmp_path):
+    """DIR with config.json and model.safetensors in PyTorch naming (no msgpack) is an encoder directory whose
+    converted params are exactly the msgpack's: same names, shapes, dtypes and bits."""
+    from safetensors.numpy import save_file
+
+    shutil.copy(os.path.join(_dir(kind), "config.json"), tmp_path)
+    save_file(_torch_state(kind), str(tmp_path / hf_encoders.SAFETENSORS))
+    hf = hf_encoders.read_config(str(tmp_path))
+    assert hf is not None and hf_encoders.is_hf_encoder_dir(str(tmp_path))
+    want = hf_encoders.convert_params(hf_encoders.read_weights(_dir(kind)), hf, 12)
+    got = hf_encoders.convert_params(hf_encoders.read_weights(str(tmp_path)), hf, 12)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == want[k].dtype == np.float32, k
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    model = model_lib.build_model(_model_section(kind))
+    loaded = hf_encoders.load_encoder(str(tmp_path), model.config, _encoder_targets(model))
+    assert loaded.keys() == want.keys()
+
+
+def test_bert_tokenizer_and_encoder_give_transformers_hidden_states_for_raw_captions():
+    """End to end from strings: the BERT directory as data.tokenizer_path (dalle.tokenizers.wordpiece, through
+    dalle's caption encoder) and as model.encoder_init gives transformers' BertTokenizer + FlaxBertModel hidden
+    states for raw captions (case, accents, CJK, unknown words, truncation, the empty caption)."""
+    from dalle.data import tasks
+    from dalle.data import text as text_lib
+    from dalle.tokenizers import sentencepiece as tokenizer_lib
+
+    with np.load(os.path.join(_dir("bert"), "wordpiece.npz")) as z:
+        ref = {k: z[k] for k in z.files}
+    vocab = tokenizer_lib.load_vocabulary(_dir("bert"))
+    model = model_lib.build_model(_model_section("bert"))
+    ids = tasks.encode_captions([str(c) for c in ref["captions"]], vocab, model.max_text_length,
+                                text_lib.NormalizerOptions(normalizer="none"))
+    np.testing.assert_array_equal(ids, ref["input_ids"])
+    params = _with(model_lib.random_params(model),
+                   hf_encoders.load_encoder(_dir("bert"), model.config, _encoder_targets(model)))
+    hidden, mask = model.apply(params, "encode", jnp.asarray(ids))
+    np.testing.assert_array_equal(np.asarray(mask), ref["attention_mask"].astype(bool))
+    diff = np.abs(np.asarray(hidden) - ref["hidden"])
+    print(f"bert from raw captions: max |ours - transformers| = {diff.max():.2e}")
+    assert diff.max() < 1e-4
 
 
 @pytest.mark.parametrize("kind", ["bart", "roberta"])

@@ -13,6 +13,12 @@ trained here on a few captions; BERT: a hand-written WordPiece vocab.txt + token
 `input_ids` / `attention_mask` (the HF tokenizer's, right-padded to max_length) and `hidden` (the encoder's last
 hidden states, float32). Weights are transformers' init plus noise on *every* parameter (norm scales and biases
 too), so swapping any two of them, or dropping one, changes the output. Read by tests/test_hf_encoders.py.
+
+bert/ also holds `wordpiece.npz`, the reference for dalle.tokenizers.wordpiece (tests/test_wordpiece.py): RAW_CAPTIONS
+(case, accents, CJK, punctuation, unknown and over-long words, control characters, an empty caption) as the slow
+`BertTokenizer` ids them, uncased (`ids`, untruncated, -1 padded) and with do_lower_case=False (`cased_ids`), and
+right-padded to max_length (`input_ids`, `attention_mask`) with the encoder's last hidden states for those
+(`hidden`). The fast tokenizer is checked to agree before anything is written.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ CAPTIONS = ["a red circle on a blue square", "two green triangles", "a small yel
 # Enough vocabulary for the tiny shapes pipeline's sentencepiece ids (< 64) to be valid in every fixture.
 SIZES = dict(hidden=32, layers=2, heads=2, ffn=48, max_positions=20)
 
+# Captions for the WordPiece reference: raw strings, each exercising a step of BERT's tokenization.
+RAW_CAPTIONS = ["A Red Circle on a BLUE square", "Café crème: two green triangles!",
+                "the star \u661f is above 3 big squares.", "  blue\tsquare\n", "tri\u200bangle", "",
+                "x" * 120 + " star",
+                "a small yellow star above a big purple circle and a red triangle", "[MASK] circle [SEP] red"]
 # A hand-written WordPiece vocabulary (BERT's special tokens first, [PAD] = 0 as in bert-base).
 BERT_WORDS = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,")
               + ["a", "red", "blue", "green", "yellow", "purple", "circle", "square", "triangle", "star", "two",
@@ -84,6 +95,48 @@ def _wordpiece_tokenizer(directory: str):
     return hf
 
 
+def _padded(rows, fill: int = -1):
+    import numpy as np
+
+    out = np.full((len(rows), max(len(r) for r in rows)), fill, np.int32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def _wordpiece_reference(directory: str, model) -> None:
+    """bert/wordpiece.npz (see the module docstring). Slow BertTokenizer ids, which the fast one must match (also
+    when tokenizer_config.json's do_lower_case=false overrides the lowercasing tokenizer.json of a copy)."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+    from transformers import BertTokenizer, BertTokenizerFast
+
+    uncased = BertTokenizer.from_pretrained(directory)
+    vocab = os.path.join(directory, "vocab.txt")
+    cased = BertTokenizer(vocab_file=vocab, do_lower_case=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in ("vocab.txt", "tokenizer.json", "special_tokens_map.json"):
+            shutil.copy(os.path.join(directory, f), tmp)
+        cased.save_pretrained(tmp)  # tokenizer_config.json with do_lower_case=false; tokenizer.json still lowercases
+        shutil.copy(os.path.join(directory, "tokenizer.json"), tmp)
+        cased_fast = BertTokenizerFast.from_pretrained(tmp)
+        checks = [(uncased, BertTokenizerFast.from_pretrained(directory)), (cased, cased_fast)]
+        for slow, fast in checks:
+            for caption in RAW_CAPTIONS:
+                assert slow(caption)["input_ids"] == fast(caption)["input_ids"], (caption, slow, fast)
+    ids = [uncased(c)["input_ids"] for c in RAW_CAPTIONS]
+    cased_ids = [cased(c)["input_ids"] for c in RAW_CAPTIONS]
+    assert ids != cased_ids  # the captions tell the two apart
+    batch = uncased(RAW_CAPTIONS, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="np")
+    input_ids, mask = batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(np.int32)
+    hidden = model(input_ids=input_ids, attention_mask=mask, token_type_ids=np.zeros_like(input_ids)).last_hidden_state
+    np.savez_compressed(os.path.join(directory, "wordpiece.npz"), captions=np.array(RAW_CAPTIONS),
+                        ids=_padded(ids), cased_ids=_padded(cased_ids), input_ids=input_ids, attention_mask=mask,
+                        hidden=np.asarray(hidden, np.float32))
+
+
 def make(kind: str, seed: int) -> str:
     import numpy as np
     from transformers import (BartConfig, BertConfig, FlaxBartModel, FlaxBertModel, FlaxRobertaModel,
@@ -123,6 +176,8 @@ def make(kind: str, seed: int) -> str:
         hidden = model(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids)).last_hidden_state
     np.savez_compressed(os.path.join(directory, "golden.npz"), input_ids=ids, attention_mask=mask,
                         hidden=np.asarray(hidden, np.float32), captions=np.array(CAPTIONS))
+    if kind == "bert":
+        _wordpiece_reference(directory, model)
     return directory
 
 

@@ -15,7 +15,9 @@ stays as it is). What differs, and where it goes:
 Position tables are cut to `max_text_length` rows from the offset on (right-padded captions are what the data
 pipeline makes, so the i-th token has position i + offset, as RoBERTa computes it; only padding positions, whose
 outputs every key mask drops, see other rows). Our text pad id is 0: where the source's pad id is not, rows 0 and
-pad are swapped in the token table (BART / RoBERTa: <s> = 0, <pad> = 1, as dalle.tokenizers.bart_bpe swaps ids).
+pad are swapped in the token table (BART / RoBERTa: <s> = 0, <pad> = 1, as dalle.tokenizers.bart_bpe swaps ids;
+a BERT vocabulary whose [PAD] is not 0 is swapped the same way by dalle.tokenizers.wordpiece). The directory itself
+is the run's `data.tokenizer_path`: its tokenizer files are read by those two modules.
 """
 
 from __future__ import annotations
@@ -85,12 +87,20 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]
     return out
 
 
+# Registered buffers PyTorch BERT / RoBERTa save beside the weights (`embeddings.position_ids`, persistent until
+# transformers 4.31): index tables, not params, which the msgpack never has.
+_TORCH_BUFFERS = ("position_ids", "token_type_ids")
+
+
 def torch_to_flax_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A PyTorch-named state dict (`encoder.layer.0.attention.self.query.weight`, [out, in] Linear weights) ->
-    the Flax names and layouts `save_pretrained` writes to msgpack (`.../query/kernel`, [in, out])."""
+    the Flax names and layouts `save_pretrained` writes to msgpack (`.../query/kernel`, [in, out]); buffers are
+    dropped."""
     out = {}
     for name, value in state.items():
         module, _, leaf = name.rpartition(".")
+        if leaf in _TORCH_BUFFERS:
+            continue
         last = module.rpartition(".")[2]
         path = module.replace(".", "/")
         value = np.asarray(value)

@@ -138,11 +138,12 @@ def load_vocabulary(model_path: str):
 
     if not model_path:
         raise ValueError("data.tokenizer_path is empty: train one with `dalle tokenizer train --config ...`")
-    if os.path.isdir(model_path) or model_path.endswith(".json"):
-        # A converted dalle-mini checkpoint's BART BPE (tokenizer.json, or vocab.json + merges.txt).
-        from dalle.tokenizers import bart_bpe as bpe_vocab
+    if os.path.isdir(model_path) or model_path.endswith((".json", "vocab.txt")):
+        # A Hugging Face tokenizer directory: BART / RoBERTa byte-level BPE (a converted dalle-mini's too) or BERT
+        # WordPiece, told apart by the files it holds.
+        from dalle.tokenizers import wordpiece
 
-        return bpe_vocab.BpeVocabulary(model_path)
+        return wordpiece.vocabulary(model_path)
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"data.tokenizer_path {model_path!r} does not exist: "
                                 f"train it with `dalle tokenizer train --config ...`")
