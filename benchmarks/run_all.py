@@ -22,6 +22,7 @@ from benchmarks import common, peers
 BENCHMARKS = (
     ("generation", "benchmarks.bench_generation", True, True),
     ("decode_floor", "benchmarks.decode_floor", True, True),
+    ("precision", "benchmarks.bench_precision", True, True),
     ("train_step", "benchmarks.bench_train_step", True, True),
     ("vqgan_speed", "benchmarks.bench_vqgan", True, True),
     ("vqgan_quality", "benchmarks.bench_vqgan_quality", False, False),  # ~10 min of VQGAN training; full only

@@ -87,6 +87,49 @@ def test_matmul_peak_is_positive():
     assert out["peak_gflops"] > 0 and out["at_size"] in (64, 128)
 
 
+def test_precision_weight_memory_comes_from_the_model_shapes():
+    from benchmarks import bench_precision
+
+    mini = bench_precision.weight_memory("mini")
+    assert mini["params"] == 538_593_280  # config/mini's 538.6 M
+    assert mini["bytes"] == {"float32": 4 * mini["params"], "bfloat16": 2 * mini["params"],
+                             "float16": 2 * mini["params"]}
+    assert 2.5e9 < bench_precision.weight_memory("mega")["params"] < 2.7e9  # dalle-mega's ~2.6 B
+    assert _check_table(bench_precision.memory_table(("mini",))) == 1
+
+
+def test_precision_agreement_counts_tokens_and_first_differences():
+    import numpy as np
+
+    from benchmarks import bench_precision
+
+    ref = np.arange(12).reshape(3, 4)
+    got = ref.copy()
+    got[1, 2] = -1
+    got[2, 0] = got[2, 3] = -1
+    a = bench_precision.agreement(ref, got)
+    assert (a["matching"], a["total"], a["images_equal"], a["images"]) == (9, 12, 1, 3)
+    assert a["first_diff"] == [4, 2, 0]  # 4 = the image length: no difference
+    with pytest.raises(ValueError, match="cannot be compared"):
+        bench_precision.agreement(ref, got[:2])
+
+
+def test_precision_measure_times_every_dtype_on_the_same_prompts():
+    from benchmarks import bench_precision
+    from dalle.modeling import presets
+
+    cfg = presets.micro(image_vocab_size=64)  # top-k 50 needs 50 codes
+    log = []
+    res = bench_precision.measure(cfg, ["float32", "bfloat16"], [2], repeats=2, decode_kernels="xla",
+                                  log=log.append)
+    for d in ("float32", "bfloat16"):
+        t = res["timing"][(2, d)]
+        assert len(t["runs"]) == 2 and t["median"] > 0 and t["compile"] > 0 and t["kernels"] == "xla"
+        assert res["greedy"][d].shape == (2, cfg.image_length)
+    timed = [line.split(":")[0].split()[-1] for line in log if ": run " in line]
+    assert timed == ["float32", "bfloat16", "bfloat16", "float32"]  # interleaved, the order rotating
+
+
 def _check_table(text: str) -> int:
     """Every markdown table in `text` has a header, a separator and rows of the same width; returns row count."""
     rows = 0
@@ -111,7 +154,8 @@ def test_run_all_quick_writes_well_formed_tables(tmp_path):
     r = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--quick", "--no-setup", "--out", str(tmp_path)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    expected = {"generation_mini": 2, "generation_shapes_tiny": 2, "decode_floor": 2, "train_step": 4, "vqgan_speed": 2, "generate_latency": 2}
+    expected = {"generation_mini": 2, "generation_shapes_tiny": 2, "decode_floor": 2, "train_step": 4, "vqgan_speed": 2, "generate_latency": 2,
+                "precision": 4 + 1 + 2}  # timing (2 batches x 2 dtypes), greedy agreement, weight memory
     for name, n in expected.items():
         text = (tmp_path / f"{name}.md").read_text()
         assert "Command: `" in text and "Measured " in text
