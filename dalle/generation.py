@@ -176,6 +176,8 @@ class Generator:
                 config.data[key] = checkpoint.resolve_path(home, config.data[key])
         if "sampling" in config and config.sampling.get("clip_checkpoint"):
             config.sampling.clip_checkpoint = checkpoint.resolve_path(home, config.sampling.clip_checkpoint)
+        if config.data.get("word_frequency_path"):  # dalle-mini's hashtag word list, also stored relative
+            config.data.word_frequency_path = checkpoint.resolve_path(home, config.data.word_frequency_path)
         return cls.from_parts(config, params, mesh, tokenizer_path, vqgan_checkpoint, decode_kernels=decode_kernels,
                               dtype=dtype)
 

@@ -136,6 +136,10 @@ def test_bad_word_list_and_missing_extra_are_named(tmp_path, monkeypatch):
     try:
         with pytest.raises(dalle_mini_text.MissingExtraError, match=r"unidecode.*pip install 'dalle\[dalle-mini\]'"):
             dalle_mini_text.DalleMiniNormalizer(WORDS)
+        # A converted model still draws on a plain install: dalle's own cleaner, with one warning naming the extra.
+        options = text.NormalizerOptions(normalizer="dalle_mini", lowercase=False)
+        with pytest.warns(UserWarning, match=r"dalle\[dalle-mini\].*caption cleaner"):
+            assert text.normalize_caption("Café  AU Lait", options) == "cafe au lait"
     finally:
         dalle_mini_text._libraries.cache_clear()
 

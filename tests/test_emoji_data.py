@@ -191,6 +191,19 @@ def test_openmoji_is_a_third_style_named_by_emoji_json(built_with_openmoji):
         assert held_styles.get(ex["emoji"].decode()) != ex["vendor"].decode()
 
 
+def test_code_points_join_either_way_round_and_filtered_emoji_are_not_unnamed():
+    """FE0F written by emoji.json but not by openmoji.json joins too; an emoji of a category left out by
+    data.emoji_categories is dropped, not counted as one emoji.json does not name."""
+    named_by = [{"name": "RED HEART", "unified": "2764-FE0F", "category": "Smileys & Emotion"},
+                {"name": "DOG FACE", "unified": "1F436", "category": "Animals & Nature"}]
+    om = [{"hexcode": "2764"}, {"hexcode": "1F436"}, {"hexcode": "E000"}]
+    svgs = {f"{h}.svg": H.openmoji_svg(h) for h in ("2764", "1F436", "E000")}
+    unnamed: list[str] = []
+    images = list(emoji_lib.openmoji_images(om, svgs, named_by, ["Smileys & Emotion"], unnamed=unnamed))
+    assert [(i.variant, i.name) for i in images] == [("2764-FE0F", "red heart")]
+    assert unnamed == ["openmoji/E000"]
+
+
 def test_openmoji_alone_is_refused_by_the_config(tmp_path):
     pin = H.write_openmoji_package(str(tmp_path / "npm"), H.emoji_entries(2, 1))
     with pytest.raises(config_lib.ConfigError, match="openmoji needs an emoji-datasource-<vendor> package"):
@@ -200,10 +213,25 @@ def test_openmoji_alone_is_refused_by_the_config(tmp_path):
 
 
 def test_an_svg_renders_like_a_png_of_the_same_drawing():
-    svg = H.openmoji_svg("1F44D-1F3FB")
+    import io
+
+    from PIL import Image, ImageDraw
+
+    svg = H.openmoji_svg("1F44D-1F3FB")  # a disc of radius 23 in a 72-unit box, skin fill, 2-unit black outline
     image = emoji_lib.render(svg, 32, (255, 255, 255), image_format="svg")
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
     assert tuple(image[16, 16].astype(int)) == pytest.approx(H.EMOJI_SKIN_RGB["1F3FB"], abs=8)
+
+    def disc(r: float) -> np.ndarray:
+        drawn = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+        ImageDraw.Draw(drawn).ellipse((32 - r, 32 - r, 32 + r, 32 + r), fill=H.EMOJI_SKIN_RGB["1F3FB"] + (255,),
+                                      outline=(0, 0, 0, 255), width=2)
+        buf = io.BytesIO()
+        drawn.save(buf, format="PNG")
+        return emoji_lib.render(buf.getvalue(), 32, (255, 255, 255)).astype(int)
+
+    same, smaller = (np.abs(image.astype(int) - disc(r)).mean() for r in (23 * 64 / 72, 18 * 64 / 72))
+    assert same < 10 and smaller > 2 * same  # the same picture up to edge antialiasing; a smaller disc is not
     with pytest.raises(ValueError):
         emoji_lib.render(b"<svg not closed", 32, (255, 255, 255), image_format="svg")
 

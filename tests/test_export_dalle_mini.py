@@ -1,12 +1,17 @@
 """`dalle export dalle-mini`: the inverse of `dalle convert dalle-mini`. Exporting a converted golden fixture (made
 by the real dalle-mini package, tools/make_dalle_mini_fixtures.py) gives back dalle-mini's own parameter tree and
 config; the other layout converts back to the same parameters and the fixture's logits; what dalle-mini cannot
-express is refused by name."""
+express is refused by name. And dalle-mini itself loads our exports: tools/make_export_check_fixtures.py ran
+`DalleBart.from_pretrained` (and its processor) on exports of models of ours, and its logits are checked here against
+ours, on exports that today's exporter must still write byte for byte."""
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +29,8 @@ from tests.published_layouts import CAPTIONS, FIXTURES, load_fixture, write_dall
 from tests.test_convert_dalle_mini import our_text
 
 IDS = [os.path.basename(p)[11:-4] for p in FIXTURES]
+# Exports of models of ours that dalle-mini loaded (tools/make_export_check_fixtures.py).
+EXPORT_CHECKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "fixtures", "export_check_*.npz")))
 # The config.json keys that decide the model dalle-mini builds.
 ARCHITECTURE_KEYS = sorted(set(conv._COPIED) | {"activation_function", "image_vocab_size", "decoder_start_token_id",
                                                 "bos_token_id", "eos_token_id", "pad_token_id", "use_scan",
@@ -61,7 +68,12 @@ def test_the_other_layout_converts_back_to_the_same_model(path):
     cfg, params = conv.convert(config, flat)
     params = jax.device_get(params)
     other = not config["use_scan"]
-    config_json = export.dalle_mini_config(cfg, scanned=other)
+    if other and cfg.ln_positions == "swinv2":  # dalle-mini's config refuses scanned Swin v2: so does the export
+        with pytest.raises(conv.ConversionError, match="swinv2' in the scanned layout"):
+            export.dalle_mini_config(cfg, scanned=True)
+        config_json = dict(export.dalle_mini_config(cfg, scanned=False), use_scan=True)  # the param layout still
+    else:                                                                                # round-trips
+        config_json = export.dalle_mini_config(cfg, scanned=other)
     again_cfg, again = conv.convert(config_json, export.export_params(params, cfg, scanned=other))
     assert again_cfg.to_dict() == cfg.to_dict()
     for module, leaves in params.items():
@@ -155,3 +167,72 @@ def test_export_writes_into_a_bucket(tmp_path, fake_bucket):
     exported = _flatten(serialization.msgpack_restore((out / "flax_model.msgpack").read_bytes()))
     assert sorted(exported) == sorted(flat) and all(np.array_equal(exported[k], flat[k]) for k in flat)
     assert sorted(os.listdir(out)) == ["config.json", "flax_model.msgpack"]
+
+
+def _rebuild_model_dir(z: np.lib.npyio.NpzFile, directory: str) -> str:
+    """The fixture's model dir of ours: its config and params, and its tokenizer files under tokenizer/."""
+    params: dict = {}
+    for key in z.files:
+        if key.startswith("param/"):
+            module, _, name = key[len("param/"):].rpartition("/")
+            params.setdefault(module, {})[name] = z[key]
+    checkpoint.save_model(directory, params, ConfigDict(json.loads(str(z["config_json"]))))
+    for key in z.files:
+        if key.startswith("tokenizer/"):
+            os.makedirs(os.path.join(directory, "tokenizer"), exist_ok=True)
+            with open(os.path.join(directory, key), "wb") as f:
+                f.write(z[key].tobytes())
+    return directory
+
+
+def _sha256_of_dir(directory: pathlib.Path) -> dict[str, str]:
+    return {name: hashlib.sha256((directory / name).read_bytes()).hexdigest() for name in sorted(os.listdir(directory))}
+
+
+def test_export_checks_cover_layouts_and_both_dalle_mini_variants():
+    variants, switches = set(), set()
+    for path in EXPORT_CHECKS:
+        z = np.load(path)
+        model = json.loads(str(z["config_json"]))["model"]
+        switches.add((model["ln_positions"], model["use_glu"], model["ln_type"]))
+        variants |= {k.split("/")[0] for k in z.files if k.endswith("/logits")}
+        assert str(z["dalle_mini_version"]) == "0.1.5"
+    assert len(switches) >= 2, "run tools/make_export_check_fixtures.py"
+    assert variants == {"scanned", "unscanned"}
+    assert all(os.path.getsize(p) < 300_000 for p in EXPORT_CHECKS)
+
+
+@pytest.mark.parametrize("path", EXPORT_CHECKS, ids=[os.path.basename(p)[13:-4] for p in EXPORT_CHECKS])
+def test_dalle_mini_loaded_our_export_and_computed_our_logits(path, tmp_path, capsys):
+    """The fixture holds what dalle-mini computed from exports of this model; today's exporter must write the same
+    bytes (config.json keys are sorted, the msgpack tree follows the params' sorted order: both are reproducible),
+    so those logits are still dalle-mini's verdict on today's export."""
+    from dalle.tokenizers import bart_bpe
+
+    z = np.load(path)
+    model_dir = _rebuild_model_dir(z, str(tmp_path / "ours"))
+    variants = sorted(k.split("/")[0] for k in z.files if k.endswith("/logits"))
+    for variant in variants:
+        out = tmp_path / variant
+        flags = ["--unscanned"] if variant == "unscanned" else []
+        assert cli.main(["export", "dalle-mini", "--checkpoint", model_dir, "--out", str(out), *flags]) == 0
+        assert _sha256_of_dir(out) == json.loads(str(z[f"{variant}/sha256"])), f"{variant} export changed"
+    config, params = checkpoint.load_model(model_dir)
+    model = model_lib.build_model(config.model)
+    logits = jax.jit(model.full_logits)(params, our_text(z["input_ids"], z["attention_mask"]),
+                                        jnp.asarray(z["decoder_input_ids"]))
+    for variant in variants:
+        np.testing.assert_allclose(np.asarray(logits), z[f"{variant}/logits"], atol=1e-4, rtol=0, err_msg=variant)
+    if "captions" in z.files:  # dalle-mini's processor on the exported tokenizer = our vocabulary on it
+        vocab = bart_bpe.BpeVocabulary(str(tmp_path / variants[0]))
+        lt = model.max_text_length
+        ids, mask = z[f"{variants[0]}/processor_input_ids"], z[f"{variants[0]}/processor_attention_mask"]
+        for b, caption in enumerate(json.loads(str(z["captions"]))):
+            ours = (list(vocab.encode(caption))[: lt - 1] + [vocab.eos_id] + [0] * lt)[:lt]
+            assert np.asarray(our_text(ids[b], mask[b])).tolist() == ours, caption
+        for variant in variants:
+            np.testing.assert_array_equal(z[f"{variant}/processor_input_ids"], z["input_ids"])
+    if config.model.ln_positions == "swinv2":  # dalle-mini's config asserts "scan cannot be used with 'swinv2'"
+        capsys.readouterr()
+        assert cli.main(["export", "dalle-mini", "--checkpoint", model_dir, "--out", str(tmp_path / "s")]) == 2
+        assert "export with --unscanned" in capsys.readouterr().err

@@ -249,3 +249,13 @@ def test_a_model_section_that_does_not_fit_is_refused_with_the_keys_and_every_pa
     assert "dalle_bart/encoder/layers/layer/ffn/wi_0/kernel: (2, 32, 48) != expected (1, 32, 64)" in msg
     assert "missing params (" in msg and "dalle_bart/encoder/layers/layer/ffn/wi_1/kernel" in msg  # GLU here
     assert "unexpected params (" in msg and "dalle_bart/encoder/embed_token_types/embedding" in msg
+
+
+def test_a_config_without_pad_token_id_gets_transformers_default_everywhere():
+    """The position offset and the embedding-row swap read one pad id: transformers' default for the kind when
+    config.json leaves it out (BART and RoBERTa 1, BERT 0), never 0 for one and 1 for the other."""
+    for kind, pad, offset in (("bart", 1, 2), ("roberta", 1, 2), ("bert", 0, 0)):
+        hf = {"model_type": kind}
+        assert (hf_encoders.pad_id(hf), hf_encoders.position_offset(hf)) == (pad, offset), kind
+    assert hf_encoders.pad_id({"model_type": "roberta", "pad_token_id": 3}) == 3
+    assert hf_encoders.position_offset({"model_type": "roberta", "pad_token_id": 3}) == 4

@@ -227,8 +227,9 @@ def openmoji_images(om_entries: Sequence[Mapping], svgs: Mapping[str, bytes], na
     with the same code points, so that their captions match the other vendors'. Hexcodes emoji.json does not
     list (OpenMoji's own extras) go to `unnamed`; listed SVGs that are absent, to `missing`."""
     index: dict[str, tuple[dict, str, str]] = {}
-    for base, variant, tone, _ in _renderings(named_by, categories):
+    for base, variant, tone, _ in _renderings(named_by, ()):  # every emoji: a filtered-out one is not "unnamed"
         index.setdefault(code_points_key(variant), (base, variant, tone))
+    keep = set(categories)
     seen: set[str] = set()
     for om in om_entries:
         hexcode = str(om.get("hexcode", "")).upper()
@@ -238,7 +239,7 @@ def openmoji_images(om_entries: Sequence[Mapping], svgs: Mapping[str, bytes], na
                 unnamed.append(f"{OPENMOJI_PACKAGE}/{hexcode}")
             continue
         base, variant, tone = match
-        if variant in seen:
+        if variant in seen or (keep and base["category"] not in keep):
             continue
         svg = svgs.get(f"{hexcode}.svg")
         if svg is None:

@@ -14,9 +14,11 @@ case of UTF-8 bytes decoded as cp1252/latin-1, so the module never fails to impo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import re
 import unicodedata
+import warnings
 
 try:  # optional but recommended: the reference repair of mojibake
     import ftfy as _ftfy
@@ -139,7 +141,18 @@ def _other_normalizer(text: str, options: NormalizerOptions) -> str:
         return text
     from dalle.data import dalle_mini_text
 
-    return dalle_mini_text.normalizer(options.word_frequency_path)(text)
+    try:
+        return dalle_mini_text.normalizer(options.word_frequency_path)(text)
+    except dalle_mini_text.MissingExtraError as e:  # a plain install still draws, with a near-miss normalization
+        _warn_once(f"{e}; until then prompts go through dalle's own caption cleaner (lowercased, accents folded), "
+                   f"close to dalle-mini's for plain English text but not the token ids it was trained on")
+        return normalize_caption(text, dataclasses.replace(options, normalizer="caption", lowercase=True,
+                                                           ascii_fold=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
 
 
 def options_from_config(data_config) -> NormalizerOptions:

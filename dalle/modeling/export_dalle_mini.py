@@ -11,8 +11,9 @@ What changes on the way back: layer stacks are split per layer for `--unscanned`
 some layers are dropped there, and must hold their identity values: a trained value there is refused, not lost),
 text-embedding rows 0 and 1 are swapped back (BART's `<s>` = 0, `<pad>` = 1), `smelu_dallemini` is `smelu`, and
 the image vocabulary is the VQGAN's codes + `image_extra_tokens` with the BOS id right after the codes. Models
-dalle-mini cannot express (the decoder-only kind, switches it lacks) are refused with the switch named. A model
-with a sentencepiece vocabulary is exported without a tokenizer (dalle-mini reads BART BPE only), said so.
+dalle-mini cannot express (the decoder-only kind, switches it lacks, Swin v2 layers scanned: its config refuses
+them) are refused with the switch named. A model with a sentencepiece vocabulary is exported without a tokenizer
+(dalle-mini reads BART BPE only), said so.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def dalle_mini_config(model: Mapping[str, Any], *, scanned: bool = True, normali
     if act is None:
         refused.append(f"model.activation_function = {m['activation_function']!r} (dalle-mini knows "
                        f"{', '.join(sorted(_ACTIVATIONS))})")
+    if scanned and m["ln_positions"] == "swinv2":  # its DalleBartConfig asserts "scan cannot be used with 'swinv2'"
+        refused.append("model.ln_positions = 'swinv2' in the scanned layout (dalle-mini scans no Swin v2 layers: "
+                       "export with --unscanned)")
     if refused:
         raise ConversionError("dalle-mini's DalleBartConfig cannot express: " + "; ".join(refused))
     codes, extra = int(m["image_vocab_size"]), int(m.get("image_extra_tokens", 0))

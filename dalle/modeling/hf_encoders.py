@@ -139,13 +139,23 @@ def _kind(hf: Mapping[str, Any]) -> str:
     return kind
 
 
+# transformers' pad_token_id when a config.json leaves it out (BartConfig / RobertaConfig 1, BertConfig 0).
+DEFAULT_PAD_ID = {"bart": 1, "roberta": 1, "bert": 0}
+
+
+def pad_id(hf: Mapping[str, Any]) -> int:
+    """The source's pad token id: its config.json's, else transformers' default for its kind."""
+    value = hf.get("pad_token_id")
+    return DEFAULT_PAD_ID[_kind(hf)] if value is None else int(value)
+
+
 def position_offset(hf: Mapping[str, Any]) -> int:
     """The first position row a caption's first token uses: BART 2, RoBERTa pad_token_id + 1, BERT 0."""
     kind = _kind(hf)
     if kind == "bart":
         return 2
     if kind == "roberta":
-        return int(hf.get("pad_token_id", 1)) + 1
+        return pad_id(hf) + 1
     return 0
 
 
@@ -271,7 +281,7 @@ def convert_params(flat: Mapping[str, np.ndarray], hf: Mapping[str, Any], text_l
         owned = ("embeddings/", "encoder/")
         n = int(hf["num_hidden_layers"])
     tokens = emb["tokens"].copy()
-    pad = int(hf.get("pad_token_id", 0) or 0)
+    pad = pad_id(hf)
     if pad:  # our pad id is 0
         tokens[[0, pad]] = tokens[[pad, 0]]
     out[f"{ENCODER}/embed_tokens/embedding"] = tokens

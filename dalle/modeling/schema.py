@@ -53,7 +53,9 @@ def _common(c: ConfigDict) -> None:
     c.scan_layers = True  # hk.layer_stack (dalle-mini's use_scan); False = one module per layer
     # Saved model directory whose text-encoder params (model.encoder_param_filter) initialise this model (the
     # trainer's load_pretrained reads it); "" = none.
-    c.encoder_init = ""  # model dir (converted or trained) whose text-encoder params start this model's encoder
+    # A model dir (converted or trained), or a Hugging Face BART / BERT / RoBERTa directory, whose text-encoder
+    # params start this model's encoder (dalle/modeling/hf_encoders.py).
+    c.encoder_init = ""
     # Whole-model fine-tuning: a model directory (`dalle convert dalle-mini` output, an exported model) or a trainer
     # workdir whose every parameter starts this model, which must have the same architecture; "" = none. With
     # encoder_init as well, the encoder comes from encoder_init and everything else from init_from.
@@ -171,7 +173,7 @@ def _check_text_encoder(m: ConfigDict):
         if not isinstance(value, kind) or (allowed is not None and value not in allowed):
             want = f"one of {allowed}" if allowed is not None else kind.__name__
             yield f"model.{key} = {value!r}: expected None (= model.{key[len('encoder_'):]}) or {want}"
-    if not m.encoder_layer_norm_eps > 0:
+    if not isinstance(m.encoder_layer_norm_eps, (int, float)) or not m.encoder_layer_norm_eps > 0:
         yield f"model.encoder_layer_norm_eps = {m.encoder_layer_norm_eps} must be positive"
     if m.encoder_token_types < 0:
         yield f"model.encoder_token_types = {m.encoder_token_types} must be >= 0 (0 = no token-type embedding)"

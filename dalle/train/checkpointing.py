@@ -47,13 +47,22 @@ def config_path(workdir: str) -> str:
     return paths.join(workdir, "config.json")
 
 
+def _with_defaults(saved: ConfigDict) -> ConfigDict:
+    """A saved run config completed with today's schema defaults, so that keys added to the schemas since it was
+    written (left at their defaults) do not block resuming it; as saved when it no longer validates."""
+    try:
+        return ConfigDict(json.loads(config_lib.validate(saved).to_json_best_effort()))
+    except config_lib.ConfigError:
+        return saved
+
+
 def check_or_write_config(workdir: str, config: ConfigDict) -> None:
     """Writes the run's config on first start; on resume, stops with the differences if they matter."""
     path = config_path(workdir)
     if jax.process_index() == 0:
         paths.makedirs(workdir)
     if paths.exists(path):
-        old = ConfigDict(json.loads(paths.read_text(path)))
+        old = _with_defaults(ConfigDict(json.loads(paths.read_text(path))))
         new = ConfigDict(json.loads(config.to_json_best_effort()))
         diffs = [d for d in config_lib.diff(old, new) if not d.split(":")[0].startswith(RESUMABLE_CHANGES)]
         if diffs:

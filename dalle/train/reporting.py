@@ -119,4 +119,4 @@ def run_summary(workdir: str, metric: str = "train/loss") -> dict:
             seconds += max(r["step"] - previous, 0) / rate
             previous = max(previous, r["step"])
     last = with_metric[-1]
-    return {"steps": last["step"], "minutes": seconds / 60, "last": last[metric]}
+    return {"steps": last["step"] if up_to is None else up_to, "minutes": seconds / 60, "last": last[metric]}
