@@ -30,7 +30,28 @@ def _swap(i: int) -> int:
     return 1 - i if i in (0, 1) else i
 
 
-class BpeVocabulary(seqio.Vocabulary):
+class PythonVocabulary(seqio.Vocabulary):
+    """A seqio vocabulary whose tokenizer is Python (the `tokenizers` library): the tf.data side wraps the
+    subclass's `_encode` / `_decode` in tf.py_function (BPE here, WordPiece in dalle/tokenizers/wordpiece.py)."""
+
+    def _encode_tf(self, s):
+        def enc(x):
+            return tf.constant(self._encode(x.numpy().decode("utf-8")), tf.int32)
+
+        out = tf.py_function(enc, [s], tf.int32)
+        out.set_shape([None])
+        return out
+
+    def _decode_tf(self, ids):
+        def dec(x):
+            return tf.constant(self._decode(x.numpy().tolist()))
+
+        out = tf.py_function(dec, [ids], tf.string)
+        out.set_shape([])
+        return out
+
+
+class BpeVocabulary(PythonVocabulary):
     """A byte-level BPE (`tokenizer.json`, or `vocab.json` + `merges.txt`) with dalle's pad-0 id layout."""
 
     def __init__(self, path: str, extra_ids: int = 0):
@@ -89,22 +110,6 @@ class BpeVocabulary(seqio.Vocabulary):
         special = {0, 1, BART_EOS}
         bart = [_swap(int(i)) for i in ids if int(i) not in special]
         return self._tok.decode(bart, skip_special_tokens=True)
-
-    def _encode_tf(self, s):
-        def enc(x):
-            return tf.constant(self._encode(x.numpy().decode("utf-8")), tf.int32)
-
-        out = tf.py_function(enc, [s], tf.int32)
-        out.set_shape([None])
-        return out
-
-    def _decode_tf(self, ids):
-        def dec(x):
-            return tf.constant(self._decode(x.numpy().tolist()))
-
-        out = tf.py_function(dec, [ids], tf.string)
-        out.set_shape([])
-        return out
 
     def __eq__(self, other):
         return isinstance(other, BpeVocabulary) and other.path == self.path

@@ -22,7 +22,8 @@ import os
 from typing import Any, Iterable, Sequence
 
 import seqio
-import tensorflow as tf
+
+from dalle.tokenizers import bart_bpe
 
 TOKENIZER_JSON = "tokenizer.json"
 VOCAB_TXT = "vocab.txt"
@@ -103,12 +104,10 @@ def vocabulary(path: str) -> seqio.Vocabulary:
     """The vocabulary of a Hugging Face tokenizer directory (or its tokenizer.json / vocab.txt), by its layout."""
     if layout(path) == "wordpiece":
         return WordPieceVocabulary(path)
-    from dalle.tokenizers import bart_bpe
-
     return bart_bpe.BpeVocabulary(path)
 
 
-class WordPieceVocabulary(seqio.Vocabulary):
+class WordPieceVocabulary(bart_bpe.PythonVocabulary):
     """BERT's WordPiece (tokenizer.json or vocab.txt + tokenizer_config.json) with dalle's pad-0 id layout."""
 
     def __init__(self, path: str, extra_ids: int = 0):
@@ -198,22 +197,6 @@ class WordPieceVocabulary(seqio.Vocabulary):
         framing = {0, self._cls, self._sep}
         source = [self._swap(int(i)) for i in ids if int(i) not in framing]
         return self._tok.decode(source, skip_special_tokens=True)
-
-    def _encode_tf(self, s):
-        def enc(x):
-            return tf.constant(self._encode(x.numpy().decode("utf-8")), tf.int32)
-
-        out = tf.py_function(enc, [s], tf.int32)
-        out.set_shape([None])
-        return out
-
-    def _decode_tf(self, ids):
-        def dec(x):
-            return tf.constant(self._decode(x.numpy().tolist()))
-
-        out = tf.py_function(dec, [ids], tf.string)
-        out.set_shape([])
-        return out
 
     def __eq__(self, other):
         return isinstance(other, WordPieceVocabulary) and other.path == self.path
