@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", default=DEFAULT_DTYPES,
                    help="comma-separated precisions; the first is the reference the others are compared with")
     p.add_argument("--decode-kernels", default="auto", choices=("auto", "xla"),
-                   help="auto: native kernels where they can run (float32 only); xla: XLA's ops for every dtype, "
+                   help="auto: native kernels where they can run (float32 and bfloat16, not float16); xla: XLA's "
+                        "ops for every dtype, "
                         "which compares the dtypes on the same kernels")
     args = p.parse_args(argv)
     from benchmarks import peers
@@ -229,11 +230,15 @@ def _timing_section(res: dict, cfg, dtypes: list[str], batches: list[int], image
                          "per token step", "tokens/s", "compile", f"time / {ref}'s", "runs"], rows)
     native_note = ""
     if any(res["timing"][(b, d)]["kernels"] == "native" for b in batches for d in dtypes):
-        native_note = (" `dalle.kernels`' native decode kernels compute in float32 only and are refused with 16-bit "
-                       "dtypes, so float32 runs them while the 16-bit rows run XLA's own ops: the ratio compares "
-                       "the dtypes and the kernels together (`--decode-kernels xla` puts every dtype on XLA's ops). "
-                       "Native kernels that read bf16 weights would halve the bytes a step streams (the weights "
-                       "column); that is not built.")
+        on_xla = [d for d in dtypes if res["timing"][(batches[0], d)]["kernels"] == "xla"]
+        native_note = (" `dalle.kernels`' native decode kernels accumulate in float32 and read float32 or bfloat16 "
+                       "weights: bfloat16 steps multiply against bfloat16 weight panels (half the bytes a step "
+                       "streams, the weights column; widened to float32 in registers) and keep XLA's attention "
+                       "over the cache (the cache-attention kernels are float32).")
+        if on_xla:
+            native_note += (f" On XLA's own ops (no native kernel reads that dtype): {', '.join(on_xla)}; those rows' "
+                            "ratios compare the dtypes and the kernels together (`--decode-kernels xla` puts every "
+                            "dtype on XLA's ops).")
     return (body + f"\nGuided generation of {image} image tokens from {text} text tokens (condition scale "
             f"{CONDITION_SCALE:g}), top-k {TOP_K}, random weights cast from the same float32 draw, one image per "
             f"prompt, same prompts and seed for every dtype; `compute_dtype` = the weights' dtype, as `dalle generate "

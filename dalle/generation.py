@@ -78,8 +78,9 @@ class Generator:
     `decode_kernels` ("auto" | "native" | "xla"): how decode steps run, a choice of the machine rather than the
     model (see `dalle.modeling.sampling.generate`; "auto" = the CPU kernels wherever they can run).
     `dtype` ("float32" | "bfloat16" | "float16"): the precision the text-to-image model's params are cast to and
-    its sampling computes in (half the memory and, on accelerators, faster at 16 bits; the CPU kernels need
-    float32). The VQGAN always decodes in float32: it runs once per image, not once per token."""
+    its sampling computes in (half the memory and, on accelerators, faster at 16 bits; the CPU kernels take
+    float32 or bfloat16, not float16). The VQGAN always decodes in float32: it runs once per image, not once per
+    token."""
 
     def __init__(self, config: ConfigDict, params: Any, vocab: Any, vqgan: Any, mesh: Any = None, *,
                  decode_kernels: str = "auto", dtype: str = "float32"):
@@ -92,9 +93,9 @@ class Generator:
         bad_dtype = precision.problem(dtype, "dtype")
         if bad_dtype:
             raise GenerationError(bad_dtype)
-        if decode_kernels == "native" and dtype != "float32":
-            raise GenerationError(f"the native decode kernels compute in float32, not dtype = {dtype!r}: use "
-                                  f"decode kernels 'auto' or 'xla' with {dtype}")
+        if decode_kernels == "native" and dtype not in ("float32", "bfloat16"):
+            raise GenerationError(f"the native decode kernels compute in float32 from float32 or bfloat16 weights, "
+                                  f"not dtype = {dtype!r}: use decode kernels 'auto' or 'xla' with {dtype}")
         self.decode_kernels = decode_kernels
         self.dtype = dtype
         params = precision.cast(params, dtype)  # before sharding: each device then holds only its cast shard

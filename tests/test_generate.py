@@ -224,7 +224,7 @@ def test_dtype_flag_and_its_errors(model_dir, tmp_path, capsys):
     with pytest.raises(generation.GenerationError, match="dtype = 'half' must be float32, bfloat16 or float16"):
         generation.Generator.from_checkpoint(model_dir, dtype="half")
     with pytest.raises(generation.GenerationError, match="native decode kernels compute in float32"):
-        generation.Generator.from_checkpoint(model_dir, dtype="bfloat16", decode_kernels="native")
+        generation.Generator.from_checkpoint(model_dir, dtype="float16", decode_kernels="native")
 
 
 def test_eval_dtype_reaches_the_eval_generator(model_dir):

@@ -58,8 +58,8 @@ def test_generate_with_panel_kernels_matches_xla_dot(kind):
     codes, logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), decode_kernels="native", **kw)
     np.testing.assert_array_equal(codes, ref_codes)
     np.testing.assert_allclose(logits, ref_logits, atol=2e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="decode_kernels='native' needs float32"):
-        sampling.generate(model, params, text, jax.random.PRNGKey(0), decode_kernels="native", compute_dtype="bfloat16")
+    with pytest.raises(ValueError, match="decode_kernels='native' needs float32 or bfloat16"):
+        sampling.generate(model, params, text, jax.random.PRNGKey(0), decode_kernels="native", compute_dtype="float16")
 
 
 def test_generate_on_scanned_layers_with_panel_kernels():
@@ -79,7 +79,80 @@ def test_generate_on_scanned_layers_with_panel_kernels():
 def test_decode_kernels_auto_picks_native_where_it_runs():
     # This module runs only where panel_gemm builds; "auto" also wants the cache-attention kernel.
     assert sampling.resolve_decode_kernels("auto") == ("native" if cache_attention.available() else "xla")
-    assert sampling.resolve_decode_kernels("auto", compute_dtype="bfloat16") == "xla"
+    native_or_xla = "native" if cache_attention.available() else "xla"
+    assert sampling.resolve_decode_kernels("auto", compute_dtype="bfloat16") == native_or_xla
+    assert sampling.resolve_decode_kernels("auto", compute_dtype="float16") == "xla"
     assert sampling.resolve_decode_kernels("xla") == "xla"
     with pytest.raises(ValueError, match="decode_kernels = 'fast' is not one of"):
         sampling.resolve_decode_kernels("fast")
+
+
+def test_pack_keeps_bfloat16_weights_in_half_the_bytes():
+    w = jnp.asarray(np.random.RandomState(3).randn(5, 20), jnp.bfloat16)
+    p, p32 = panel_gemm.pack(w), panel_gemm.pack(w.astype(jnp.float32))
+    assert p.dtype == jnp.bfloat16 and p32.dtype == jnp.float32 and p.shape == p32.shape == (2, 5, 16)
+    assert p.nbytes * 2 == p32.nbytes
+    np.testing.assert_array_equal(p.astype(jnp.float32), p32)  # the same layout, the same values
+    assert panel_gemm.pack(w.astype(jnp.float16)).dtype == jnp.float32  # float16 is packed as float32
+
+
+@pytest.mark.parametrize("rows,k,n", [(1, 64, 16), (2, 37, 50), (5, 128, 33), (8, 31, 17), (16, 96, 100),
+                                      (17, 64, 48), (33, 45, 7), (40, 16, 130)])
+def test_bfloat16_matmul_equals_float32_dot_of_the_widened_weights(rows, k, n):
+    """bfloat16 panels: `x (float32) @ w.astype(float32)` up to float32 rounding (the kernel widens exactly)."""
+    rs = np.random.RandomState(rows * 1000 + n + 7)
+    x = jnp.asarray(rs.randn(rows, k).astype(np.float32))
+    w = jnp.asarray(rs.randn(k, n), jnp.bfloat16)
+    got = jax.jit(lambda x, p: panel_gemm.matmul(x, p, n))(x, panel_gemm.pack(w))
+    assert got.dtype == jnp.float32 and got.shape == (rows, n)
+    ref = np.asarray(x, np.float64) @ np.asarray(w.astype(jnp.float32), np.float64)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
+    # bfloat16 inputs are widened too (the result stays float32; callers cast it)
+    got16 = panel_gemm.matmul(x.astype(jnp.bfloat16), panel_gemm.pack(w), n)
+    ref16 = np.asarray(x.astype(jnp.bfloat16).astype(jnp.float32), np.float64) @ np.asarray(w.astype(jnp.float32),
+                                                                                               np.float64)
+    np.testing.assert_allclose(got16, ref16, rtol=1e-5, atol=1e-4)
+
+
+def test_matmul_refuses_float16_panels():
+    with pytest.raises(ValueError, match="not float32 or bfloat16"):
+        panel_gemm.matmul(jnp.ones((1, 8)), jnp.zeros((1, 8, 16), jnp.float16), 16)
+
+
+@pytest.mark.parametrize("unroll", [True, False], ids=["unrolled", "scanned"])
+def test_bfloat16_generate_with_panel_kernels_matches_xla(unroll):
+    """bfloat16 decoding on bfloat16 weight panels agrees with XLA's bfloat16 ops up to bfloat16 rounding.
+
+    Each matmul is the same correctly rounded product, but sums and roundings elsewhere in the step (bias adds,
+    fusions) differ by an ulp now and then, and a greedy bf16 decode follows whichever code wins a near-tie, so
+    the sequences may part: up to the first differing code the guided logits agree within a few bf16 ulps
+    (about 0.06-0.125 at these magnitudes, x4 by guidance), and the first differing code is a near-tie in XLA's
+    own logits."""
+    from dalle import precision
+
+    model = model_lib.build_model(presets.tiny())
+    params = precision.cast(model_lib.random_params(model, seed=0), "bfloat16")
+    text = jnp.asarray(np.random.RandomState(1).randint(1, 50, (2, model.max_text_length)), jnp.int32)
+    kw = dict(condition_scale=3.0, temperature=0.0, return_logits=True, compute_dtype="bfloat16",
+              unroll_layers=unroll)
+    ref_codes, ref_logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), decode_kernels="xla", **kw)
+    codes, logits = sampling.generate(model, params, text, jax.random.PRNGKey(0), decode_kernels="native", **kw)
+    ref_codes, ref_logits, codes, logits = map(np.asarray, (ref_codes, ref_logits, codes, logits))
+    tol = 0.3
+    for row in range(codes.shape[0]):
+        same = codes[row] == ref_codes[row]
+        first = int(np.argmin(same)) if not same.all() else len(same)
+        assert first >= 16, f"row {row} parts from XLA's codes at step {first}"
+        np.testing.assert_allclose(logits[row, :first], ref_logits[row, :first], atol=tol, rtol=0)
+        if first < len(same):  # a near-tie: XLA's logit of the native pick is within bf16 noise of its best
+            assert ref_logits[row, first].max() - ref_logits[row, first, codes[row, first]] <= tol
+
+
+def test_with_panel_kernels_packs_bfloat16_for_bfloat16_compute():
+    from dalle.modeling import layers
+
+    params = {"m/dense": {"kernel": jnp.ones((8, 20), jnp.float32)}}
+    assert layers.with_panel_kernels(params)["m/dense"]["kernel_panels"].dtype == jnp.float32
+    assert layers.with_panel_kernels(params, "bfloat16")["m/dense"]["kernel_panels"].dtype == jnp.bfloat16
+    bf16 = {"m/dense": {"kernel": jnp.ones((8, 20), jnp.bfloat16)}}
+    assert layers.with_panel_kernels(bf16)["m/dense"]["kernel_panels"].dtype == jnp.bfloat16

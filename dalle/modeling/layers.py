@@ -198,8 +198,9 @@ class Norm(hk.Module):
 class Dense(hk.Module):
     """`x @ kernel (+ bias)` with a float32 kernel cast to the compute dtype by the policy.
 
-    `decode_kernels="native"` (decode steps only, see `TransformerSpec.decode_kernels`): float32 inputs are
-    multiplied by `dalle.kernels.panel_gemm` against the `kernel_panels` parameter (`with_panel_kernels`).
+    `decode_kernels="native"` (decode steps only, see `TransformerSpec.decode_kernels`): float32 and bfloat16
+    inputs are multiplied by `dalle.kernels.panel_gemm` (float32 accumulation, the result cast back to the input's
+    dtype) against the `kernel_panels` parameter (`with_panel_kernels`); float16 ones use XLA's dot.
     """
 
     def __init__(self, features: int, policy: jmp.Policy, use_bias: bool = False, stddev: float = 0.02,
@@ -214,13 +215,13 @@ class Dense(hk.Module):
         self.decode_kernels = decode_kernels
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.decode_kernels == "native" and x.dtype == jnp.float32:
-            # The weight was packed once per generate call, next to the kernel.
+        if self.decode_kernels == "native" and x.dtype in (jnp.float32, jnp.bfloat16):
+            # The weight was packed once per generate call, next to the kernel (float32 or bfloat16 panels).
             panels = hk.get_parameter("kernel_panels", list(panel_gemm.packed_shape(x.shape[-1], self.features)),
                                       jnp.float32)
-            y = panel_gemm.matmul(x, panels, self.features)
+            y = panel_gemm.matmul(x, panels, self.features).astype(x.dtype)
             if self.use_bias:
-                y = y + hk.get_parameter("bias", [self.features], jnp.float32, init=jnp.zeros)
+                y = y + hk.get_parameter("bias", [self.features], jnp.float32, init=jnp.zeros).astype(x.dtype)
             return y
         kernel = hk.get_parameter("kernel", [x.shape[-1], self.features], jnp.float32,
                                   init=hk.initializers.RandomNormal(self.stddev))
@@ -232,14 +233,17 @@ class Dense(hk.Module):
         return y
 
 
-def with_panel_kernels(params: Any) -> Any:
+def with_panel_kernels(params: Any, compute_dtype: str = "float32") -> Any:
     """Adds `kernel_panels` (the packed `kernel`, what `Dense(decode_kernels="native")` reads) to every Dense
     module: 2-D kernels, and 3-D ones stacked by a scanned layer stack (packed per layer). Packs every such
-    weight; XLA drops the packing of those the traced function never reads."""
+    weight; XLA drops the packing of those the traced function never reads. Panels are bfloat16 for bfloat16
+    kernels or a bfloat16 `compute_dtype` (the kernel cast as XLA's path casts it), else float32."""
     out = {}
     for module, leaves in params.items():
         leaves = dict(leaves)
         kernel = leaves.get("kernel")
+        if compute_dtype == "bfloat16" and kernel is not None:
+            kernel = kernel.astype(jnp.bfloat16)
         ndim = getattr(kernel, "ndim", 0)
         if ndim == 2:
             leaves["kernel_panels"] = panel_gemm.pack(kernel)

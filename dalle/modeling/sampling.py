@@ -106,7 +106,7 @@ def _build(model, *, batch: int, text_length: int, num_images: int, prompt_lengt
         if unroll_layers:
             params = stacked_model.unstack_params(params)  # once per call, outside the decode loop
         if decode_kernels == "native":
-            params = layers.with_panel_kernels(params)  # packed once per call, read by every step
+            params = layers.with_panel_kernels(params, compute_dtype)  # packed once per call, read by each step
         rows = batch * num_images
         if guided and shared_uncond:
             # Every unconditional row is the same prompt with the same (BOS-only) prefix: encode it once.
@@ -204,8 +204,10 @@ def generate(
     decode_kernels: "native": decode steps use `dalle.kernels`' CPU kernels: matmuls against weights packed once
       per call (`panel_gemm`, 1.6-2.3x faster than XLA's at 2-16 rows) and attention that reads only the filled
       part of the KV cache (`cache_attention`); an error where they cannot run. "xla": XLA's own ops. "auto"
-      (default): native wherever it can run (float32 compute, XLA:CPU with a C++ compiler that built the
-      kernels, no multi-device mesh), else xla (`resolve_decode_kernels`).
+      (default): native wherever it can run (float32 or bfloat16 compute, XLA:CPU with a C++ compiler that
+      built the kernels, no multi-device mesh), else xla (`resolve_decode_kernels`). bfloat16 steps read
+      bfloat16 weight panels (float32 accumulation) and keep XLA's attention (the cache kernels are float32);
+      float16 stays on XLA's ops.
     Works under `dalle.sharding.use_mesh(mesh)` with sharded params; compiled functions are cached per shape.
     """
     text_tokens = jnp.asarray(text_tokens, jnp.int32)
@@ -250,17 +252,19 @@ DECODE_KERNELS = ("auto",) + layers.DECODE_KERNELS
 def resolve_decode_kernels(decode_kernels: str, compute_dtype: str = "float32") -> str:
     """"auto" | "native" | "xla" -> the kernels a decode step uses ("native" or "xla") under the current mesh.
 
-    Native needs float32 compute, a single device and `dalle.kernels` built (XLA:CPU and a C++ compiler, see
-    `dalle.kernels.native`); "auto" picks it exactly then, "native" raises where it cannot run."""
+    Native needs float32 or bfloat16 compute (not float16), a single device and `dalle.kernels` built (XLA:CPU
+    and a C++ compiler, see `dalle.kernels.native`); "auto" picks it exactly then, "native" raises where it cannot
+    run."""
     if decode_kernels not in DECODE_KERNELS:
         raise ValueError(f"decode_kernels = {decode_kernels!r} is not one of {DECODE_KERNELS}")
     if decode_kernels == "xla":
         return "xla"
     built = panel_gemm.available() and cache_attention.available()
-    possible = compute_dtype == "float32" and _single_device() and built
+    possible = compute_dtype in ("float32", "bfloat16") and _single_device() and built
     if decode_kernels == "native" and not possible:
-        raise ValueError("decode_kernels='native' needs float32 compute, no multi-device mesh and the CPU kernels "
-                         f"(compute_dtype={compute_dtype!r}, mesh={sharding.current_mesh()}, kernels built: {built})")
+        raise ValueError("decode_kernels='native' needs float32 or bfloat16 compute, no multi-device mesh and the "
+                         f"CPU kernels (compute_dtype={compute_dtype!r}, mesh={sharding.current_mesh()}, "
+                         f"kernels built: {built})")
     return "native" if possible else "xla"
 
 
