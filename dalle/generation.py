@@ -188,7 +188,7 @@ class Generator:
 
         if not prompts:
             raise GenerationError("no prompts given")
-        options = text.options_from_config(self.config.data)
+        options = text.options_from_config(self.config.data, for_prompts=True)
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
                 raise GenerationError(f"prompt {i + 1} is empty; describe the image, e.g. 'a red circle'")
@@ -212,7 +212,7 @@ class Generator:
         from dalle.data import tasks, text
 
         blank = tasks.encode_captions([""], self.vocab, self.model.max_text_length,
-                                      text.options_from_config(self.config.data))
+                                      text.options_from_config(self.config.data, for_prompts=True))
         return np.repeat(blank, n, axis=0)
 
     # --- sampling --------------------------------------------------------------------------------------------

@@ -136,11 +136,18 @@ def test_bad_word_list_and_missing_extra_are_named(tmp_path, monkeypatch):
     try:
         with pytest.raises(dalle_mini_text.MissingExtraError, match=r"unidecode.*pip install 'dalle\[dalle-mini\]'"):
             dalle_mini_text.DalleMiniNormalizer(WORDS)
-        # A converted model still draws on a plain install: dalle's own cleaner, with one warning naming the extra.
-        options = text.NormalizerOptions(normalizer="dalle_mini", lowercase=False)
+        # A converted model still draws on a plain install: dalle's own cleaner, with one warning naming the extra;
+        # training and encoding (no fallback asked) still refuse.
+        text._missing_extra.cache_clear()
+        text._warn_once.cache_clear()
+        options = text.NormalizerOptions(normalizer="dalle_mini", lowercase=False, fallback_without_extra=True)
         with pytest.warns(UserWarning, match=r"dalle\[dalle-mini\].*caption cleaner"):
             assert text.normalize_caption("Café  AU Lait", options) == "cafe au lait"
+        with pytest.raises(dalle_mini_text.MissingExtraError):
+            text.normalize_caption("Café", text.NormalizerOptions(normalizer="dalle_mini"))
+        assert text.options_from_config({"text_normalizer": "dalle_mini"}, for_prompts=True).fallback_without_extra
     finally:
+        text._missing_extra.cache_clear()
         dalle_mini_text._libraries.cache_clear()
 
 

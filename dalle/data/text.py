@@ -62,6 +62,9 @@ class NormalizerOptions:
     max_chars: int = 0  # > 0: cut very long captions (bounded tokenizer time on web crawls)
     normalizer: str = "caption"  # one of NORMALIZERS
     word_frequency_path: str = ""  # dalle_mini: its hashtag word list ("" = hashtags left unsplit, one warning)
+    # dalle_mini without the `dalle-mini` extra installed: False raises (training, encoding: never on other text
+    # than the run's); True (prompts for drawing) falls back to the caption cleaner with one warning.
+    fallback_without_extra: bool = False
 
     def __post_init__(self):
         if self.normalizer not in NORMALIZERS:
@@ -141,13 +144,28 @@ def _other_normalizer(text: str, options: NormalizerOptions) -> str:
         return text
     from dalle.data import dalle_mini_text
 
-    try:
+    if not options.fallback_without_extra:
         return dalle_mini_text.normalizer(options.word_frequency_path)(text)
-    except dalle_mini_text.MissingExtraError as e:  # a plain install still draws, with a near-miss normalization
-        _warn_once(f"{e}; until then prompts go through dalle's own caption cleaner (lowercased, accents folded), "
-                   f"close to dalle-mini's for plain English text but not the token ids it was trained on")
-        return normalize_caption(text, dataclasses.replace(options, normalizer="caption", lowercase=True,
-                                                           ascii_fold=True))
+    missing = _missing_extra()
+    if not missing:
+        return dalle_mini_text.normalizer(options.word_frequency_path)(text)
+    # A plain install still draws, with a near-miss normalization (one warning per process).
+    _warn_once(f"{missing}; until then prompts go through dalle's own caption cleaner (lowercased, accents "
+               f"folded), close to dalle-mini's for plain English text but not the token ids it was trained on")
+    return normalize_caption(text, dataclasses.replace(options, normalizer="caption", lowercase=True,
+                                                       ascii_fold=True))
+
+
+@functools.lru_cache(maxsize=1)
+def _missing_extra() -> str:
+    """Why dalle-mini's normalizer cannot run here ("" when it can), checked once per process."""
+    from dalle.data import dalle_mini_text
+
+    try:
+        dalle_mini_text._libraries()
+    except dalle_mini_text.MissingExtraError as e:
+        return str(e)
+    return ""
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,10 +173,11 @@ def _warn_once(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
-def options_from_config(data_config) -> NormalizerOptions:
+def options_from_config(data_config, for_prompts: bool = False) -> NormalizerOptions:
     """Normalizer options from the `data` config section (keys `lowercase`, `ascii_fold`, `max_caption_chars`,
     `text_normalizer`, `word_frequency_path`; for dalle_mini without the last, dalle-mini's
-    enwiki-words-frequency.txt is looked for beside the tokenizer files, where `dalle convert dalle-mini` puts it)."""
+    enwiki-words-frequency.txt is looked for beside the tokenizer files, where `dalle convert dalle-mini` puts it).
+    `for_prompts`: text to draw from, which may fall back when the dalle-mini extra is missing (see NormalizerOptions)."""
     normalizer = str(data_config.get("text_normalizer", "caption") or "caption")
     word_frequency = str(data_config.get("word_frequency_path", "") or "")
     if normalizer == "dalle_mini" and not word_frequency:
@@ -171,4 +190,5 @@ def options_from_config(data_config) -> NormalizerOptions:
         max_chars=int(data_config.get("max_caption_chars", 0)),
         normalizer=normalizer,
         word_frequency_path=word_frequency,
+        fallback_without_extra=for_prompts,
     )
