@@ -99,11 +99,21 @@ def emoji_png(image_name: str, vendor: str) -> bytes:
     return buf.getvalue()
 
 
+def _add_to_tar(tar, name: str, data: bytes) -> None:
+    """One file member with a fixed mtime, so a package written twice has the same bytes (and sha512 pin)."""
+    import io
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    tar.addfile(info, io.BytesIO(data))
+
+
 def write_emoji_package(cache_dir: str, vendor: str, entries: list[dict], corrupt: tuple[str, ...] = (),
                         version: str = "16.0.0") -> str:
     """Writes `emoji-datasource-<vendor>-<version>.tgz` (as `npm pack` names it) into cache_dir; returns its pin
     "name@version sha512-..."; images named in `corrupt` get bytes that are not a PNG."""
-    import io
     import json
     import tarfile
 
@@ -116,16 +126,10 @@ def write_emoji_package(cache_dir: str, vendor: str, entries: list[dict], corrup
         names.append(e["image"])
         names.extend(v["image"] for v in (e.get("skin_variations") or {}).values())
 
-    def add(tar, name, data):
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = 0
-        tar.addfile(info, io.BytesIO(data))
-
     with tarfile.open(path, "w:gz") as tar:
-        add(tar, "package/emoji.json", json.dumps(entries).encode())
+        _add_to_tar(tar, "package/emoji.json", json.dumps(entries).encode())
         for name in names:
-            add(tar, f"package/img/{vendor}/64/{name}", b"not a png" if name in corrupt else emoji_png(name, vendor))
+            _add_to_tar(tar, f"package/img/{vendor}/64/{name}", b"not a png" if name in corrupt else emoji_png(name, vendor))
     return f"emoji-datasource-{vendor}@{version} {npm.integrity_of(path)}"
 
 
@@ -148,7 +152,6 @@ def write_openmoji_package(cache_dir: str, entries: list[dict], corrupt: tuple[s
     black/svg, which is not read) drawing every emoji.json rendering of `entries`, plus OpenMoji-only `extras` that
     emoji.json does not name; the first plain emoji is written with FE0F, as OpenMoji writes some. Returns its pin;
     hexcodes named in `corrupt` get SVG that does not parse."""
-    import io
     import json
     import tarfile
 
@@ -163,17 +166,11 @@ def write_openmoji_package(cache_dir: str, entries: list[dict], corrupt: tuple[s
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, f"openmoji-{version}.tgz")
 
-    def add(tar, name, data):
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = 0
-        tar.addfile(info, io.BytesIO(data))
-
     with tarfile.open(path, "w:gz") as tar:
-        add(tar, "package/data/openmoji.json", json.dumps(index).encode())
+        _add_to_tar(tar, "package/data/openmoji.json", json.dumps(index).encode())
         for h in hexcodes + list(extras):
-            add(tar, f"package/color/svg/{h}.svg", b"<svg not closed" if h in corrupt else openmoji_svg(h))
-            add(tar, f"package/black/svg/{h}.svg", b"<svg not read")
+            _add_to_tar(tar, f"package/color/svg/{h}.svg", b"<svg not closed" if h in corrupt else openmoji_svg(h))
+            _add_to_tar(tar, f"package/black/svg/{h}.svg", b"<svg not read")
     return f"openmoji@{version} {npm.integrity_of(path)}"
 
 

@@ -220,6 +220,15 @@ def test_filters_and_flops():
     # 6 * N * tokens is the dominant term (embeddings excluded, attention added): same order of magnitude.
     approx = 6 * n_params * 256
     assert 0.5 * approx < mini.flops_per_example() < 2 * approx
+    # An encoder without GLU (model.encoder_use_glu=False under a GLU decoder) has one FFN matrix fewer per layer.
+    glu = presets.micro()
+    glu.use_glu = True
+    plain_enc = presets.micro()
+    plain_enc.use_glu, plain_enc.encoder_use_glu = True, False
+    c = glu
+    fewer = 3 * c.encoder_layers * 2 * c.max_text_length * c.d_model * c.encoder_ffn_dim
+    assert model_lib.build_model(glu).flops_per_example() - model_lib.build_model(plain_enc).flops_per_example() \
+        == fewer
 
 
 def test_schema_errors_name_the_key():

@@ -91,6 +91,7 @@ def test_eval_job_end_to_end(tmp_path):
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["scales"]) == {"1", "3"}
+    assert metrics["checkpoint_step"] is None  # a model saved without training records no step
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # the same results for TensorBoard
     assert metrics["clip_backbone"] == "tiny-random-clip"
     assert metrics["fid_network"]["metric"] == "FID-CLIP"

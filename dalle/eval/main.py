@@ -363,8 +363,12 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
     fid_name = net.metric_prefix if net is not None else "FID"
     svg = fid_clip_svg(plot_points, fid_name, clip.backbone if clip else "no CLIP")
     paths.write_text_atomic(paths.join(out_dir, "fid_vs_clip.svg"), svg)
+    from dalle.train import reporting
+
+    trained_steps = reporting.run_summary(checkpoint_dir)["steps"]
     results.update({
         "checkpoint": paths.absolute(checkpoint_dir),
+        "checkpoint_step": trained_steps,  # the training step the evaluated weights come from (None: not recorded)
         "prompts": {"source": ev.prompts_file or f"{data.get('source', '?') if data is not None else '?'} splits",
                     "splits": splits, "per_split": ev.num_prompts,
                     "total": len(prompts)},
@@ -393,10 +397,8 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
                             json.dumps(results, indent=2, sort_keys=True, default=_json_default))
     if jax.process_index() == 0:  # the same numbers and grids in TensorBoard, at the model's training step
         from dalle.eval import tensorboard
-        from dalle.train import reporting
 
-        step = reporting.run_summary(checkpoint_dir)["steps"] or 0
-        tensorboard.write(out_dir, json.loads(json.dumps(results, default=_json_default)), step)
+        tensorboard.write(out_dir, json.loads(json.dumps(results, default=_json_default)), trained_steps or 0)
     return results
 
 

@@ -244,7 +244,9 @@ class DalleBartModel(_Model):
         c = self.config
         d, lt, li = c.d_model, c.max_text_length, c.image_length
         k = 3 if c.use_glu else 2
-        enc = c.encoder_layers * (2 * lt * (4 * d * d + k * d * c.encoder_ffn_dim) + 4 * lt * lt * d)
+        glu_enc = c.use_glu if c.get("encoder_use_glu") is None else c.encoder_use_glu  # a BERT encoder has no GLU
+        k_enc = 3 if glu_enc else 2
+        enc = c.encoder_layers * (2 * lt * (4 * d * d + k_enc * d * c.encoder_ffn_dim) + 4 * lt * lt * d)
         dec = c.decoder_layers * (2 * li * (6 * d * d + k * d * c.decoder_ffn_dim) + 2 * lt * 2 * d * d
                                   + 4 * li * li * d + 4 * li * lt * d)
         head = 2 * li * d * (c.image_vocab_size + c.image_extra_tokens + 1)
