@@ -44,6 +44,28 @@ def test_experiments_table_rows_and_seed_mean(tmp_path):
     assert titled.startswith("## VQGAN vs dVAE codes\n")
 
 
+def test_by_kind_table_has_a_column_per_run_and_a_row_per_split_kind(tmp_path):
+    runs = []
+    for i, two in enumerate((0.25, 0.5)):
+        d = tmp_path / f"r{i}"
+        d.mkdir()
+        m = _metrics(d, 0.6, 0.5, 0.1)
+        val = m["scales"]["1.5"]["splits"]["validation"]["compositional"]
+        val["by_kind"] = {"objects:2": {"all": two, "images": 80}, "objects:1": {"all": 0.9, "images": 60}}
+        val["first_sample"]["by_kind"] = {"objects:2": {"all": two / 2, "images": 80}}
+        zs = m["scales"]["1.5"]["splits"]["zero_shot"]["compositional"]
+        zs["by_kind"] = {"held_out:red star": {"all": 0.05 * i, "images": 40}}
+        runs.append((f"run {i}", m))
+    text = eval_report.render_experiments(runs, "cmd", by_kind=True)
+    assert "| split: prompt asks | run 0 | run 1 |" in text
+    rows = [r for r in text.splitlines() if r.startswith("| validation: ") or r.startswith("| zero_shot: ")]
+    # objects:1 before objects:2, validation before zero_shot; a kind without first-sample numbers says so
+    assert rows == ["| validation: objects:1 | n/a / 90% (60) | n/a / 90% (60) |",
+                    "| validation: objects:2 | 12% / 25% (80) | 25% / 50% (80) |",
+                    "| zero_shot: held_out:red star | n/a / 0% (40) | n/a / 5% (40) |"]
+    assert "split: prompt asks" not in eval_report.render_experiments(runs, "cmd")
+
+
 def test_a_checkpoint_step_is_a_row_at_its_step_and_best_scale(tmp_path):
     """A run evaluated part way through (WORKDIR/checkpoints/STEP) reports the steps and minutes up to that step,
     at its best measured scale (it has no export that a scale was written into)."""

@@ -263,13 +263,49 @@ def emoji_summary(metrics: dict) -> str:
             + (f"; VQGAN validation PSNR {fid['psnr']:.1f} dB" if fid else "") + ".*")
 
 
-def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "",
-                       title: str = "Composition experiments on the one-object shapes world") -> str:
-    """One table over several eval jobs (runs labelled `name` or `name (seed N)`): fully correct per split at each
-    run's exported guidance (for a checkpoint step part way through a run, its best measured scale), first sample
-    and CLIP-best; runs sharing a name get a mean and spread row."""
+def _shown_scale(m: dict) -> str:
+    """The guidance a run is shown at: its exported one; for a checkpoint step part way through a run (no export),
+    the scale its export would have been given."""
     from dalle import model_dir
     from dalle.eval import main as eval_main
+
+    written = m.get("sampling_written") or {}
+    g = f"{written['guidance']:g}" if written.get("guidance") is not None else next(iter(m["scales"]))
+    best = eval_main.best_scale(m)
+    if model_dir.checkpoint_step(m["checkpoint"]) is not None and best is not None:
+        g = f"{best[0]:g}"
+    return g
+
+
+def render_kinds(runs: list[tuple[str, dict]]) -> list[str]:
+    """Per run (columns), what each prompt kind of each split (rows) gets fully right at the run's shown guidance:
+    the multi-object world's goals are per kind (two objects, relations, held-out pairs), not per split."""
+    rows: dict[tuple[str, str], list[str]] = {}
+    splits = list(dict.fromkeys(sp for _, m in runs for sp in m["prompts"]["splits"]))
+    for i, (_, m) in enumerate(runs):
+        entry = m["scales"][_shown_scale(m)]
+        for sp in splits:
+            comp = (entry["splits"].get(sp) or {}).get("compositional") or {}
+            first = (comp.get("first_sample") or {}).get("by_kind") or {}
+            for kind, best in (comp.get("by_kind") or {}).items():
+                cells = rows.setdefault((sp, kind), ["" for _ in runs])
+                f = first.get(kind)
+                cells[i] = (f"{100 * f['all']:.0f}% / " if f and f.get("all") is not None else "n/a / ") + \
+                    (f"{100 * best['all']:.0f}% ({best.get('images', '?')})" if best.get("all") is not None else "n/a")
+    ordered = sorted(rows, key=lambda k: (splits.index(k[0]), _kind_order(k[1])))
+    lines = ["", "### By what the prompt asks (each run at its guidance above; first sample / CLIP-best (images))", "",
+             "| split: prompt asks | " + " | ".join(label for label, _ in runs) + " |",
+             "|---|" + "---|" * len(runs)]
+    lines += [f"| {sp}: {kind} | " + " | ".join(rows[(sp, kind)]) + " |" for sp, kind in ordered]
+    return lines
+
+
+def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "",
+                       title: str = "Composition experiments on the one-object shapes world",
+                       by_kind: bool = False) -> str:
+    """One table over several eval jobs (runs labelled `name` or `name (seed N)`): fully correct per split at each
+    run's exported guidance (for a checkpoint step part way through a run, its best measured scale), first sample
+    and CLIP-best; runs sharing a name get a mean and spread row; `by_kind` adds the per-kind table."""
     from dalle.train import reporting
 
     splits = list(dict.fromkeys(sp for _, m in runs for sp in m["prompts"]["splits"]))
@@ -280,11 +316,7 @@ def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "
         "|---|---|---|---|---|" + "---|" * len(splits)]
     groups: dict[str, list[dict]] = {}
     for label, m in runs:
-        written = m.get("sampling_written") or {}
-        g = f"{written['guidance']:g}" if written.get("guidance") is not None else next(iter(m["scales"]))
-        best = eval_main.best_scale(m)
-        if model_dir.checkpoint_step(m["checkpoint"]) is not None and best is not None:
-            g = f"{best[0]:g}"  # a step part way through has no export: the scale its export would have been given
+        g = _shown_scale(m)
         entry = m["scales"][g]
         t = reporting.run_summary(m["checkpoint"])
         cells, values = [], {}
@@ -308,6 +340,8 @@ def render_experiments(runs: list[tuple[str, dict]], command: str, note: str = "
             cells.append(" / ".join(parts))
         lines.append(f"| **{name}: mean of {len(members)} seeds (± half range)** | | | | | " + " | ".join(cells)
                      + " |")
+    if by_kind:
+        lines += render_kinds(runs)
     return "\n".join(lines) + "\n"
 
 
@@ -369,10 +403,12 @@ def main(argv: list[str]) -> int:
     """METRICS [--note TEXT] [--section NAME --title TEXT]: --section writes another model of the same kind (e.g. a
     variant) into its own section; only the default sections update the README. `--experiments LABEL=METRICS...`
     writes the composition-experiments table over several runs instead (into another section and title with
-    --section/--title); `--compare FILE` the table of `dalle eval compare`."""
+    --section/--title; `--by-kind` adds a table per prompt kind); `--compare FILE` the table of `dalle eval compare`."""
     note, argv = _option(argv, "--note")
     section, argv = _option(argv, "--section")
     title, argv = _option(argv, "--title")
+    by_kind = "--by-kind" in argv
+    argv = [a for a in argv if a != "--by-kind"]
     if argv and argv[0] == "--experiments":  # --experiments "label=metrics.json" ...: the composition table
         runs = []
         for item in argv[1:]:
@@ -380,9 +416,9 @@ def main(argv: list[str]) -> int:
             with open(path) as f:
                 runs.append((label, json.load(f)))
         command = (".venv/bin/python tools/eval_report.py --experiments " + " ".join(f'"{a}"' for a in argv[1:])
-                   + (f' --section {section} --title "{title}"' if section else ""))
+                   + (f' --section {section} --title "{title}"' if section else "") + (" --by-kind" if by_kind else ""))
         write_section(section or "composition-experiments",
-                      render_experiments(runs, command, note, *([title] if title else [])))
+                      render_experiments(runs, command, note, *([title] if title else []), by_kind=by_kind))
         return 0
     if argv and argv[0] == "--compare":  # --compare compare.json: the methods side by side
         with open(argv[1]) as f:
