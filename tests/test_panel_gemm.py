@@ -156,3 +156,44 @@ def test_with_panel_kernels_packs_bfloat16_for_bfloat16_compute():
     assert layers.with_panel_kernels(params, "bfloat16")["m/dense"]["kernel_panels"].dtype == jnp.bfloat16
     bf16 = {"m/dense": {"kernel": jnp.ones((8, 20), jnp.bfloat16)}}
     assert layers.with_panel_kernels(bf16)["m/dense"]["kernel_panels"].dtype == jnp.bfloat16
+
+
+_PORTABLE_CHECK = """
+import json, numpy as np, jax, jax.numpy as jnp
+from dalle.kernels import native, panel_gemm
+assert panel_gemm.available()
+errs = []
+for rows, k, n in ((1, 64, 16), (5, 37, 50), (16, 96, 100)):
+    rs = np.random.RandomState(rows + n)
+    x, w = rs.randn(rows, k).astype(np.float32), rs.randn(k, n).astype(np.float32)
+    got = panel_gemm.matmul(jnp.asarray(x), panel_gemm.pack(jnp.asarray(w)), n)
+    errs.append(float(np.abs(np.asarray(got) - x @ w).max()))
+    wb = jnp.asarray(w, jnp.bfloat16)
+    got = panel_gemm.matmul(jnp.asarray(x), panel_gemm.pack(wb), n)
+    errs.append(float(np.abs(np.asarray(got) - x @ np.asarray(wb, np.float32)).max()))
+print(json.dumps({"errors": errs, "flags": native.compile_flags()}))
+"""
+
+
+@pytest.mark.slow
+def test_portable_loops_without_avx512(tmp_path):
+    """CPUs without AVX-512 take the kernel's plain C++ loops: built here with `-mno-avx512f` (in a fresh kernel
+    cache, in a subprocess) they must give the same float32 and bfloat16 products, with no 512-bit registers."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DALLE_KERNEL_CXXFLAGS="-mno-avx512f", DALLE_KERNEL_CACHE=str(tmp_path / "kernels"))
+    out = subprocess.run([sys.executable, "-c", _PORTABLE_CHECK], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["flags"][-1] == "-mno-avx512f"
+    assert max(result["errors"]) < 1e-3
+    libs = list((tmp_path / "kernels").glob("panel_gemm-*.so"))
+    assert len(libs) == 1
+    if shutil.which("objdump"):
+        assembly = subprocess.run(["objdump", "-d", str(libs[0])], capture_output=True, text=True).stdout
+        assert "zmm" not in assembly

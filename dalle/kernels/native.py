@@ -1,9 +1,10 @@
 """Builds and registers the C++ XLA:CPU custom calls in this package (compiled on first use, then cached).
 
-Each `<name>.cc` here is compiled with the system C++ compiler (`$CXX`, default `g++`, `-O3 -march=native`) into
-`$DALLE_KERNEL_CACHE` (default `~/.cache/dalle/kernels`, else a per-user temporary directory; each used only if
-it is a 0700-style folder this user owns), keyed by a hash of the source and the package's headers, the flags, the
-jax version and the host CPU that `-march=native` targets, and its FFI handlers are registered with XLA:CPU.
+Each `<name>.cc` here is compiled with the system C++ compiler (`$CXX`, default `g++`, `-O3 -march=native`, then
+`$DALLE_KERNEL_CXXFLAGS`) into `$DALLE_KERNEL_CACHE` (default `~/.cache/dalle/kernels`, else a per-user temporary
+directory; each used only if it is a 0700-style folder this user owns), keyed by a hash of the source and the
+package's headers, the flags, the jax version and the host CPU that `-march=native` targets, and its FFI handlers are
+registered with XLA:CPU.
 Where that cannot work (another backend, no compiler, a failed build, `DALLE_NATIVE_KERNELS=0`) `available(name)`
 is False and the reason is logged once; callers then stay on XLA's own ops.
 """
@@ -16,6 +17,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import stat
 import subprocess
@@ -25,6 +27,12 @@ import jax
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-w")
+
+
+def compile_flags() -> tuple[str, ...]:
+    """Our flags, then `$DALLE_KERNEL_CXXFLAGS` (e.g. `-mno-avx512f`: the portable loops on an AVX-512 host, which
+    is how the tests run the branch other CPUs take)."""
+    return _FLAGS + tuple(shlex.split(os.environ.get("DALLE_KERNEL_CXXFLAGS", "")))
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +99,7 @@ def library_name(source: str, cxx: str) -> str:
     for path in [source] + sorted(os.path.join(folder, h) for h in os.listdir(folder) if h.endswith(".h")):
         with open(path, "rb") as f:
             text += f.read()
-    key = hashlib.sha256(text + " ".join((cxx,) + _FLAGS).encode() + jax.__version__.encode()
+    key = hashlib.sha256(text + " ".join((cxx,) + compile_flags()).encode() + jax.__version__.encode()
                          + host_target(cxx).encode()).hexdigest()[:16]
     return f"{os.path.splitext(os.path.basename(source))[0]}-{key}.so"
 
@@ -108,7 +116,7 @@ def build(source: str) -> str:
         return lib
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
-    cmd = [cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", source, "-o", tmp]
+    cmd = [cxx, *compile_flags(), f"-I{jax.ffi.include_dir()}", source, "-o", tmp]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         os.unlink(tmp)
