@@ -119,8 +119,9 @@ def test_matmul_refuses_float16_panels():
         panel_gemm.matmul(jnp.ones((1, 8)), jnp.zeros((1, 8, 16), jnp.float16), 16)
 
 
+@pytest.mark.parametrize("kind", ["dalle_bart", "decoder_only"])
 @pytest.mark.parametrize("unroll", [True, False], ids=["unrolled", "scanned"])
-def test_bfloat16_generate_with_panel_kernels_matches_xla(unroll):
+def test_bfloat16_generate_with_panel_kernels_matches_xla(unroll, kind):
     """bfloat16 decoding on bfloat16 weight panels agrees with XLA's bfloat16 ops up to bfloat16 rounding.
 
     Each matmul is the same correctly rounded product, but sums and roundings elsewhere in the step (bias adds,
@@ -130,7 +131,7 @@ def test_bfloat16_generate_with_panel_kernels_matches_xla(unroll):
     own logits."""
     from dalle import precision
 
-    model = model_lib.build_model(presets.tiny())
+    model = model_lib.build_model(presets.tiny() if kind == "dalle_bart" else presets.tiny_decoder_only())
     params = precision.cast(model_lib.random_params(model, seed=0), "bfloat16")
     text = jnp.asarray(np.random.RandomState(1).randint(1, 50, (2, model.max_text_length)), jnp.int32)
     kw = dict(condition_scale=3.0, temperature=0.0, return_logits=True, compute_dtype="bfloat16",
