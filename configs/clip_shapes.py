@@ -29,6 +29,7 @@ def get_config(arg=None):
     c.data.vocab_size = 128
     # Whole words: the world has ~110 of them, and subword pieces would make captions too long to fit.
     c.data.tokenizer_model_type = "word"
+    c.data.unknown_words = "drop"  # as configs/shapes_tiny.py reads prompts
     c.data.max_text_length = 40 if multi else 18
     c.model = ConfigDict(dict(
         kind="clip", name=f"clip_shapes_{variant}", embed_dim=64, image_size=32, patch_size=4,

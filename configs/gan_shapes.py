@@ -33,6 +33,7 @@ def get_config(arg=None):
     c.data.tokenizer_path = f"{root}/tokenizer/spm.model"
     c.data.vocab_size = 128
     c.data.tokenizer_model_type = "word"  # the demo's vocabulary (configs/shapes_tiny.py)
+    c.data.unknown_words = "drop"  # as configs/shapes_tiny.py reads prompts
     c.data.max_text_length = 18
     c.model = ConfigDict(dict(
         kind="gan", image_size=32, z_dim=64, cond_dim=64, gen_channels=(128, 64, 32, 16), gen_norm="layer",

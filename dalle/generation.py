@@ -29,10 +29,10 @@ class GenerationError(ValueError):
 
 
 @functools.lru_cache(maxsize=4)
-def _vocab(path: str):
+def _vocab(path: str, unknown_words: str = "keep"):
     from dalle.tokenizers import sentencepiece as tokenizer
 
-    return tokenizer.load_vocabulary(path)
+    return tokenizer.load_vocabulary(path, unknown_words)
 
 
 @functools.lru_cache(maxsize=4)
@@ -130,7 +130,8 @@ class Generator:
             vqgan = kinds.load_image_tokenizer(vq_dir, mesh=mesh)
         else:
             vqgan = image_tokenizer(vq_dir)
-        return cls(config, params, _vocab(tokenizer_path or data.tokenizer_path), vqgan, mesh,
+        return cls(config, params, _vocab(tokenizer_path or data.tokenizer_path, data.get("unknown_words", "keep")),
+                   vqgan, mesh,
                    decode_kernels=decode_kernels, dtype=dtype)
 
     @classmethod
@@ -189,15 +190,21 @@ class Generator:
         if not prompts:
             raise GenerationError("no prompts given")
         options = text.options_from_config(self.config.data, for_prompts=True)
+        known = getattr(self.vocab, "known_text", None)  # data.unknown_words = "drop"
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
                 raise GenerationError(f"prompt {i + 1} is empty; describe the image, e.g. 'a red circle'")
-            if not text.normalize_caption(p, options).strip():
+            cleaned = text.normalize_caption(p, options)
+            if not cleaned.strip():
                 # Control or zero-width characters, or only a URL: the caption cleaner drops all of it, and an
                 # empty caption is the unconditional prompt - images of nothing the user asked for.
                 raise GenerationError(f"prompt {i + 1} ({p[:40]!r}) has no words left after caption cleaning "
                                       f"(only control or invisible characters, punctuation or a URL); describe the "
                                       f"image, e.g. 'a red circle'")
+            if known is not None and not known(cleaned):
+                raise GenerationError(f"prompt {i + 1} ({p[:40]!r}) has no word the model's vocabulary knows, and "
+                                      f"its data.unknown_words = 'drop' leaves such words out: it would draw "
+                                      f"unconditionally; use the model's words, e.g. 'a red circle'")
         length = self.model.max_text_length
         tokens = tasks.encode_captions(list(prompts), self.vocab, length, options)
         truncated = [i for i, p in enumerate(prompts)

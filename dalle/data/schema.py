@@ -13,6 +13,8 @@ from dalle import config as config_lib
 from dalle import registry
 from dalle.data import sources as sources_lib
 
+UNKNOWN_WORDS = ("keep", "drop")  # data.unknown_words (dalle/tokenizers/known_words.py)
+
 # Palettes live here (not in shapes.py) so that validation can name a bad color without importing numpy/PIL.
 # Object colors were picked far apart in RGB and not on a line through black with each other (a blurred
 # orange must not read as brown), so that nearest-palette classification survives blur and VQGAN round trips.
@@ -219,6 +221,9 @@ def real_data_defaults() -> ConfigDict:
     c.caption_word_dropout = 0.0  # each word dropped with this probability (never all of them)
     c.caption_unknown_word_prob = 0.0  # probability of one made-up word inserted at a random place (an unknown word)
     c.caption_swap_prob = 0.0  # probability of two neighbouring words swapped
+    # Words the vocabulary does not know (dalle/tokenizers/known_words.py): "keep" (each becomes <unk>) or "drop"
+    # (split at punctuation and hyphens, then left out), in training and prompts alike.
+    c.unknown_words = "keep"
     # seqio tasks / training stream.
     c.task_name = ""  # "" = derived from the source (dalle_<source>_encoded / dalle_<source>_raw)
     c.mixture = ()  # extra encoded datasets to mix in, as "encoded_dir:rate" strings; the main one has rate 1
@@ -252,6 +257,8 @@ def check_real_data(d: ConfigDict, _: ConfigDict):
         yield f"data.caption_word_dropout = {d.caption_word_dropout} must be < 1 (it would drop every word)"
     if d.max_text_length <= 0:
         yield f"data.max_text_length = {d.max_text_length} must be positive"
+    if d.get("unknown_words", "keep") not in UNKNOWN_WORDS:
+        yield f"data.unknown_words = {d.unknown_words!r} is not one of {', '.join(UNKNOWN_WORDS)}"
     if d.text_normalizer not in TEXT_NORMALIZERS:
         yield f"data.text_normalizer = {d.text_normalizer!r} is not one of {', '.join(TEXT_NORMALIZERS)}"
     if d.vocab_size < 4:

@@ -356,7 +356,7 @@ def register_tasks(data_config: ConfigDict, *, raw: bool | None = None) -> TaskN
     Encoded tasks are registered when data.encoded_dir holds a `dalle encode` output; the raw task when the source
     is a tfds dataset and `raw` is not False (None: only if the dataset is built).
     """
-    vocab = tokenizer_lib.load_vocabulary(data_config.tokenizer_path)
+    vocab = tokenizer_lib.load_vocabulary(data_config.tokenizer_path, data_config.get("unknown_words", "keep"))
     options = text_lib.options_from_config(data_config)
     tokenizer_lib.check_normalizer(data_config.tokenizer_path, options)
     base, eval_name, mix_name, raw_name = task_names(data_config)
@@ -429,8 +429,11 @@ def fingerprint(data_config: ConfigDict) -> str:
     """Short hash of what determines the token stream (saved with the data position, checked on restore)."""
     keys = ("source", "encoded_dir", "tokenizer_path", "max_text_length", "blank_caption_prob", "lowercase",
             "ascii_fold", "max_caption_chars", "mixture", "shuffle_buffer", "task_name")
-    # Caption noise counts only when on (streams saved before it existed keep their fingerprint).
+    # Caption noise and dropped unknown words count only when on (streams saved before they existed keep their
+    # fingerprint).
     noise = [(k, data_config.get(k)) for k in ("caption_word_dropout", "caption_unknown_word_prob",
                                                "caption_swap_prob") if data_config.get(k)]
+    if data_config.get("unknown_words", "keep") != "keep":
+        noise.append(("unknown_words", data_config.unknown_words))
     blob = repr([(k, data_config.get(k)) for k in keys] + noise)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]

@@ -132,8 +132,15 @@ def train_tokenizer(
     return info
 
 
-def load_vocabulary(model_path: str):
-    """The seqio vocabulary of a trained model; raises naming the path (and the command) when it is missing."""
+def load_vocabulary(model_path: str, unknown_words: str = "keep"):
+    """The seqio vocabulary of a trained model, reading unknown words as `data.unknown_words` says
+    (dalle/tokenizers/known_words.py); raises naming the path (and the command) when it is missing."""
+    from dalle.tokenizers import known_words
+
+    return known_words.with_policy(_load_base(model_path), unknown_words)
+
+
+def _load_base(model_path: str):
     import seqio
 
     if not model_path:

@@ -355,8 +355,10 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 # Tokenizers and loading
 # ----------------------------------------------------------------------------------------------------------------
-def make_tokenizer(model_config: Mapping[str, Any], fallback_path: str = "") -> Callable[[Sequence[str]], np.ndarray]:
-    """captions -> int32 [N, context_length] for this CLIP (sentencepiece: exactly the DALL·E data tokenization)."""
+def make_tokenizer(model_config: Mapping[str, Any], fallback_path: str = "",
+                   unknown_words: str = "keep") -> Callable[[Sequence[str]], np.ndarray]:
+    """captions -> int32 [N, context_length] for this CLIP (sentencepiece: exactly the DALL·E data tokenization,
+    unknown words read as its data section's `unknown_words` says)."""
     path = model_config.get("tokenizer_path", "") or fallback_path
     length = int(model_config["context_length"])
     if model_config.get("tokenizer", "sentencepiece") == "openai_bpe":
@@ -366,7 +368,7 @@ def make_tokenizer(model_config: Mapping[str, Any], fallback_path: str = "") -> 
     from dalle.data import tasks
     from dalle.tokenizers import sentencepiece as tokenizer
 
-    vocab = tokenizer.load_vocabulary(path)
+    vocab = tokenizer.load_vocabulary(path, unknown_words)
     return lambda captions: tasks.encode_captions(list(captions), vocab, length)
 
 
@@ -415,5 +417,6 @@ def load_clip(directory: str, tokenizer_path: str = "") -> LoadedCLIP:
     mc = resolve_eos(m.to_dict(), EOS_ID)
     if mc.get("tokenizer_path"):
         mc["tokenizer_path"] = checkpoint.resolve_path(directory, mc["tokenizer_path"])
-    return LoadedCLIP(CLIP(mc), params, make_tokenizer(mc, tokenizer_path),
+    unknown_words = config.data.get("unknown_words", "keep") if "data" in config else "keep"
+    return LoadedCLIP(CLIP(mc), params, make_tokenizer(mc, tokenizer_path, unknown_words),
                       schema.backbone_name(schema.complete_clip_config(ConfigDict(mc))))

@@ -31,7 +31,8 @@ class CaptionTokenizer:
         path = tokenizer_path or (data.get("tokenizer_path", "") if data is not None else "")
         if not path:
             raise ValueError("no tokenizer: set data.tokenizer_path (the sentencepiece model of the captions)")
-        return cls(sentencepiece.load_vocabulary(path), config.model.context_length, data)
+        unknown_words = data.get("unknown_words", "keep") if data is not None else "keep"
+        return cls(sentencepiece.load_vocabulary(path, unknown_words), config.model.context_length, data)
 
     def captions(self, captions: Sequence[str]) -> np.ndarray:
         """int32 [N, length], as training sees them."""

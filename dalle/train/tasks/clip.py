@@ -59,8 +59,9 @@ class CLIPTask(Task):
 
     def _tokenizer(self):
         if self._tokenize is None:
-            fallback = self.config.data.get("tokenizer_path", "") if "data" in self.config else ""
-            self._tokenize = clip_lib.make_tokenizer(self.model_config, fallback)
+            data = self.config.data if "data" in self.config else {}
+            self._tokenize = clip_lib.make_tokenizer(self.model_config, data.get("tokenizer_path", ""),
+                                                     data.get("unknown_words", "keep"))
         return self._tokenize
 
     # --- state (the default {"params", "opt_state", "step"} of dalle.train.task) --------------------------------
