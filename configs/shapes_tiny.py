@@ -89,8 +89,9 @@ def get_config(arg=None):
     # A fixed recipe: the cosine schedule ends inside the budget here (one object: ~2 steps/s, 1500 steps in ~12-14
     # minutes of 15; multi: 2.8 steps/s with its longer captions on this machine alone, 4400 steps in ~26 minutes of
     # 30 - twice the steps it had, which more than doubled the first samples fully right: EVAL.md, "accuracy against
-    # training steps"; multi_dalle_bart: 2200 steps in ~16 minutes alone, more right than multi's 4400 on every
-    # split: EVAL.md, "the multi-object world: encoder-decoder"), so a slower machine trains the same model, later.
+    # training steps"; multi_dalle_bart: 2200 steps in ~16 minutes alone, more right than multi's 4400 on validation
+    # and zero-shot prompts: EVAL.md, "the multi-object world: encoder-decoder"), so a slower machine trains the
+    # same model, later.
     # The time limit is only a safety stop; the multi one is 40 minutes, so that a machine shared with other jobs
     # (38 minutes measured) still ends the schedule.
     c.train.num_steps = {"multi": 4400, "multi_dalle_bart": 2200}.get(variant, 1500)

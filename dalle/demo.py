@@ -155,7 +155,8 @@ def main(argv: Sequence[str]) -> int:
 
     overrides, rest = config_lib.split_config_args(list(argv))
     p = Parser(prog="dalle demo", description=__doc__.split("\n\n")[0], takes_config=True,
-               examples="dalle demo --config emoji_tiny\ndalle demo --config shapes_tiny:multi,root=outputs/multi")
+               examples="dalle demo --config emoji_tiny\n"
+                        "dalle demo --config shapes_tiny:multi_dalle_bart,root=outputs/multi")
     p.add_argument("--config", default="configs/shapes_tiny.py",
                    help="the text-to-image recipe (its data paths; its pipeline() names the other stages)")
     p.add_argument("--root", default="", help="where every stage writes (default: the recipe's own root)")

@@ -50,14 +50,35 @@ def image_tokenizer(path: str):
     return kinds.load_image_tokenizer(path)
 
 
+def check_prompt(i: int, prompt: Any, vocab: Any, options: Any) -> None:
+    """Raises GenerationError naming prompt `i` (0-based) when it would reach the model as the empty caption - the
+    unconditional prompt, images of nothing the user asked for: empty, emptied by the caption cleaner (control or
+    zero-width characters, only a URL), or, with `data.unknown_words = drop`, no word the vocabulary knows."""
+    from dalle.data import text
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise GenerationError(f"prompt {i + 1} is empty; describe the image, e.g. 'a red circle'")
+    cleaned = text.normalize_caption(prompt, options)
+    if not cleaned.strip():
+        raise GenerationError(f"prompt {i + 1} ({prompt[:40]!r}) has no words left after caption cleaning "
+                              f"(only control or invisible characters, punctuation or a URL); describe the "
+                              f"image, e.g. 'a red circle'")
+    known = getattr(vocab, "known_text", None)  # a KnownWordsVocabulary (data.unknown_words = "drop")
+    if known is not None and not known(cleaned):
+        raise GenerationError(f"prompt {i + 1} ({prompt[:40]!r}) has no word the model's vocabulary knows, and "
+                              f"its data.unknown_words = 'drop' leaves such words out: it would draw "
+                              f"unconditionally; use the model's words, e.g. 'a red circle'")
+
+
 @functools.lru_cache(maxsize=2)
-def load_reranker(clip_dir: str) -> Callable[[str, np.ndarray], list[int]]:
+def load_reranker(clip_dir: str, unknown_words: str | None = None) -> Callable[[str, np.ndarray], list[int]]:
     """(prompt, uint8 images) -> candidate indices best first, by the score of the CLIP in `clip_dir`
-    (dalle/eval/rerank.py): how `dalle generate` and `Generator.__call__` keep the best candidates."""
+    (dalle/eval/rerank.py): how `dalle generate` and `Generator.__call__` keep the best candidates. `unknown_words`:
+    the image model's `data.unknown_words`, so the CLIP reads a prompt as the model did (None: the CLIP's own)."""
     from dalle.eval import rerank
     from dalle.modeling.clip import model as clip
 
-    model = clip.load_clip(clip_dir)
+    model = clip.load_clip(clip_dir, unknown_words=unknown_words)
 
     def order(prompt: str, images: np.ndarray) -> list[int]:
         scores = rerank.candidate_scores(model, images, [prompt])
@@ -190,21 +211,8 @@ class Generator:
         if not prompts:
             raise GenerationError("no prompts given")
         options = text.options_from_config(self.config.data, for_prompts=True)
-        known = getattr(self.vocab, "known_text", None)  # data.unknown_words = "drop"
         for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
-                raise GenerationError(f"prompt {i + 1} is empty; describe the image, e.g. 'a red circle'")
-            cleaned = text.normalize_caption(p, options)
-            if not cleaned.strip():
-                # Control or zero-width characters, or only a URL: the caption cleaner drops all of it, and an
-                # empty caption is the unconditional prompt - images of nothing the user asked for.
-                raise GenerationError(f"prompt {i + 1} ({p[:40]!r}) has no words left after caption cleaning "
-                                      f"(only control or invisible characters, punctuation or a URL); describe the "
-                                      f"image, e.g. 'a red circle'")
-            if known is not None and not known(cleaned):
-                raise GenerationError(f"prompt {i + 1} ({p[:40]!r}) has no word the model's vocabulary knows, and "
-                                      f"its data.unknown_words = 'drop' leaves such words out: it would draw "
-                                      f"unconditionally; use the model's words, e.g. 'a red circle'")
+            check_prompt(i, p, self.vocab, options)
         length = self.model.max_text_length
         tokens = tasks.encode_captions(list(prompts), self.vocab, length, options)
         truncated = [i for i, p in enumerate(prompts)
@@ -340,7 +348,7 @@ class Generator:
                                **settings.sampler_kwargs())
         images = self.images([prompt], num_images=max(keep, settings.candidates), seed=seed,
                              image_prompt=prompt_codes, **settings.sampler_kwargs())
-        return images[load_reranker(clip_dir)(prompt, images)[:keep]]
+        return images[load_reranker(clip_dir, self.config.data.get("unknown_words", "keep"))(prompt, images)[:keep]]
 
 
 def _check_numbers(num_images, condition_scale, top_k, top_p, temperature, vocab) -> None:

@@ -227,6 +227,23 @@ def checkpoint_step(directory: str) -> tuple[str, int] | None:
     return (workdir, int(name)) if paths.isfile(paths.join(workdir, "config.json")) else None
 
 
+def trained_step(directory: str) -> int | None:
+    """The training step of the weights `directory` loads as a model (what metrics.json records): a checkpoint
+    step's own; an export's, as the trainer saved it with the export (a run stopped by its time limit exports at the
+    step it reached); for a workdir still training, its latest checkpoint step. None when nothing records one (a
+    converted model, an export written before steps were saved)."""
+    step_of = checkpoint_step(directory)
+    if step_of is not None:
+        return step_of[1]
+    exported = exported_model_dir(directory)
+    if exported is not None:
+        step = read_extra(exported).get("step")
+        return int(step) if step is not None else None
+    steps = [int(paths.basename(d)) for d in paths.glob(paths.join(directory, "checkpoints"), "*")
+             if paths.basename(d).isdigit() and paths.isdir(d)]
+    return max(steps) if steps else None
+
+
 def load_latest_model(workdir: str, step: int | None = None) -> tuple[ConfigDict, Any]:
     """(config, params) of a trainer workdir (dalle/train/checkpointing.py's layout): the exported model if
     training finished, else the params of the latest checkpoint step; with `step`, that checkpoint's params."""

@@ -34,6 +34,7 @@ def test_unknown_words_are_split_then_dropped(config):
     assert vocab.known_text("please draw a red, star for me") == "a red star"
     assert vocab.known_text("a star in the top-left") == "a star in the top left"
     assert vocab.known_text("a star on the right, please") == "a star on the right,"
+    assert vocab.known_text("a star at the top-right, please") == "a star at the top right,"  # keeps "right,"
     assert vocab.known_text("xqzv ,,, !!") == ""
     # ids: the known words' ids under the base vocabulary; never <unk>
     ids = list(vocab.encode("please draw a red star"))
@@ -77,10 +78,12 @@ def test_training_drops_the_made_up_words_of_caption_noise(config):
     dropped = _train_tokens(noisy, "dalle_known_drop")
     assert np.all(np.sum(kept == unk, axis=1) == 1)
     np.testing.assert_array_equal(dropped, clean)
-    assert tasks.fingerprint(noisy) != tasks.fingerprint(config.data)
+    only_policy = config.data.copy_and_resolve_references()
+    only_policy.unknown_words = "drop"
+    assert tasks.fingerprint(only_policy) != tasks.fingerprint(config.data)  # a resumed stream must match it
 
 
-def test_prompts_read_as_training_does(config):
+def test_prompts_read_as_training_does(config, monkeypatch):
     """The Generator leaves unknown words out of a prompt as training would, and refuses a prompt with no known
     word (it would draw unconditionally) naming the setting."""
     import types
@@ -95,7 +98,8 @@ def test_prompts_read_as_training_does(config):
     cfg = config_lib.ConfigDict({"model": m.to_dict(), "data": data.to_dict()})
     params = model_lib.random_params(model_lib.build_model(m), seed=0)
     fake_vqgan = types.SimpleNamespace(codebook_size=64, tokens_per_side=8)
-    gen = generation.Generator(cfg, params, generation._vocab(data.tokenizer_path, "drop"), fake_vqgan)
+    monkeypatch.setattr(generation, "image_tokenizer", lambda path: fake_vqgan)
+    gen = generation.Generator.from_parts(cfg, params, vqgan_checkpoint="fake")  # the model's own setting
     vocab = tokenizer.load_vocabulary(data.tokenizer_path)
     got = gen.tokenize(["please draw a red star for me", "a star in the top-left"]).tokens
     want = tasks.encode_captions(["a red star", "a star in the top left"], vocab, 40)
@@ -105,11 +109,42 @@ def test_prompts_read_as_training_does(config):
         gen.tokenize(["a red star", "xqzv please"])
 
 
-def test_the_reranking_clip_reads_captions_the_same_way(config):
+def test_the_gan_reads_prompts_the_same_way(config):
+    from dalle import generation
+    from dalle.modeling.gan import text as gan_text
+
+    data = config.data.copy_and_resolve_references()
+    data.unknown_words = "drop"
+    tok = gan_text.CaptionTokenizer.from_config(config_lib.ConfigDict({"data": data.to_dict(),
+                                                                       "model": {"context_length": 40}}))
+    keep = gan_text.CaptionTokenizer.from_config(config_lib.ConfigDict({"data": config.data.to_dict(),
+                                                                        "model": {"context_length": 40}}))
+    np.testing.assert_array_equal(tok.prompts(["please draw a red star"]), keep.prompts(["a red star"]))
+    with pytest.raises(generation.GenerationError, match="prompt 1 .*has no word the model's vocabulary knows"):
+        tok.prompts(["xqzv please"])
+
+
+def test_the_reranking_clip_reads_captions_the_same_way(config, tmp_path):
+    """A saved CLIP reads captions by its own data.unknown_words, or by the image model's when the caller passes
+    it (a CLIP trained before the setting existed, ranking for a model that drops unknown words)."""
+    import jax
+
+    from dalle import model_dir
     from dalle.modeling.clip import model as clip_lib
+    from dalle.modeling.clip import schema as clip_schema
 
     path = config.data.tokenizer_path
-    tok = clip_lib.make_tokenizer({"context_length": 40, "tokenizer_path": path}, "", "drop")
     keep = clip_lib.make_tokenizer({"context_length": 40, "tokenizer_path": path})
-    np.testing.assert_array_equal(tok(["please draw a red star"]), keep(["a red star"]))
     assert not np.array_equal(keep(["please draw a red star"]), keep(["a red star"]))
+    cfg = clip_schema.clip_defaults()
+    cfg.update(dict(embed_dim=8, image_size=32, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
+                    vision_mlp_dim=32, context_length=40, vocab_size=200, text_width=16, text_layers=1, text_heads=2,
+                    text_mlp_dim=32, text_pool="eos", eos_id=tokenizer.EOS_ID))
+    clip = clip_lib.CLIP(cfg.to_dict())
+    params = clip.init(jax.random.PRNGKey(0))
+    d = model_dir.save_model(str(tmp_path / "clip"), params,
+                             config_lib.ConfigDict({"model": cfg.to_dict(), "data": config.data.to_dict()}))
+    saved_keep = clip_lib.load_clip(d, path)
+    np.testing.assert_array_equal(saved_keep.tokenize(["please draw a red star"]), keep(["please draw a red star"]))
+    overridden = clip_lib.load_clip(d, path, unknown_words="drop")
+    np.testing.assert_array_equal(overridden.tokenize(["please draw a red star"]), keep(["a red star"]))

@@ -125,6 +125,9 @@ def test_one_checkpoint_step_is_a_model_of_its_own(reference_run):
     assert any(not np.array_equal(mid_params[k], final[k]) for k in final)
     assert checkpoint.checkpoint_step(mid) == (ref_dir, 8) and checkpoint.checkpoint_step(ref_dir) is None
     assert reporting.run_summary(mid)["steps"] == 8 and reporting.run_summary(ref_dir)["steps"] == 10
+    # the step the weights come from, as metrics.json records it: the checkpoint's, or the one saved with the export
+    assert checkpoint.trained_step(mid) == 8 and checkpoint.trained_step(ref_dir) == 10
+    assert checkpoint.trained_step(os.path.join(ref_dir, "model")) == 10
     assert eval_main.default_output_dir(mid) == os.path.join(ref_dir, "eval_step_8")
     assert eval_main.default_output_dir(ref_dir) == os.path.join(ref_dir, "eval")
     with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint of step 5 \(it has \[6, 8, 10\]\)"):

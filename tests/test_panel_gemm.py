@@ -177,6 +177,7 @@ print(json.dumps({"errors": errs, "flags": native.compile_flags()}))
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"), reason="-mno-avx512f is an x86 flag")
 def test_portable_loops_without_avx512(tmp_path):
     """CPUs without AVX-512 take the kernel's plain C++ loops: built here with `-mno-avx512f` (in a fresh kernel
     cache, in a subprocess) they must give the same float32 and bfloat16 products, with no 512-bit registers."""

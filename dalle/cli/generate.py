@@ -166,7 +166,8 @@ def main(argv: Sequence[str]) -> int:
             clip_dir = sampling_schema.rerank_clip(settings, from_user=args.clip is not None)
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
-        scorer = generation.load_reranker(clip_dir) if clip_dir else None
+        scorer = (generation.load_reranker(clip_dir, gen.config.data.get("unknown_words", "keep")) if clip_dir
+                  else None)
         image_prompt = None
         if args.image_prompt is not None:
             image_prompt = gen.completion_prompt(args.image_prompt, args.keep_rows,

@@ -280,7 +280,8 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
 
     clip = None
     if ev.clip_checkpoint:
-        clip = clip_lib.load_clip(ev.clip_checkpoint, data.get("tokenizer_path", "") if data is not None else "")
+        clip = clip_lib.load_clip(ev.clip_checkpoint, data.get("tokenizer_path", "") if data is not None else "",
+                               data.get("unknown_words", "keep") if data is not None else None)
     else:
         notes.append("eval.clip_checkpoint is empty: no reranking (the first keep_top candidates are kept) and no "
                      "CLIP score")
@@ -363,9 +364,9 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
     fid_name = net.metric_prefix if net is not None else "FID"
     svg = fid_clip_svg(plot_points, fid_name, clip.backbone if clip else "no CLIP")
     paths.write_text_atomic(paths.join(out_dir, "fid_vs_clip.svg"), svg)
-    from dalle.train import reporting
+    from dalle import model_dir
 
-    trained_steps = reporting.run_summary(checkpoint_dir)["steps"]
+    trained_steps = model_dir.trained_step(checkpoint_dir)
     results.update({
         "checkpoint": paths.absolute(checkpoint_dir),
         "checkpoint_step": trained_steps,  # the training step the evaluated weights come from (None: not recorded)
@@ -398,7 +399,10 @@ def run(config: ConfigDict, checkpoint_dir: str, generator: Any = None) -> dict[
     if jax.process_index() == 0:  # the same numbers and grids in TensorBoard, at the model's training step
         from dalle.eval import tensorboard
 
-        tensorboard.write(out_dir, json.loads(json.dumps(results, default=_json_default)), trained_steps or 0)
+        from dalle.train import reporting
+
+        step = trained_steps if trained_steps is not None else reporting.run_summary(checkpoint_dir)["steps"]
+        tensorboard.write(out_dir, json.loads(json.dumps(results, default=_json_default)), step or 0)
     return results
 
 
@@ -580,7 +584,8 @@ def make_reference(config: ConfigDict, out: str, checkpoint_dir: str = "", image
     ev = config.eval
     notes: list[str] = []
     data = checkpoint.read_config(checkpoint_dir).data if checkpoint_dir else None
-    clip = (clip_lib.load_clip(ev.clip_checkpoint, data.get("tokenizer_path", "") if data is not None else "")
+    clip = (clip_lib.load_clip(ev.clip_checkpoint, data.get("tokenizer_path", "") if data is not None else "",
+                               data.get("unknown_words", "keep") if data is not None else None)
             if ev.clip_checkpoint else None)
     net = load_feature_network(ev, clip, notes)
     if net is None:

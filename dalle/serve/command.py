@@ -151,7 +151,8 @@ def build_server(args: argparse.Namespace, http: HttpLimits = HttpLimits()) -> S
 
         try:
             # CLIPs trained on our data tokenize with the DALL·E model's sentencepiece model when they name none.
-            rerank_fn = clip_scorer(clip.load_clip(clip_dir, tokenizer_path=gen.config.data.tokenizer_path))
+            rerank_fn = clip_scorer(clip.load_clip(clip_dir, tokenizer_path=gen.config.data.tokenizer_path,
+                                                      unknown_words=gen.config.data.get("unknown_words", "keep")))
         except OSError as e:
             raise StartupError(f"cannot load the CLIP from {clip_dir}: {e}") from e
     limits = Limits(max_images=args.max_images, image_codes=int(gen.model.image_vocab_size),

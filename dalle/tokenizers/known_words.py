@@ -22,7 +22,9 @@ import seqio
 
 from dalle.data.schema import UNKNOWN_WORDS
 from dalle.tokenizers.bart_bpe import PythonVocabulary
+_CHUNKS = re.compile(r"[^\W_]+[^\w\s]*|[^\w\s]+")  # a run of letters/digits with the punctuation after it
 _PARTS = re.compile(r"[^\W_]+|[^\w\s]")  # runs of letters/digits, single punctuation marks
+_CACHE_LIMIT = 100_000  # words remembered (prompts of a long-running server, made-up words of caption noise)
 
 
 class KnownWordsVocabulary(PythonVocabulary):
@@ -36,18 +38,27 @@ class KnownWordsVocabulary(PythonVocabulary):
         super().__init__(extra_ids=0)
 
     def is_known(self, word: str) -> bool:
-        if word not in self._known:
-            self._known[word] = self.base.unk_id not in list(self.base.encode(word))
-        return self._known[word]
+        known = self._known.get(word)
+        if known is None:
+            if len(self._known) >= _CACHE_LIMIT:
+                self._known.clear()
+            known = self._known[word] = self.base.unk_id not in list(self.base.encode(word))
+        return known
 
     def known_text(self, text: str) -> str:
-        """`text` with only the words (or word parts) the vocabulary knows, in order, single-spaced."""
+        """`text` with only the words (or word parts) the vocabulary knows, in order, single-spaced. An unknown
+        word is tried as chunks that keep a word's trailing punctuation ("bottom-right," -> "bottom-", "right,":
+        a word vocabulary may know "right," from its captions), then as bare parts."""
         out = []
         for word in text.split():
             if self.is_known(word):
                 out.append(word)
-            else:
-                out.extend(p for p in _PARTS.findall(word) if self.is_known(p))
+                continue
+            for chunk in _CHUNKS.findall(word):
+                if self.is_known(chunk):
+                    out.append(chunk)
+                else:
+                    out.extend(p for p in _PARTS.findall(chunk) if self.is_known(p))
         return " ".join(out)
 
     # --- seqio.Vocabulary: the base vocabulary's ids ------------------------------------------------------------

@@ -256,7 +256,7 @@ def train(config: ConfigDict, workdir: str, task: Task | None = None) -> RunResu
             reporter.close()
         if status in ("done", "time_limit"):  # a run that used its time budget is finished too
             params, model_config = task.export_params(state)
-            model_checkpoint.save_model(paths.join(workdir, "model"), params, model_config)
+            model_checkpoint.save_model(paths.join(workdir, "model"), params, model_config, extra={"step": step})
         ckpt.close()
     return RunResult(step, status, last, nonfinite_total, workdir)
 

@@ -396,9 +396,11 @@ def resolve_eos(model_config: Any, eos_id: int) -> Any:
     return model_config
 
 
-def load_clip(directory: str, tokenizer_path: str = "") -> LoadedCLIP:
+def load_clip(directory: str, tokenizer_path: str = "", unknown_words: str | None = None) -> LoadedCLIP:
     """A CLIP model directory (`dalle convert clip` or the export of a CLIP training run). `tokenizer_path`
-    is used when the checkpoint names none (sentencepiece CLIPs trained on our data use data.tokenizer_path)."""
+    is used when the checkpoint names none (sentencepiece CLIPs trained on our data use data.tokenizer_path);
+    `unknown_words` (the `data.unknown_words` of the image model it ranks for, so both read a prompt alike) overrides
+    the CLIP's own setting (None: its saved data section's, else "keep")."""
     from dalle import model_dir as checkpoint
     from dalle.modeling.clip import schema
 
@@ -417,6 +419,7 @@ def load_clip(directory: str, tokenizer_path: str = "") -> LoadedCLIP:
     mc = resolve_eos(m.to_dict(), EOS_ID)
     if mc.get("tokenizer_path"):
         mc["tokenizer_path"] = checkpoint.resolve_path(directory, mc["tokenizer_path"])
-    unknown_words = config.data.get("unknown_words", "keep") if "data" in config else "keep"
+    if unknown_words is None:
+        unknown_words = config.data.get("unknown_words", "keep") if "data" in config else "keep"
     return LoadedCLIP(CLIP(mc), params, make_tokenizer(mc, tokenizer_path, unknown_words),
                       schema.backbone_name(schema.complete_clip_config(ConfigDict(mc))))

@@ -41,10 +41,11 @@ class CaptionTokenizer:
         return tasks.encode_captions([str(c) for c in captions], self.vocab, self.length, self.options)
 
     def prompts(self, prompts: Sequence[str]) -> np.ndarray:
-        """User prompts -> tokens like `captions`; an empty prompt (or one the caption cleaner empties) raises
-        GenerationError, a prompt longer than the model reads warns that it was truncated."""
+        """User prompts -> tokens like `captions`; a prompt that would reach the model as the empty caption raises
+        GenerationError (dalle.generation.check_prompt), a prompt longer than the model reads warns that it was
+        truncated."""
         from dalle.data import text
-        from dalle.generation import GenerationError
+        from dalle.generation import GenerationError, check_prompt
 
         if isinstance(prompts, str):
             raise GenerationError("prompts must be a list of strings, got one string; wrap it in a list")
@@ -52,12 +53,7 @@ class CaptionTokenizer:
         if not prompts:
             raise GenerationError("no prompts given")
         for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
-                raise GenerationError(f"prompt {i + 1} is empty; describe the image, e.g. 'a red circle'")
-            if not text.normalize_caption(p, self.options).strip():
-                raise GenerationError(f"prompt {i + 1} ({p[:40]!r}) has no words left after caption cleaning "
-                                      f"(only control or invisible characters, punctuation or a URL); describe the "
-                                      f"image, e.g. 'a red circle'")
+            check_prompt(i, p, self.vocab, self.options)
             if len(self.vocab.encode(text.normalize_caption(p, self.options))) > self.length - 1:
                 warnings.warn(f"prompt {i + 1} is longer than the model's {self.length - 1} text tokens and was "
                               f"truncated", stacklevel=3)
