@@ -89,8 +89,9 @@ def test_call_samples_with_the_model_sampling_section(tiny, tmp_path, monkeypatc
                                                           keep=2, clip_checkpoint=str(clip_dir)))
     asked = []
 
-    def reversed_order(directory):  # a stand-in CLIP that ranks the last candidate first
+    def reversed_order(directory, unknown_words=None):  # a stand-in CLIP that ranks the last candidate first
         asked.append(directory)
+        assert unknown_words == "keep"  # the image model's data.unknown_words: the CLIP reads prompts as it does
         return lambda prompt, images: list(reversed(range(len(images))))
 
     monkeypatch.setattr(generation, "load_reranker", reversed_order)
