@@ -220,3 +220,238 @@ def test_a_dvae_tokenizes_the_whole_text_to_image_pipeline(tmp_path):
     np.testing.assert_array_equal(prompt, tok.encode(images[:1]).reshape(-1)[:16])
     completed = gen.codes(["a red circle"], num_images=1, seed=0, image_prompt=prompt)
     assert (completed[0, :16] == prompt).all()  # kept as given, the rest drawn
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Options against codebook collapse (`dvae_loss`; all off by default)
+# ----------------------------------------------------------------------------------------------------------------
+def test_collapse_options_default_to_the_papers_recipe():
+    from dalle.modeling.dvae import schema
+
+    d = schema.loss_defaults()
+    assert (d.straight_through, d.reconstruction, d.foreground_weight, d.kmeans_init, d.encoder_freeze_steps,
+            d.restart_dead_codes) == (False, "logit_laplace", 0.0, False, 0, False)
+    task = make_task(make_config())
+    state = jax.jit(task.init_state)(jax.random.key(0))
+    assert set(state) == {"params", "opt_state", "step"}  # no usage EMA without restarts
+    assert task.pixel_weights(jnp.zeros((1, 16, 16, 3))) is None
+    # The default loss is the paper's relaxed ELB, term by term.
+    params = state["params"]
+    images = jnp.asarray(toy_images(4), jnp.float32) / 255.0
+    rng = jax.random.key(5)
+    loss, aux = task.loss(params, images, rng, 0.7, 0.3)
+    x = dvae_lib.map_pixels(images)
+    logits = task.model.encoder_logits(params, x)
+    stats = task.model.decoder_stats(params, losses.gumbel_softmax(rng, logits, 0.7))
+    want, _, _ = losses.negative_elb(x, stats, logits, 0.3)
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+
+def test_straight_through_is_one_hot_forward_and_relaxed_backward():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(4, 3, 3, 16)), jnp.float32)
+    z = losses.gumbel_softmax(jax.random.key(0), logits, 1.0)
+    hard = losses.straight_through(z)
+    np.testing.assert_array_equal(hard, jax.nn.one_hot(jnp.argmax(z, -1), 16))  # exactly one-hot
+    # The backward pass is the relaxed sample's.
+    c = jnp.asarray(rng.normal(size=(16,)), jnp.float32)
+    sample = lambda l: losses.gumbel_softmax(jax.random.key(0), l, 1.0)  # noqa: E731
+    g_st = jax.grad(lambda l: jnp.sum(losses.straight_through(sample(l)) * c))(logits)
+    g_soft = jax.grad(lambda l: jnp.sum(sample(l) * c))(logits)
+    np.testing.assert_allclose(g_st, g_soft, rtol=1e-6)
+    assert float(jnp.max(jnp.abs(g_st))) > 1e-3
+
+
+def test_straight_through_decoder_reads_the_sampled_code_and_the_encoder_gets_gradients():
+    task = make_task(make_config(straight_through=True))
+    params = task.init_params(jax.random.key(0))
+    images = jnp.asarray(toy_images(4), jnp.float32) / 255.0
+    rng = jax.random.key(3)
+    loss, aux = task.loss(params, images, rng, 1.0, 0.5)
+    # The forward pass is the ELB of the integer codes argmax(logits + g) (the Gumbel-max sample).
+    g = jax.random.gumbel(rng, aux["logits"].shape, jnp.float32)
+    codes = jnp.argmax(aux["logits"] + g, axis=-1)
+    x = dvae_lib.map_pixels(images)
+    want, _, _ = losses.negative_elb(x, task.model.decoder_stats(params, codes), aux["logits"], 0.5)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    soft, _ = make_task(make_config()).loss(params, images, rng, 1.0, 0.5)
+    assert abs(float(soft) - float(loss)) > 1e-4  # the relaxed decoder input differs
+    grads = jax.grad(lambda p: task.loss(p, images, rng, 1.0, 0.0)[0])(params)
+    for m in ("encoder/input", "encoder/output/conv", "decoder/input"):
+        assert float(jnp.max(jnp.abs(grads[m]["w"]))) > 0, m
+
+
+def test_mse_reconstruction_is_a_squared_error_of_the_decoded_image():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.uniform(0.1, 0.9, (2, 8, 8, 3)), jnp.float32)
+    stats = jnp.asarray(rng.normal(size=(2, 8, 8, 6)), jnp.float32)
+    mean = 1 / (1 + np.exp(-np.asarray(stats[..., :3], np.float64)))
+    np.testing.assert_allclose(losses.gaussian_nll(x, stats, 0.2), (np.asarray(x) - mean) ** 2 / 0.08, rtol=1e-4,
+                               atol=1e-7)
+    logits = jnp.zeros((2, 2, 2, 16))
+    loss, nll, kl = losses.negative_elb(x, stats, logits, 0.0, reconstruction="mse", mse_sigma=0.2)
+    np.testing.assert_allclose(loss, np.mean((np.asarray(x) - mean) ** 2 / 0.08), rtol=1e-5)
+    np.testing.assert_allclose(nll, loss, rtol=1e-6)
+    # The log-scales do not enter it; the logit-Laplace NLL depends on them.
+    other = stats.at[..., 3:].add(1.0)
+    assert float(losses.negative_elb(x, other, logits, 0.0, reconstruction="mse", mse_sigma=0.2)[0]) == float(loss)
+    assert float(losses.negative_elb(x, other, logits, 0.0)[0]) != float(losses.negative_elb(x, stats, logits, 0.0)[0])
+    with pytest.raises(ValueError, match="reconstruction 'l2' is not one of"):
+        losses.negative_elb(x, stats, logits, 0.0, reconstruction="l2")
+    # The task's loss uses it.
+    task = make_task(make_config(reconstruction="mse", mse_sigma=0.2))
+    params = task.init_params(jax.random.key(0))
+    images = jnp.asarray(toy_images(2), jnp.float32) / 255.0
+    rng = jax.random.key(0)
+    got, aux = task.loss(params, images, rng, 1.0, 0.0)
+    z = losses.gumbel_softmax(rng, aux["logits"], 1.0)
+    want = jnp.mean(losses.gaussian_nll(dvae_lib.map_pixels(images), task.model.decoder_stats(params, z), 0.2))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_foreground_weight_weighs_object_pixels_more():
+    task = make_task(make_config(foreground_weight=9.0))
+    images = np.zeros((1, 16, 16, 3), np.float32)
+    images[0, 4:8, 4:8] = [1.0, 0.2, 0.2]  # a red square on black
+    images = jnp.asarray(images)
+    w = task.pixel_weights(images)
+    assert w.shape == (1, 16, 16, 1)
+    np.testing.assert_allclose(w[0, 5, 5, 0], 10.0)
+    np.testing.assert_allclose(w[0, 12, 12, 0], 1.0)
+    x = dvae_lib.map_pixels(images)
+    logits = jnp.zeros((1, 4, 4, 16))
+    logit_x = jnp.log(x) - jnp.log1p(-x)
+    exact = jnp.concatenate([logit_x, jnp.full_like(x, -1.0)], axis=-1)
+
+    def extra_loss(y, xx, weights):
+        base = float(losses.negative_elb(x, exact, logits, 0.0, weights)[0])
+        return float(losses.negative_elb(x, exact.at[0, y, xx, 0].add(1.0), logits, 0.0, weights)[0]) - base
+
+    np.testing.assert_allclose(extra_loss(5, 5, w) / extra_loss(12, 12, w), 10.0, rtol=1e-3)
+    np.testing.assert_allclose(extra_loss(5, 5, None), extra_loss(12, 12, None), rtol=1e-4)  # unweighted: equal
+    # The task's loss is weighted by it.
+    params = task.init_params(jax.random.key(0))
+    rng = jax.random.key(0)
+    got, aux = task.loss(params, images, rng, 1.0, 0.0)
+    stats = task.model.decoder_stats(params, losses.gumbel_softmax(rng, aux["logits"], 1.0))
+    nll = losses.logit_laplace_nll(x, stats)
+    np.testing.assert_allclose(got, jnp.sum(nll * w) / jnp.sum(jnp.broadcast_to(w, nll.shape)), rtol=1e-5)
+
+
+def test_kmeans_init_gives_each_position_its_nearest_seed_after_the_first_step():
+    task = make_task(make_config(kmeans_init=True, kmeans_logit_scale=10.0))
+    state = jax.jit(task.init_state)(jax.random.key(0))
+    images = jnp.asarray(toy_images(8), jnp.float32) / 255.0
+    feats, _ = task.model.encoder_features_and_logits(state["params"], dvae_lib.map_pixels(images))
+    step = jax.jit(task.train_step)
+    new, _ = step(state, {"image": jnp.asarray(toy_images(8))}, jax.random.key(0))
+    w = np.asarray(new["params"]["encoder/output/conv"]["w"][0, 0])  # [C, K]
+    b = np.asarray(new["params"]["encoder/output/conv"]["b"])
+    f = np.asarray(feats).reshape(-1, w.shape[0])
+    s = 10.0 / np.mean(np.sum((f - f.mean(0)) ** 2, -1))
+    seeds = w.T / s
+    # Every column is a feature vector of the batch, its bias -|c|^2 / 2 scaled alike.
+    nearest = np.min(np.sum((seeds[:, None] - f[None]) ** 2, -1), axis=1)
+    assert np.all(nearest < 1e-6 * np.mean(np.sum(f ** 2, -1))), nearest
+    np.testing.assert_allclose(b, -0.5 * s * np.sum(seeds ** 2, -1), rtol=1e-4, atol=1e-6)
+    # So the argmax code of each position is its nearest seed, and distinct features get distinct codes.
+    codes = np.argmax(f @ w + b, -1)
+    np.testing.assert_array_equal(codes, np.argmin(np.sum((f[:, None] - seeds[None]) ** 2, -1), -1))
+    assert len(np.unique(codes)) >= 12  # 16 codes, k-means++ seeds over 128 positions
+    plain, _ = jax.jit(make_task(make_config()).train_step)(state, {"image": jnp.asarray(toy_images(8))},
+                                                            jax.random.key(0))
+    assert len(np.unique(np.argmax(f @ np.asarray(plain["params"]["encoder/output/conv"]["w"][0, 0]), -1))) < 12
+    # Only the first step does it.
+    later, _ = step(new, {"image": jnp.asarray(toy_images(8))}, jax.random.key(1))
+    delta = np.abs(np.asarray(later["params"]["encoder/output/conv"]["w"][0, 0]) - w).max()
+    assert 0 < delta < 0.01 * np.abs(w).max()
+
+
+def test_encoder_freeze_steps_train_the_decoder_alone_first():
+    task = make_task(make_config(encoder_freeze_steps=2))
+    state = jax.jit(task.init_state)(jax.random.key(0))
+    step = jax.jit(task.train_step)
+    batch = {"image": jnp.asarray(toy_images(8))}
+    moved = lambda a, b, prefix: max(float(jnp.max(jnp.abs(a[k]["w"] - b[k]["w"])))  # noqa: E731
+                                     for k in a if k.startswith(prefix))
+    s1, _ = step(state, batch, jax.random.key(0))
+    s2, _ = step(s1, batch, jax.random.key(1))
+    s3, _ = step(s2, batch, jax.random.key(2))
+    assert moved(s2["params"], state["params"], "encoder/") == 0.0
+    assert moved(s2["params"], state["params"], "decoder/") > 0.0
+    assert moved(s3["params"], s2["params"], "encoder/") > 0.0  # step 2 trains it
+
+
+def test_dead_code_restart_splits_a_live_code_at_a_badly_reconstructed_position():
+    margin = 0.5
+    task = make_task(make_config(restart_dead_codes=True, restart_every=2, restart_margin=margin))
+    state = jax.jit(task.init_state)(jax.random.key(0))
+    assert state["usage"].shape == (16,)
+    images = jnp.asarray(toy_images(8))
+    feats, logits = task.model.encoder_features_and_logits(state["params"], dvae_lib.map_pixels(
+        jnp.asarray(images, jnp.float32) / 255.0))
+    codes = np.asarray(jnp.argmax(logits, -1)).reshape(-1)
+    f = np.asarray(feats).reshape(-1, feats.shape[-1])
+    live = sorted(set(codes))
+    dead = [v for v in range(16) if v not in live]
+    assert dead
+    # The codes of this batch live (recently used), the others dead; step 1 -> 2 is a restart step.
+    usage = jnp.asarray([1.0 / len(live) if v in live else 0.0 for v in range(16)], jnp.float32)
+    state = dict(state, usage=usage, step=jnp.asarray(1, jnp.int32))
+    new, metrics = jax.jit(task.train_step)(state, {"image": images}, jax.random.key(0))
+    assert float(metrics["restarted_codes"]) == len(dead) and float(metrics["dead_codes"]) == len(dead)
+    enc, dec = new["params"]["encoder/output/conv"], new["params"]["decoder/input"]
+    w, b, rows = np.asarray(enc["w"][0, 0]), np.asarray(enc["b"]), np.asarray(dec["w"][0, 0])
+    old_rows = np.asarray(state["params"]["decoder/input"]["w"][0, 0])
+    for v in dead:
+        assert np.linalg.norm(rows[v] - old_rows[v]) > 0.5 * np.linalg.norm(old_rows[v]), v
+        # Its decoder row is a noisy copy of a live code's (as updated by this step) ...
+        dists = [np.linalg.norm(rows[v] - rows[u]) for u in live]
+        assert min(dists) < 0.3 * np.linalg.norm(rows[v]), (v, dists)
+        u = live[int(np.argmin(dists))]
+        # ... and its logit exceeds that code's by `margin` at one of that code's positions and by 0 at their
+        # centroid (the features the restart saw are those of the params before the step).
+        diff = f @ (w[:, v] - w[:, u]) + (b[v] - b[u])
+        centroid = f[codes == u].mean(0)
+        np.testing.assert_allclose(centroid @ (w[:, v] - w[:, u]) + (b[v] - b[u]), 0.0, atol=1e-4 * margin)
+        assert np.min(np.abs(diff[codes == u] - margin)) < 1e-3, (v, u)
+        assert float(new["usage"][v]) == pytest.approx(1 / 16)
+    for u in live:  # live codes keep their rows (only the optimizer step moves them)
+        assert np.abs(rows[u] - old_rows[u]).max() < 0.01
+    # Not a restart step: nothing is restarted, however dead.
+    _, m2 = jax.jit(task.train_step)(dict(state, step=jnp.asarray(2, jnp.int32)), {"image": images},
+                                     jax.random.key(0))
+    assert float(m2["restarted_codes"]) == 0 and float(m2["dead_codes"]) == len(dead)
+
+
+def test_collapse_option_config_errors():
+    with pytest.raises(config_lib.ConfigError) as e:
+        make_config(foreground_weight=-1.0, reconstruction="l2", restart_every=0, usage_decay=1.0,
+                    encoder_freeze_steps=-1, kmeans_logit_scale=0.0)
+    for want in ("dvae_loss.foreground_weight = -1.0 must be >= 0",
+                 "dvae_loss.reconstruction = 'l2' is not one of ('logit_laplace', 'mse')",
+                 "dvae_loss.restart_every = 0 must be positive", "dvae_loss.usage_decay = 1.0 must be in [0, 1)",
+                 "dvae_loss.encoder_freeze_steps = -1 must be >= 0",
+                 "dvae_loss.kmeans_logit_scale = 0.0 must be positive"):
+        assert want in str(e.value), want
+
+
+def test_the_preset_uses_the_options_that_work():
+    preset = config_lib.load_config("configs/dvae_shapes.py")
+    lc = preset.dvae_loss
+    assert lc.reconstruction == "mse" and lc.foreground_weight > 0 and lc.kmeans_init
+    assert lc.restart_dead_codes and lc.encoder_freeze_steps > 0
+
+
+def test_restarts_stop_at_restart_until():
+    task = make_task(make_config(restart_dead_codes=True, restart_every=2, restart_until=4))
+    state = jax.jit(task.init_state)(jax.random.key(0))
+    images = jnp.asarray(toy_images(8))
+    dead_usage = jnp.zeros((16,), jnp.float32)  # every code dead
+    step = jax.jit(task.train_step)
+    _, before = step(dict(state, usage=dead_usage, step=jnp.asarray(1, jnp.int32)), {"image": images},
+                     jax.random.key(0))
+    _, at = step(dict(state, usage=dead_usage, step=jnp.asarray(3, jnp.int32)), {"image": images},
+                 jax.random.key(0))
+    assert float(before["restarted_codes"]) > 0  # step 2 < 4: restarts
+    assert float(at["restarted_codes"]) == 0 and float(at["dead_codes"]) > 0  # step 4: none, however dead

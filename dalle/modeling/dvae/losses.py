@@ -35,6 +35,14 @@ def gumbel_softmax(rng: jax.Array, logits: jax.Array, temperature: jax.Array | f
     return jax.nn.softmax((logits.astype(jnp.float32) + g) / temperature, axis=-1)
 
 
+def straight_through(z: jax.Array) -> jax.Array:
+    """The one-hot of each relaxed sample's argmax in the forward pass, with the relaxed sample's gradient in the
+    backward pass (straight-through Gumbel-softmax, Jang et al. 2017): the decoder reads only the code identity,
+    never the soft mixture that the argmax tokenizer cannot reproduce."""
+    hard = jax.nn.one_hot(jnp.argmax(z, axis=-1), z.shape[-1], dtype=z.dtype)
+    return hard + (z - jax.lax.stop_gradient(z))  # z - z = 0 exactly: the forward pass is exactly one-hot
+
+
 def kl_to_uniform(logits: jax.Array) -> jax.Array:
     """KL(softmax(logits) || uniform) = log K - H(q) in nats, per position ([...]: the logits' leading axes)."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -57,11 +65,38 @@ def logit_laplace_nll(x: jax.Array, stats: jax.Array) -> jax.Array:
     return jnp.abs(logit - mu) * jnp.exp(-log_b) + log_b + math.log(2.0) + jnp.log(x) + jnp.log1p(-x)
 
 
-def negative_elb(x: jax.Array, stats: jax.Array, logits: jax.Array, kl_weight: jax.Array | float
-                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def gaussian_nll(x: jax.Array, stats: jax.Array, sigma: float) -> jax.Array:
+    """-log N(x; sigmoid(mu), sigma ** 2) per pixel value, up to its constant: (x - sigmoid(mu)) ** 2 / (2 sigma ** 2)
+    with x mapped pixels and mu the decoder's locations (its log-scales unused): a squared error in the space the
+    decoded image lives in (`stats_to_images` unmaps sigmoid(mu))."""
+    c = x.shape[-1]
+    mean = jax.nn.sigmoid(stats[..., :c].astype(jnp.float32))
+    return jnp.square(x.astype(jnp.float32) - mean) / (2.0 * sigma ** 2)
+
+
+RECONSTRUCTIONS = ("logit_laplace", "mse")
+
+
+def negative_elb(x: jax.Array, stats: jax.Array, logits: jax.Array, kl_weight: jax.Array | float,
+                 pixel_weights: jax.Array | None = None, reconstruction: str = "logit_laplace",
+                 mse_sigma: float = 0.1) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(loss, nll, kl): the beta-weighted negative ELB divided by the number of pixel values, the mean NLL per
-    pixel value, and the mean KL per code position (both in nats)."""
-    nll = logit_laplace_nll(x, stats)
+    pixel value, and the mean KL per code position (both in nats).
+
+    `pixel_weights` (broadcastable to x, e.g. [B, H, W, 1]) reweigh the NLL term pixel by pixel, normalized by
+    their mean so the term keeps its scale next to the KL; the returned `nll` stays the unweighted mean.
+    `reconstruction` "mse" replaces the logit-Laplace NLL with `gaussian_nll` at std `mse_sigma`."""
+    if reconstruction == "logit_laplace":
+        nll = logit_laplace_nll(x, stats)
+    elif reconstruction == "mse":
+        nll = gaussian_nll(x, stats, mse_sigma)
+    else:
+        raise ValueError(f"reconstruction {reconstruction!r} is not one of {RECONSTRUCTIONS}")
     kl = kl_to_uniform(logits)
-    loss = (jnp.sum(nll) + kl_weight * jnp.sum(kl)) / nll.size
+    if pixel_weights is None:
+        rec = jnp.sum(nll)
+    else:
+        w = jnp.broadcast_to(pixel_weights.astype(jnp.float32), nll.shape)
+        rec = jnp.sum(nll * w) / jnp.mean(w)
+    loss = (rec + kl_weight * jnp.sum(kl)) / nll.size
     return loss, jnp.mean(nll), jnp.mean(kl)

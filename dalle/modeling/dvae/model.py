@@ -145,13 +145,14 @@ def upsample_nearest_2x(x: jax.Array) -> jax.Array:
 
 
 class Encoder(hk.Module):
-    """Mapped pixels [B, H, W, C] -> float32 logits [B, H/f, W/f, vocab_size]."""
+    """Mapped pixels [B, H, W, C] -> float32 logits [B, H/f, W/f, vocab_size] (with `return_features`, also
+    the features the output conv reads: relu of the last group's output, [B, H/f, W/f, n_hid * 2 ** (groups-1)])."""
 
     def __init__(self, cfg: DVAEConfig, dtype: Any = jnp.float32, name: str | None = "encoder"):
         super().__init__(name=name)
         self.cfg, self.dtype = cfg, dtype
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, return_features: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
         cfg = self.cfg
         h = Conv2d(cfg.n_hid, 7, self.dtype, name="input")(x)
         for g in range(cfg.group_count):
@@ -163,7 +164,9 @@ class Encoder(hk.Module):
                 h = max_pool_2x2(h)
         with hk.name_scope("output"):
             # `dall-e` keeps this conv in float32 even under mixed precision: the logits pick the codes.
-            return Conv2d(cfg.vocab_size, 1, jnp.float32, name="conv")(jax.nn.relu(h)).astype(jnp.float32)
+            features = jax.nn.relu(h).astype(jnp.float32)
+            logits = Conv2d(cfg.vocab_size, 1, jnp.float32, name="conv")(features).astype(jnp.float32)
+        return (features, logits) if return_features else logits
 
 
 class Decoder(hk.Module):
@@ -212,8 +215,8 @@ class DVAE:
     cfg: DVAEConfig
     dtype: Any = jnp.float32
 
-    def _encoder(self) -> hk.Transformed:
-        return hk.without_apply_rng(hk.transform(lambda x: Encoder(self.cfg, self.dtype)(x)))
+    def _encoder(self, return_features: bool = False) -> hk.Transformed:
+        return hk.without_apply_rng(hk.transform(lambda x: Encoder(self.cfg, self.dtype)(x, return_features)))
 
     def _decoder(self) -> hk.Transformed:
         return hk.without_apply_rng(hk.transform(lambda z: Decoder(self.cfg, self.dtype)(z)))
@@ -242,6 +245,12 @@ class DVAE:
         """Mapped pixels (map_pixels of [0, 1] images) [B, H, W, C] -> logits [B, H/f, W/f, vocab_size]."""
         x = sharding.constrain(x, ("batch", None, None, None))
         return self._encoder().apply(self._part(params, "encoder"), x)
+
+    def encoder_features_and_logits(self, params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(features, logits): the logits of `encoder_logits` and the features their 1x1 conv reads
+        (logits = features @ encoder/output/conv w + b)."""
+        x = sharding.constrain(x, ("batch", None, None, None))
+        return self._encoder(True).apply(self._part(params, "encoder"), x)
 
     def decoder_stats(self, params: Params, z: jax.Array) -> jax.Array:
         """Codes [B, h, w] or relaxed one-hots [B, h, w, vocab] -> statistics [B, h*f, w*f, 2 * channels]."""

@@ -46,6 +46,7 @@ def check_model(m: ConfigDict, _: ConfigDict):
 
 
 SCHEDULE_SHAPES = ("cosine", "linear")
+RECONSTRUCTIONS = ("logit_laplace", "mse")  # = dalle.modeling.dvae.losses.RECONSTRUCTIONS (no jax import here)
 
 
 def loss_defaults() -> ConfigDict:
@@ -65,6 +66,42 @@ def loss_defaults() -> ConfigDict:
     # is 192 pixel values per code (256 px, 32x32 codes); on a grid with fewer pixel values per code the same
     # beta weighs the KL term more, which a preset compensates for in kl_weight_end.
     c.summary_images = 8  # images in the reconstruction grid
+    # Options against codebook collapse on small, mostly-background images (issue 20); the defaults are the
+    # paper's recipe. configs/dvae_shapes.py sets the ones that work there.
+    # The decoder reads the one-hot of each relaxed sample's argmax, with the relaxed sample's gradient
+    # (straight-through Gumbel-softmax); off, it reads the relaxed sample itself, as in the paper.
+    c.straight_through = False
+    # The NLL term: logit_laplace (the paper's), or mse: a Gaussian of std mse_sigma (in mapped-pixel units,
+    # [0.1, 0.9] for [0, 1]) around the decoded image, i.e. a squared error whose scale sets its balance with the
+    # KL. On flat backgrounds the logit-Laplace scales shrink there without bound and the decoder is slow to draw
+    # the few object pixels.
+    c.reconstruction = "logit_laplace"
+    c.mse_sigma = 0.1
+    # > 0: pixels that stand out from the image's background weigh up to 1 + foreground_weight in the NLL term
+    # (the VQGAN task's `foreground_weight`, dalle.modeling.vqgan.losses.foreground_weights).
+    c.foreground_weight = 0.0
+    # After the first step, set the encoder's output conv so each position takes its nearest of vocab_size
+    # k-means++ seeds drawn from that batch's encoder features (logit gaps: kmeans_logit_scale over the
+    # features' variance), as the VQGAN task seeds its codebook: the codes mean something from the start.
+    c.kmeans_init = False
+    c.kmeans_logit_scale = 10.0
+    # Steps during which only the decoder trains (encoder gradients zeroed): the decoder learns the initial
+    # codes before the encoder's gradients, which at first chase the image-wide error, can merge them.
+    c.encoder_freeze_steps = 0
+    # Dead-code restarts: every `restart_every` steps, each code whose usage EMA (its share of the argmax codes
+    # of training batches, decay usage_decay) is below dead_code_threshold / vocab_size splits a live code: the
+    # one at a position drawn in proportion to its reconstruction error. It takes that code's decoder input row
+    # (plus restart_noise times the rows' std of noise) and an encoder output column and bias that win by
+    # restart_margin logits at the drawn position's features (DVAETask.restart_dead_codes).
+    c.restart_dead_codes = False
+    c.dead_code_threshold = 0.03
+    c.usage_decay = 0.99
+    c.restart_every = 100
+    c.restart_noise = 0.1
+    c.restart_margin = 1.0
+    # Restarts stop at this step (0: never): a restarted code takes positions far from the one it was drawn at
+    # until the encoder and decoder adapt, so a run needs steps without restarts before its weights are exported.
+    c.restart_until = 0
     return c
 
 
@@ -75,7 +112,19 @@ def check_loss(c: ConfigDict, config: ConfigDict):
     for key in ("kl_weight_start", "kl_weight_end"):
         if c[key] < 0:
             yield f"dvae_loss.{key} = {c[key]} must be >= 0"
-    for key in ("temperature_steps", "kl_weight_steps", "summary_images"):
+    for key in ("foreground_weight", "dead_code_threshold", "restart_noise", "restart_margin"):
+        if c[key] < 0:
+            yield f"dvae_loss.{key} = {c[key]} must be >= 0"
+    for key in ("mse_sigma", "kmeans_logit_scale"):
+        if c[key] <= 0:
+            yield f"dvae_loss.{key} = {c[key]} must be positive"
+    if not 0 <= c.usage_decay < 1:
+        yield f"dvae_loss.usage_decay = {c.usage_decay} must be in [0, 1)"
+    if c.reconstruction not in RECONSTRUCTIONS:
+        yield f"dvae_loss.reconstruction = {c.reconstruction!r} is not one of {RECONSTRUCTIONS}"
+    if c.restart_every <= 0:
+        yield f"dvae_loss.restart_every = {c.restart_every} must be positive"
+    for key in ("temperature_steps", "kl_weight_steps", "summary_images", "encoder_freeze_steps", "restart_until"):
         if c[key] < 0:
             yield f"dvae_loss.{key} = {c[key]} must be >= 0"
     for key in ("temperature_shape", "kl_weight_shape"):
