@@ -1,6 +1,6 @@
-"""Image-tokenizer quality on the captioned-shapes data: train a CPU preset (a VQGAN, or with --config
-configs/dvae_shapes.py OpenAI's dVAE) for at most N minutes, then measure validation PSNR and codebook usage, and
-save originals vs reconstructions (docs/<kind>_reconstructions.png).
+"""Image-tokenizer quality: train a CPU preset (a VQGAN, or with --config configs/dvae_shapes.py OpenAI's dVAE;
+configs/dvae_emoji.py on the emoji data) for at most N minutes, then measure validation PSNR and codebook usage on
+its data's validation images, and save originals vs reconstructions (docs/<kind>[_<source>]_reconstructions.png).
 
     .venv/bin/python -m benchmarks.bench_vqgan_quality [--minutes 10] [--workdir outputs/bench/vqgan_f4_32]
     .venv/bin/python -m benchmarks.bench_vqgan_quality --config configs/dvae_shapes.py --minutes 12 \
@@ -25,14 +25,28 @@ from benchmarks import common
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def validation_images(data_config, n: int) -> np.ndarray:
+    """The first n validation images [n, S, S, 3] uint8 of the run's data: the shapes world's renders, or the
+    first n of another image source's validation split (all of them when it has fewer)."""
+    from dalle.data import image_batches, shapes
+
+    if data_config.source == "shapes":
+        world = shapes.ShapesWorld.from_config(data_config)
+        return np.stack([world.render(world.scene("validation", i)) for i in range(n)])
+    n = min(n, image_batches.split_size(data_config, "validation"))
+    if n == 0:
+        raise SystemExit(f"data.source = {data_config.source!r} has no validation images to measure on")
+    batches = image_batches.image_batches(data_config, "validation", min(n, 100), num_examples=n)
+    return np.concatenate([np.asarray(b["image"]) for b in batches])[:n]
+
+
 def evaluate(model_dir: str, data_config, n: int = 1000) -> dict:
     from dalle import kinds, sharding
-    from dalle.data import shapes
 
     mesh = sharding.make_mesh(("data",), (1,))
     vq = kinds.load_image_tokenizer(model_dir, mesh=mesh)
-    world = shapes.ShapesWorld.from_config(data_config)
-    images = np.stack([world.render(world.scene("validation", i)) for i in range(n)])
+    images = validation_images(data_config, n)
+    n = len(images)
     codes, recon = [], []
     for i in range(0, n, 100):
         c = vq.encode(images[i:i + 100])
@@ -74,21 +88,26 @@ def main() -> None:
                                                 (np.clip(r["recon"][:k], 0, 1) * 255).round().astype(np.uint8)]),
                                 cols=k)
     kind = config.model.kind
-    picture = f"docs/{kind}_reconstructions.png"
+    source = config.data.source
+    suffix = "" if source == "shapes" else f"_{source}"  # one section (and picture) per tokenizer kind and data
+    picture = f"docs/{kind}{suffix}_reconstructions.png"
     generation.save_png(os.path.join(ROOT, picture), grid, scale=4)
     ok = r["psnr"] >= 28 and r["codebook_usage"] >= 0.5
     body = common.table(
         ["config", "budget", "steps trained", "validation PSNR", "codebook in use", "goal (>= 28 dB, >= 50%)"],
         [(f"`{args.config}`", f"{args.minutes:g} min", run["steps"], f"{r['psnr']:.2f} dB",
           f"{100 * r['codebook_usage']:.1f}% of {r['codebook_size']}", "met" if ok else "NOT met")])
-    body += (f"\nMeasured on {r['images']} validation renders of the shapes world ({config.data.image_size} px, "
-             f"{config.data.max_objects} object(s) max); PSNR of the {kind} round trip in [0, 1]; usage = distinct "
+    what = (f"validation renders of the shapes world ({config.data.image_size} px, {config.data.max_objects} "
+            f"object(s) max)" if source == "shapes" else
+            f"validation images of data.source {source} ({config.data.image_size} px)")
+    body += (f"\nMeasured on {r['images']} {what}; PSNR of the {kind} round trip in [0, 1]; usage = distinct "
              f"codes over those images. Training: {run['minutes'] or 0:.1f} min by its metrics.jsonl"
              f"{'' if trained_now else ' (an existing workdir, evaluated as it was)'}. "
              f"Top: originals, bottom: reconstructions ({picture}).\n\n"
              f"![originals vs reconstructions]({picture})\n")
     title = {"vqgan": "VQGAN", "dvae": "dVAE (OpenAI DALL·E's tokenizer)"}.get(kind, kind)
-    common.write_result(f"{kind}_quality", f"{title} quality on the shapes data (CPU preset, time-boxed)",
+    data_name = "the shapes data" if source == "shapes" else f"the {source} data"
+    common.write_result(f"{kind}{suffix}_quality", f"{title} quality on {data_name} (CPU preset, time-boxed)",
                         ".venv/bin/python -m benchmarks.bench_vqgan_quality"
                         + (f" --config {args.config}" if args.config != p.get_default("config") else "")
                         + f" --minutes {args.minutes:g}"

@@ -455,3 +455,12 @@ def test_restarts_stop_at_restart_until():
                  jax.random.key(0))
     assert float(before["restarted_codes"]) > 0  # step 2 < 4: restarts
     assert float(at["restarted_codes"]) == 0 and float(at["dead_codes"]) > 0  # step 4: none, however dead
+
+
+def test_the_emoji_preset_is_the_shapes_recipe_on_emoji():
+    shapes_preset = config_lib.load_config("configs/dvae_shapes.py")
+    emoji = config_lib.load_config("configs/dvae_emoji.py:root=/tmp/somewhere")
+    assert emoji.model.kind == "dvae" and emoji.model.vocab_size == 1024
+    assert emoji.dvae_loss.to_dict() == shapes_preset.dvae_loss.to_dict()
+    assert emoji.data.source == "emoji" and emoji.data.data_dir == "/tmp/somewhere/tfds"
+    assert config_lib.load_config("configs/dvae_emoji.py:folder").data.source == "folder"

@@ -118,3 +118,14 @@ def test_the_published_vqgan_finetune_recipe_reads_a_folder(tmp_path):
     tiny.vqgan_loss.finetune_from = ""
     batch = next(VQGANTask(config_lib.validate(tiny)).train_data(0, 1))
     assert batch["image"].shape == (4, 16, 16, 3)
+
+
+def test_tokenizer_quality_bench_measures_on_the_sources_validation_images(emoji16):
+    from benchmarks.bench_vqgan_quality import validation_images
+
+    n = split_size(emoji16.data, "validation")
+    images = validation_images(emoji16.data, 1000)  # more than there are: all of them
+    assert images.shape == (n, 16, 16, 3) and images.dtype == np.uint8
+    first = next(image_batches(emoji16.data, "validation", n, num_examples=n))["image"]
+    np.testing.assert_array_equal(images, first)  # the split's own images, in its order
+    np.testing.assert_array_equal(validation_images(emoji16.data, 3), first[:3])
