@@ -124,6 +124,9 @@ def check_loss(c: ConfigDict, config: ConfigDict):
         yield f"dvae_loss.reconstruction = {c.reconstruction!r} is not one of {RECONSTRUCTIONS}"
     if c.restart_every <= 0:
         yield f"dvae_loss.restart_every = {c.restart_every} must be positive"
+    elif c.restart_dead_codes and 0 < c.restart_until <= c.restart_every:
+        yield (f"dvae_loss.restart_until = {c.restart_until} leaves no restart (the first is at restart_every = "
+               f"{c.restart_every}); 0 restarts all run long")
     for key in ("temperature_steps", "kl_weight_steps", "summary_images", "encoder_freeze_steps", "restart_until"):
         if c[key] < 0:
             yield f"dvae_loss.{key} = {c[key]} must be >= 0"

@@ -1,8 +1,9 @@
 """dVAE training (DALL·E's recipe, "Zero-Shot Text-to-Image Generation" section 2.1) as a `Task` of the one train
 loop: `model.kind = "dvae"`.
 
-One step: encoder logits of map_pixels'd images, a Gumbel-softmax sample at temperature tau, the decoder's
-logit-Laplace statistics of it, and the beta-weighted negative ELB (dalle/modeling/dvae/losses.py); tau and beta
+One step: encoder logits of map_pixels'd images, a Gumbel-softmax sample at temperature tau (or its straight-through
+one-hot), the decoder's statistics of it, and the beta-weighted negative ELB with a logit-Laplace (the paper's) or
+Gaussian (`dvae_loss.reconstruction = "mse"`) reconstruction term (dalle/modeling/dvae/losses.py); tau and beta
 follow the `dvae_loss` schedules by step. State is the default {"params", "opt_state", "step"}, plus "usage" (an
 EMA of each code's share of the argmax codes) with `dvae_loss.restart_dead_codes`. The `dvae_loss` options
 against codebook collapse (straight-through samples, an MSE term, foreground weighting, a k-means seeding of the
@@ -97,7 +98,8 @@ class DVAETask(Task):
     # --- losses -----------------------------------------------------------------------------------------------
     def loss(self, params: Any, images: jax.Array, rng: jax.Array, temperature: jax.Array,
              kl_weight: jax.Array) -> tuple[jax.Array, dict]:
-        """The relaxed negative ELB per pixel value of images in [0, 1], and its parts."""
+        """The negative ELB per pixel value of images in [0, 1] under the relaxed (or straight-through) sample and
+        the configured reconstruction term, and its parts."""
         x = dvae_lib.map_pixels(images)
         features, logits = self.model.encoder_features_and_logits(params, x)
         z = losses.gumbel_softmax(rng, logits, temperature)
@@ -108,6 +110,12 @@ class DVAETask(Task):
         loss, nll, kl = losses.negative_elb(x, stats, logits, kl_weight, weights, self.lc.reconstruction,
                                             float(self.lc.mse_sigma))
         return loss, {"logits": logits, "features": features, "nll": nll, "kl": kl}
+
+    def reconstruction_nll(self, x: jax.Array, stats: jax.Array) -> jax.Array:
+        """The configured reconstruction term per pixel value of mapped pixels x (what `hard_nll` reports)."""
+        if self.lc.reconstruction == "mse":
+            return losses.gaussian_nll(x, stats, float(self.lc.mse_sigma))
+        return losses.logit_laplace_nll(x, stats)
 
     def pixel_weights(self, images: jax.Array) -> jax.Array | None:
         """Per-pixel NLL weights [B, H, W, 1] of images in [0, 1] (None without `foreground_weight`): the VQGAN
@@ -127,7 +135,7 @@ class DVAETask(Task):
         b, h, w = codes.shape
         f = self.cfg.downsample_factor
         err = jnp.sum(jnp.square(recon - images).reshape(b, h, f, w, f, -1), axis=(2, 4, 5))
-        return ({"psnr": psnr(images, recon), "hard_nll": jnp.mean(losses.logit_laplace_nll(
+        return ({"psnr": psnr(images, recon), "hard_nll": jnp.mean(self.reconstruction_nll(
                     dvae_lib.map_pixels(images), stats)),
                  "codebook_usage": used, "perplexity": perplexity}, codes, err)
 
@@ -153,25 +161,37 @@ class DVAETask(Task):
         worst: objects on these images, not the background). The restarted code splits u's inputs: its decoder
         input row is u's plus noise, and its encoder output column and bias are u's moved so that
 
-            logit_new(f') - logit_u(f') = restart_margin * (f' - c) . (f - c) / |f - c| ** 2
+            logit_new(f') - logit_u(f') = restart_margin * ((f' - c) . (f - c) / |f - c| ** 2 - 1/1000)
 
         for encoder `features` f' (f: the drawn position's, c: the centroid of u's positions in the batch): it
-        wins by the margin at f and on that side of c, and the gradient then pulls the two codes apart."""
+        wins by about the margin at f and on that side of c (u keeps the level ones), and the gradient then pulls
+        the two codes apart. Positions are drawn without replacement where the batch has enough."""
         n = self.cfg.vocab_size
-        k_pos, k_dec = jax.random.split(rng)
+        k_pos, k_dec, k_dir = jax.random.split(rng, 3)
         flat = codes.reshape(-1)
-        pos = jax.random.categorical(k_pos, jnp.log(err.reshape(-1) + 1e-12), shape=(n,))
+        p = err.reshape(-1) + 1e-12
+        # Distinct positions where the batch has enough, so two restarts do not copy the same code identically.
+        pos = jax.random.choice(k_pos, p.shape[0], (n,), replace=p.shape[0] < n, p=p / jnp.sum(p))
         src = flat[pos]
         enc, dec = params["encoder/output/conv"], params["decoder/input"]
         feats = jax.lax.stop_gradient(features).reshape(-1, features.shape[-1]).astype(jnp.float32)
         sums = jnp.zeros((n, feats.shape[-1]), jnp.float32).at[flat].add(feats)
         centroid = sums / jnp.maximum(jnp.zeros((n,), jnp.float32).at[flat].add(1.0), 1.0)[:, None]
         d = feats[pos] - centroid[src]  # [n, C]
-        # (a position at its code's centroid, d = 0: a floor on |d| ** 2 keeps the step finite)
-        d2 = jnp.maximum(jnp.sum(jnp.square(d), -1), 1e-3 * jnp.mean(jnp.sum(jnp.square(feats), -1)))
+        # A position at (or next to) its code's centroid, e.g. a code whose positions all share one feature vector
+        # (flat background): no direction splits them, so a random one of the features' scale is used, and the
+        # restarted code then wins only on its side of the centroid rather than tying with u everywhere.
+        # (the features' spread, floored by a thousandth of their mean square: all-equal features have none)
+        scale = (jnp.mean(jnp.sum(jnp.square(feats - jnp.mean(feats, axis=0)), -1))
+                 + 1e-3 * jnp.mean(jnp.sum(jnp.square(feats), -1)) + 1e-12)
+        degenerate = jnp.sum(jnp.square(d), -1) < 1e-6 * scale
+        rand = jax.random.normal(k_dir, d.shape, jnp.float32) * jnp.sqrt(scale / d.shape[-1])
+        d = jnp.where(degenerate[:, None], rand, d)
+        d2 = jnp.sum(jnp.square(d), -1)
         step = float(self.lc.restart_margin) * d / d2[:, None]
         enc_w = enc["w"][..., src] + step.T[None, None].astype(enc["w"].dtype)
-        enc_b = enc["b"][src] - jnp.sum(step * centroid[src], -1).astype(enc["b"].dtype)
+        tie = 1e-3 * float(self.lc.restart_margin)  # where the two are level, u keeps its positions
+        enc_b = enc["b"][src] - (jnp.sum(step * centroid[src], -1) + tie).astype(enc["b"].dtype)
         dec_w = dec["w"][:, :, src, :]
         noise = float(self.lc.restart_noise) * jnp.std(dec["w"])
         dec_w = dec_w + noise * jax.random.normal(k_dec, dec_w.shape, dec_w.dtype)
@@ -187,13 +207,16 @@ class DVAETask(Task):
         step = state["step"]
         tau, beta = self.temperature(step), self.kl_weight(step)
         (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(state["params"], images, rng, tau, beta)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         if self.lc.encoder_freeze_steps:
             # The decoder first learns the codes the initial encoder hands it; the encoder's gradients before
-            # then chase the decoder's image-wide error (one code that fixes it everywhere) and collapse.
+            # then chase the decoder's image-wide error (one code that fixes it everywhere) and collapse. The
+            # encoder's updates are zeroed, not its gradients: the optimizer's moments keep up (no oversized first
+            # steps after the freeze) and no weight decay moves it. (The k-means seeding and dead-code restarts
+            # still write its output conv.)
             on = (step >= self.lc.encoder_freeze_steps).astype(jnp.float32)
-            grads = {k: (jax.tree_util.tree_map(lambda g: g * on, v) if k.startswith("encoder/") else v)
-                     for k, v in grads.items()}
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+            updates = {k: (jax.tree_util.tree_map(lambda u: u * on.astype(u.dtype), v) if k.startswith("encoder/")
+                           else v) for k, v in updates.items()}
         params = optax.apply_updates(state["params"], updates)
         hard, codes, err = self._hard_metrics(state["params"], images, aux["logits"])
         metrics = {"loss": loss, "nll": aux["nll"], "kl": aux["kl"], "temperature": tau, "kl_weight": beta,
