@@ -106,30 +106,19 @@ def loss_defaults() -> ConfigDict:
 
 
 def check_loss(c: ConfigDict, config: ConfigDict):
-    for key in ("temperature_start", "temperature_end"):
-        if c[key] <= 0:
-            yield f"dvae_loss.{key} = {c[key]} must be positive"
-    for key in ("kl_weight_start", "kl_weight_end"):
-        if c[key] < 0:
-            yield f"dvae_loss.{key} = {c[key]} must be >= 0"
-    for key in ("foreground_weight", "dead_code_threshold", "restart_noise", "restart_margin"):
-        if c[key] < 0:
-            yield f"dvae_loss.{key} = {c[key]} must be >= 0"
-    for key in ("mse_sigma", "kmeans_logit_scale"):
-        if c[key] <= 0:
-            yield f"dvae_loss.{key} = {c[key]} must be positive"
+    positive = ("temperature_start", "temperature_end", "mse_sigma", "kmeans_logit_scale", "restart_every")
+    non_negative = ("kl_weight_start", "kl_weight_end", "foreground_weight", "dead_code_threshold", "restart_noise",
+                    "restart_margin", "temperature_steps", "kl_weight_steps", "summary_images",
+                    "encoder_freeze_steps", "restart_until")
+    yield from (f"dvae_loss.{k} = {c[k]} must be positive" for k in positive if c[k] <= 0)
+    yield from (f"dvae_loss.{k} = {c[k]} must be >= 0" for k in non_negative if c[k] < 0)
     if not 0 <= c.usage_decay < 1:
         yield f"dvae_loss.usage_decay = {c.usage_decay} must be in [0, 1)"
     if c.reconstruction not in RECONSTRUCTIONS:
         yield f"dvae_loss.reconstruction = {c.reconstruction!r} is not one of {RECONSTRUCTIONS}"
-    if c.restart_every <= 0:
-        yield f"dvae_loss.restart_every = {c.restart_every} must be positive"
-    elif c.restart_dead_codes and 0 < c.restart_until <= c.restart_every:
+    if c.restart_dead_codes and 0 < c.restart_every and 0 < c.restart_until <= c.restart_every:
         yield (f"dvae_loss.restart_until = {c.restart_until} leaves no restart (the first is at restart_every = "
                f"{c.restart_every}); 0 restarts all run long")
-    for key in ("temperature_steps", "kl_weight_steps", "summary_images", "encoder_freeze_steps", "restart_until"):
-        if c[key] < 0:
-            yield f"dvae_loss.{key} = {c[key]} must be >= 0"
     for key in ("temperature_shape", "kl_weight_shape"):
         if c[key] not in SCHEDULE_SHAPES:
             yield f"dvae_loss.{key} = {c[key]!r} is not one of {SCHEDULE_SHAPES}"
