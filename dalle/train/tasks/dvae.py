@@ -165,13 +165,13 @@ class DVAETask(Task):
 
         for encoder `features` f' (f: the drawn position's, c: the centroid of u's positions in the batch): it
         wins by about the margin at f and on that side of c (u keeps the level ones), and the gradient then pulls
-        the two codes apart. Positions are drawn without replacement where the batch has enough."""
+        the two codes apart."""
         n = self.cfg.vocab_size
         k_pos, k_dec, k_dir = jax.random.split(rng, 3)
         flat = codes.reshape(-1)
-        p = err.reshape(-1) + 1e-12
-        # Distinct positions where the batch has enough, so two restarts do not copy the same code identically.
-        pos = jax.random.choice(k_pos, p.shape[0], (n,), replace=p.shape[0] < n, p=p / jnp.sum(p))
+        # Drawn independently (with replacement): the error sits on few positions (the objects), and distinct
+        # draws would send most restarts to the background, where a split has nothing to separate.
+        pos = jax.random.categorical(k_pos, jnp.log(err.reshape(-1) + 1e-12), shape=(n,))
         src = flat[pos]
         enc, dec = params["encoder/output/conv"], params["decoder/input"]
         feats = jax.lax.stop_gradient(features).reshape(-1, features.shape[-1]).astype(jnp.float32)
