@@ -9,7 +9,7 @@ import os
 
 from benchmarks import common
 
-ORDER = ("generation_mini", "generation_mini_recheck", "decode_floor", "precision", "precision_xla", "generation_shapes_tiny", "train_step", "train_compile", "vqgan_speed", "vqgan_quality", "dvae_quality", "patch_kmeans_emoji", "generate_latency", "dry_run")
+ORDER = ("generation_mini", "generation_mini_recheck", "decode_floor", "precision", "precision_xla", "generation_shapes_tiny", "train_step", "train_compile", "vqgan_speed", "vqgan_quality", "dvae_quality", "dvae_emoji_quality", "patch_kmeans_emoji", "generate_latency", "dry_run")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 INTRO = """# Benchmarks

@@ -452,10 +452,12 @@ def main(argv: list[str]) -> int:
         samples += ("\n### Image completion samples (validation; per row: the scene, its completion from the kept "
                     "top rows, the same caption and seed without the image)\n\n"
                     f"![{completion_grid}](docs/{prefix}{completion_grid})\n")
+    # The command line shown in the section: the arguments that write this section again (not the note).
+    shown = path + (f" --section {section}" if section else "") + (f' --title "{title}"' if title else "")
     if kind == "emoji":
-        body = render_emoji(metrics, path, samples, note, title or "Real images: the emoji model")
+        body = render_emoji(metrics, shown, samples, note, title or "Real images: the emoji model")
     else:
-        body = render(metrics, path, samples, note, *([title] if title else []),
+        body = render(metrics, shown, samples, note, *([title] if title else []),
                       svg=f"docs/{prefix}fid_vs_clip.svg")
     write_section(section or kind, body)
     if kind == "emoji" and not section:
