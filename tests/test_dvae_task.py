@@ -5,6 +5,7 @@ exported model loads as an image tokenizer. Tiny model, 16 px, 8 fake devices.""
 
 from __future__ import annotations
 
+import json
 import math
 
 import jax
@@ -487,7 +488,6 @@ def test_a_restart_at_a_codes_centroid_still_splits_it():
     feats = jnp.ones((1, 4, 4, c), jnp.float32)  # every position: the same features, code 0
     codes = jnp.zeros((1, 4, 4), jnp.int32)
     err = jnp.ones((1, 4, 4), jnp.float32)
-    enc = params["encoder/output/conv"]
     enc = {"w": jnp.zeros((1, 1, c, 16), jnp.float32).at[0, 0, :, 0].set(1.0), "b": jnp.zeros((16,), jnp.float32)}
     params = {**params, "encoder/output/conv": enc}
     restart = jnp.arange(16) == 5
@@ -496,6 +496,17 @@ def test_a_restart_at_a_codes_centroid_still_splits_it():
     assert np.abs(w[:, 5] - w[:, 0]).max() > 1e-3  # not a copy: a direction of its own
     f = np.ones((c,), np.float32)
     assert f @ w[:, 0] + b[0] > f @ w[:, 5] + b[5]  # code 0 keeps its own positions
+    # The random direction has the features' scale (their spread is 0 here: a thousandth of their mean square),
+    # so the step is margin / |d| along it ...
+    scale = 1e-3 * c
+    step = w[:, 5] - w[:, 0]
+    assert 0.3 < np.linalg.norm(step) * np.sqrt(scale) < 3.0, np.linalg.norm(step)
+    # ... and off the centroid, on its side, the restarted code wins by margin * (alpha - 1/1000).
+    for alpha, wins in ((0.5, True), (-0.5, False)):
+        g = f + alpha * step / np.sum(step ** 2)
+        gap = (g @ w[:, 5] + b[5]) - (g @ w[:, 0] + b[0])
+        np.testing.assert_allclose(gap, alpha - 1e-3, atol=1e-3)
+        assert (gap > 0) == wins
     assert float(usage[5]) == pytest.approx(1 / 16) and float(usage[0]) == 0.0
 
 
@@ -540,6 +551,9 @@ def test_a_run_with_restarts_resumes_exactly(tmp_path):
     loop.train(config, str(tmp_path / "b"), task=make_task(config))
     from dalle import model_dir
 
+    with open(tmp_path / "a" / "metrics.jsonl") as fh:  # restarts happened after the resumed step too
+        restarted = {r["step"]: r["train/restarted_codes"] for r in map(json.loads, fh) if "train/restarted_codes" in r}
+    assert restarted.get(3, 0) > 0 or restarted.get(4, 0) > 0, restarted
     _, pa = model_dir.load_model(str(tmp_path / "a" / "model"))
     _, pb = model_dir.load_model(str(tmp_path / "b" / "model"))
     for k in pa:

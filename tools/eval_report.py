@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 
@@ -453,7 +454,7 @@ def main(argv: list[str]) -> int:
                     "top rows, the same caption and seed without the image)\n\n"
                     f"![{completion_grid}](docs/{prefix}{completion_grid})\n")
     # The command line shown in the section: the arguments that write this section again (not the note).
-    shown = path + (f" --section {section}" if section else "") + (f' --title "{title}"' if title else "")
+    shown = path + (f" --section {section}" if section else "") + (f" --title {shlex.quote(title)}" if title else "")
     if kind == "emoji":
         body = render_emoji(metrics, shown, samples, note, title or "Real images: the emoji model")
     else:

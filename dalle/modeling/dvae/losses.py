@@ -77,6 +77,16 @@ def gaussian_nll(x: jax.Array, stats: jax.Array, sigma: float) -> jax.Array:
 RECONSTRUCTIONS = ("logit_laplace", "mse")
 
 
+def reconstruction_nll(x: jax.Array, stats: jax.Array, reconstruction: str = "logit_laplace",
+                       mse_sigma: float = 0.1) -> jax.Array:
+    """The reconstruction term per pixel value: `logit_laplace_nll`, or `gaussian_nll` at std `mse_sigma`."""
+    if reconstruction == "logit_laplace":
+        return logit_laplace_nll(x, stats)
+    if reconstruction == "mse":
+        return gaussian_nll(x, stats, mse_sigma)
+    raise ValueError(f"reconstruction {reconstruction!r} is not one of {RECONSTRUCTIONS}")
+
+
 def negative_elb(x: jax.Array, stats: jax.Array, logits: jax.Array, kl_weight: jax.Array | float,
                  pixel_weights: jax.Array | None = None, reconstruction: str = "logit_laplace",
                  mse_sigma: float = 0.1) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -86,12 +96,7 @@ def negative_elb(x: jax.Array, stats: jax.Array, logits: jax.Array, kl_weight: j
     `pixel_weights` (broadcastable to x, e.g. [B, H, W, 1]) reweigh the NLL term pixel by pixel, normalized by
     their mean so the term keeps its scale next to the KL; the returned `nll` stays the unweighted mean.
     `reconstruction` "mse" replaces the logit-Laplace NLL with `gaussian_nll` at std `mse_sigma`."""
-    if reconstruction == "logit_laplace":
-        nll = logit_laplace_nll(x, stats)
-    elif reconstruction == "mse":
-        nll = gaussian_nll(x, stats, mse_sigma)
-    else:
-        raise ValueError(f"reconstruction {reconstruction!r} is not one of {RECONSTRUCTIONS}")
+    nll = reconstruction_nll(x, stats, reconstruction, mse_sigma)
     kl = kl_to_uniform(logits)
     if pixel_weights is None:
         rec = jnp.sum(nll)

@@ -85,14 +85,14 @@ def loss_defaults() -> ConfigDict:
     # features' variance), as the VQGAN task seeds its codebook: the codes mean something from the start.
     c.kmeans_init = False
     c.kmeans_logit_scale = 10.0
-    # Steps during which only the decoder trains (encoder gradients zeroed): the decoder learns the initial
+    # Steps during which only the decoder trains (encoder updates zeroed): the decoder learns the initial
     # codes before the encoder's gradients, which at first chase the image-wide error, can merge them.
     c.encoder_freeze_steps = 0
     # Dead-code restarts: every `restart_every` steps, each code whose usage EMA (its share of the argmax codes
     # of training batches, decay usage_decay) is below dead_code_threshold / vocab_size splits a live code: the
     # one at a position drawn in proportion to its reconstruction error. It takes that code's decoder input row
     # (plus restart_noise times the rows' std of noise) and an encoder output column and bias that win by
-    # restart_margin logits at the drawn position's features (DVAETask.restart_dead_codes).
+    # about restart_margin logits at the drawn position's features (DVAETask.restart_dead_codes).
     c.restart_dead_codes = False
     c.dead_code_threshold = 0.03
     c.usage_decay = 0.99
@@ -106,9 +106,10 @@ def loss_defaults() -> ConfigDict:
 
 
 def check_loss(c: ConfigDict, config: ConfigDict):
-    positive = ("temperature_start", "temperature_end", "mse_sigma", "kmeans_logit_scale", "restart_every")
+    positive = ("temperature_start", "temperature_end", "mse_sigma", "kmeans_logit_scale", "restart_every",
+                "restart_margin")
     non_negative = ("kl_weight_start", "kl_weight_end", "foreground_weight", "dead_code_threshold", "restart_noise",
-                    "restart_margin", "temperature_steps", "kl_weight_steps", "summary_images",
+                    "temperature_steps", "kl_weight_steps", "summary_images",
                     "encoder_freeze_steps", "restart_until")
     yield from (f"dvae_loss.{k} = {c[k]} must be positive" for k in positive if c[k] <= 0)
     yield from (f"dvae_loss.{k} = {c[k]} must be >= 0" for k in non_negative if c[k] < 0)

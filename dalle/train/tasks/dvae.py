@@ -113,9 +113,7 @@ class DVAETask(Task):
 
     def reconstruction_nll(self, x: jax.Array, stats: jax.Array) -> jax.Array:
         """The configured reconstruction term per pixel value of mapped pixels x (what `hard_nll` reports)."""
-        if self.lc.reconstruction == "mse":
-            return losses.gaussian_nll(x, stats, float(self.lc.mse_sigma))
-        return losses.logit_laplace_nll(x, stats)
+        return losses.reconstruction_nll(x, stats, self.lc.reconstruction, float(self.lc.mse_sigma))
 
     def pixel_weights(self, images: jax.Array) -> jax.Array | None:
         """Per-pixel NLL weights [B, H, W, 1] of images in [0, 1] (None without `foreground_weight`): the VQGAN
@@ -165,7 +163,8 @@ class DVAETask(Task):
 
         for encoder `features` f' (f: the drawn position's, c: the centroid of u's positions in the batch): it
         wins by about the margin at f and on that side of c (u keeps the level ones), and the gradient then pulls
-        the two codes apart."""
+        the two codes apart. Where f is at c (no direction to split along) d is a random direction of the
+        features' spread: the restarted code then loses at f by the tie margin and wins on one side of c."""
         n = self.cfg.vocab_size
         k_pos, k_dec, k_dir = jax.random.split(rng, 3)
         flat = codes.reshape(-1)
