@@ -4,8 +4,7 @@
 
 Needs the demo's earlier stages (or `make demo`, which runs them): the tokenizer (data.tokenizer_path), the CPU
 VQGAN (data.vqgan_checkpoint, configs/vqgan_f4_32.py) and the pre-encoded data (data.encoded_dir, `dalle encode`).
-Expected: ~0.9 of single-object validation prompts fully correct after <= 15 minutes (a throwaway prototype of the
-same world sized this model; EVAL.md has what this config measures).
+What this config reaches, and in how many minutes: EVAL.md (the shapes world sections).
 
 Variants: `decoder_only` (default: the single-stream DALL·E/CogView model, d 128, 4 layers), `dalle_bart`
 (the encoder-decoder, same width), `multi` (1-3 objects per image, longer captions; decoder-only), `multi_dalle_bart`
@@ -86,14 +85,12 @@ def get_config(arg=None):
 
     c.train = ConfigDict()
     c.train.batch_size = 64
-    # A fixed recipe: the cosine schedule ends inside the budget here (one object: ~2 steps/s, 1500 steps in ~12-14
-    # minutes of 15; multi: 2.8 steps/s with its longer captions on this machine alone, 4400 steps in ~26 minutes of
-    # 30 - twice the steps it had, which more than doubled the first samples fully right: EVAL.md, "accuracy against
-    # training steps"; multi_dalle_bart: 2200 steps in ~16 minutes alone, more right than multi's 4400 on validation
-    # and zero-shot prompts: EVAL.md, "the multi-object world: encoder-decoder"), so a slower machine trains the
-    # same model, later.
-    # The time limit is only a safety stop; the multi one is 40 minutes, so that a machine shared with other jobs
-    # (38 minutes measured) still ends the schedule.
+    # A fixed recipe: the cosine schedule ends inside the budget here (15 minutes for one object, 30 for the multi
+    # world; the measured minutes of each are in EVAL.md, and for multi, "accuracy against training steps": twice
+    # the steps it had more than doubled the first samples fully right; multi_dalle_bart at half multi's steps
+    # draws more right: "the multi-object world: encoder-decoder"), so a slower machine trains the same model,
+    # later. The time limit is only a safety stop; the multi one is 40 minutes, so that a machine shared with other
+    # jobs still ends the schedule.
     c.train.num_steps = {"multi": 4400, "multi_dalle_bart": 2200}.get(variant, 1500)
     c.train.max_minutes = 40.0 if multi else 15.0
     c.train.optimizer = ConfigDict(dict(name="adamw", lr=1e-3, weight_decay=0.01))
