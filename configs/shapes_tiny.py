@@ -61,7 +61,8 @@ def get_config(arg=None):
     c.data.vqgan_checkpoint = f"{root}/vqgan/model"
     if variant == "dvae":
         c.data.encoded_dir = f"{root}/encoded_dvae"
-        c.data.vqgan_checkpoint = f"{root}/dvae/model"  # the image tokenizer, whatever its kind
+        c.data.vqgan_checkpoint = f"{root}/dvae/model"  # the image tokenizer, of the kind data.image_tokenizer names
+        c.data.image_tokenizer = "dvae"
     c.data.examples_per_shard = 5000
     c.data.shuffle_buffer = 5000
 

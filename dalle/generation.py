@@ -36,18 +36,19 @@ def _vocab(path: str, unknown_words: str = "keep"):
 
 
 @functools.lru_cache(maxsize=4)
-def image_tokenizer(path: str):
-    """The image tokenizer in `path`: a dalle model directory, or a vqgan-jax checkpoint (converted in memory)."""
+def image_tokenizer(path: str, expected_kind: str = ""):
+    """The image tokenizer in `path`: a dalle model directory, or a vqgan-jax checkpoint (converted in memory);
+    `expected_kind` (a config's data.image_tokenizer; empty: any) must be its kind."""
+    from dalle import kinds
     from dalle.modeling.vqgan import convert as vqgan_convert
 
     if vqgan_convert.is_vqgan_jax_dir(path):
         from dalle.modeling.vqgan.api import VQGANTokenizer
 
+        kinds.check_image_tokenizer_kind(path, "vqgan", expected_kind)
         params, config, _ = vqgan_convert.load_source(path)
         return VQGANTokenizer(params, config)
-    from dalle import kinds
-
-    return kinds.load_image_tokenizer(path)
+    return kinds.load_image_tokenizer(path, expected_kind)
 
 
 def check_prompt(i: int, prompt: Any, vocab: Any, options: Any) -> None:
@@ -148,9 +149,9 @@ class Generator:
         if mesh is not None:
             from dalle import kinds
 
-            vqgan = kinds.load_image_tokenizer(vq_dir, mesh=mesh)
+            vqgan = kinds.load_image_tokenizer(vq_dir, data.get("image_tokenizer", ""), mesh=mesh)
         else:
-            vqgan = image_tokenizer(vq_dir)
+            vqgan = image_tokenizer(vq_dir, data.get("image_tokenizer", ""))
         return cls(config, params, _vocab(tokenizer_path or data.tokenizer_path, data.get("unknown_words", "keep")),
                    vqgan, mesh,
                    decode_kernels=decode_kernels, dtype=dtype)

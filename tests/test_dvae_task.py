@@ -221,6 +221,23 @@ def test_a_dvae_tokenizes_the_whole_text_to_image_pipeline(tmp_path):
     np.testing.assert_array_equal(prompt, tok.encode(images[:1]).reshape(-1)[:16])
     completed = gen.codes(["a red circle"], num_images=1, seed=0, image_prompt=prompt)
     assert (completed[0, :16] == prompt).all()  # kept as given, the rest drawn
+    # data.image_tokenizer names the kind the directory must hold, wherever it is loaded.
+    from dalle.model_dir import CheckpointError
+
+    assert config.data.image_tokenizer == "dvae"
+    want = r"data.image_tokenizer = 'vqgan', but .* holds an image tokenizer of kind 'dvae'"
+    with pytest.raises(CheckpointError, match=want):
+        kinds.load_image_tokenizer(config.data.vqgan_checkpoint, "vqgan")
+    with pytest.raises(CheckpointError, match=want):
+        generation.image_tokenizer(config.data.vqgan_checkpoint, "vqgan")
+    wrong = ConfigDict(config.to_dict())
+    wrong.data.image_tokenizer = "vqgan"
+    with pytest.raises(CheckpointError, match=want):
+        generation.Generator.from_parts(wrong, gen.params)
+    with pytest.raises(config_lib.ConfigError, match="data.image_tokenizer = 'dalle' is not a registered image "
+                                                     r"tokenizer \(known: .*dvae.*vqgan"):
+        wrong.data.image_tokenizer = "dalle"
+        config_lib.validate(wrong)
 
 
 # ----------------------------------------------------------------------------------------------------------------

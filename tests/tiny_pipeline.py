@@ -53,6 +53,7 @@ def tiny_config(tmp_dir: str, kind: str = "decoder_only", image_tokenizer: str =
     config = data_helpers.shapes_config(tmp_dir)
     vq_dir = IMAGE_TOKENIZERS[image_tokenizer](tmp_dir)
     config.data.vqgan_checkpoint = vq_dir
+    config.data.image_tokenizer = image_tokenizer
     build.build_dataset(config.data)
     tokenizer.train_from_config(config.data)
     vq = kinds.load_image_tokenizer(vq_dir)

@@ -202,7 +202,7 @@ def run_encode(
         if not data.vqgan_checkpoint:
             raise ValueError("data.vqgan_checkpoint is empty: which VQGAN should encode the images?")
         mesh = sharding.mesh_from_config(config.mesh) if "mesh" in config else None
-        tok = kinds.load_image_tokenizer(data.vqgan_checkpoint, mesh=mesh)
+        tok = kinds.load_image_tokenizer(data.vqgan_checkpoint, data.get("image_tokenizer", ""), mesh=mesh)
         encoder, vqgan_config, codebook_size = tok.encode, tok.config, tok.codebook_size
     builder = build.load_builder(data)
     size = int(data.image_size)

@@ -235,6 +235,10 @@ def real_data_defaults() -> ConfigDict:
     c.examples_per_shard = 4096  # output shard size; the unit of resumption and of multi-host work
     c.encode_splits = ("train", "validation")  # splits of the tfds dataset to encode (missing ones are skipped)
     c.vqgan_checkpoint = ""  # model directory of the VQGAN used by `dalle encode`
+    # The image tokenizer's kind ("vqgan", "dvae": any registered one, dalle.kinds): vqgan_checkpoint must hold
+    # one of that kind, checked wherever it is loaded (encode, training, generation, eval, serve). Empty: whatever
+    # kind the directory holds (its saved model.kind picks the tokenizer either way).
+    c.image_tokenizer = ""
     return c
 
 
@@ -257,6 +261,10 @@ def check_real_data(d: ConfigDict, _: ConfigDict):
         yield f"data.caption_word_dropout = {d.caption_word_dropout} must be < 1 (it would drop every word)"
     if d.max_text_length <= 0:
         yield f"data.max_text_length = {d.max_text_length} must be positive"
+    if d.get("image_tokenizer", ""):
+        if d.image_tokenizer not in registry.IMAGE_TOKENIZERS:
+            yield (f"data.image_tokenizer = {d.image_tokenizer!r} is not a registered image tokenizer (known: "
+                   f"{', '.join(registry.IMAGE_TOKENIZERS.names())})")
     if d.get("unknown_words", "keep") not in UNKNOWN_WORDS:
         yield f"data.unknown_words = {d.unknown_words!r} is not one of {', '.join(UNKNOWN_WORDS)}"
     if d.text_normalizer not in TEXT_NORMALIZERS:
