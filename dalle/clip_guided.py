@@ -275,7 +275,9 @@ class ClipGuided:
         if not vqgan_dir or not os.path.isdir(vqgan_dir):
             raise FileNotFoundError(f"VQGAN checkpoint {vqgan_dir!r} does not exist: make one with `dalle convert "
                                     f"vqgan` or `dalle train --config configs/vqgan_f4_32.py`")
-        return cls(generation.image_tokenizer(vqgan_dir), clip_lib.load_clip(clip_dir), dtype=dtype)
+        # It optimises VQGAN latents: a directory of another tokenizer kind (a dVAE's) is refused by name.
+        tok = generation.image_tokenizer(vqgan_dir, "vqgan", needed_by="CLIP-guided generation")
+        return cls(tok, clip_lib.load_clip(clip_dir), dtype=dtype)
 
     # --- facts ------------------------------------------------------------------------------------------------
     def settings(self, overrides: Mapping[str, Any] | None = None,

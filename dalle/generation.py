@@ -36,19 +36,20 @@ def _vocab(path: str, unknown_words: str = "keep"):
 
 
 @functools.lru_cache(maxsize=4)
-def image_tokenizer(path: str, expected_kind: str = ""):
+def image_tokenizer(path: str, expected_kind: str = "", needed_by: str = ""):
     """The image tokenizer in `path`: a dalle model directory, or a vqgan-jax checkpoint (converted in memory);
-    `expected_kind` (a config's data.image_tokenizer; empty: any) must be its kind."""
+    `expected_kind` (a config's data.image_tokenizer, or the kind what `needed_by` names works with; empty: any)
+    must be its kind."""
     from dalle import kinds
     from dalle.modeling.vqgan import convert as vqgan_convert
 
     if vqgan_convert.is_vqgan_jax_dir(path):
         from dalle.modeling.vqgan.api import VQGANTokenizer
 
-        kinds.check_image_tokenizer_kind(path, "vqgan", expected_kind)
+        kinds.check_image_tokenizer_kind(path, "vqgan", expected_kind, needed_by)
         params, config, _ = vqgan_convert.load_source(path)
         return VQGANTokenizer(params, config)
-    return kinds.load_image_tokenizer(path, expected_kind)
+    return kinds.load_image_tokenizer(path, expected_kind, needed_by)
 
 
 def check_prompt(i: int, prompt: Any, vocab: Any, options: Any) -> None:

@@ -357,3 +357,12 @@ def test_generate_cli_clip_guided_takes_the_models_of_a_checkpoint(dirs, tmp_pat
     assert cli.main(["generate", "a red circle", "--method", "clip-guided", "--checkpoint", no_clip, "--out",
                      str(tmp_path / "g.png")]) == 2
     assert "names no CLIP; give --clip" in capsys.readouterr().err
+
+
+def test_a_dvae_directory_is_refused_by_name(dirs, tmp_path):
+    from dalle.model_dir import CheckpointError
+
+    dvae_dir = tiny_pipeline.IMAGE_TOKENIZERS["dvae"](str(tmp_path))
+    with pytest.raises(CheckpointError, match="CLIP-guided generation needs a vqgan image tokenizer, but .* holds "
+                                              "one of kind 'dvae'"):
+        clip_guided.ClipGuided.from_dirs(dvae_dir, dirs[1])

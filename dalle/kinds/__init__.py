@@ -73,18 +73,21 @@ def register_image_tokenizer(tokenizer: ImageTokenizer, replace: bool = False) -
     return tokenizer
 
 
-def check_image_tokenizer_kind(directory: str, kind: str, expected: str) -> None:
-    """Raises CheckpointError when `expected` (a config's data.image_tokenizer; empty: any) is not `kind`, the
-    kind of image tokenizer `directory` holds."""
+def check_image_tokenizer_kind(directory: str, kind: str, expected: str, needed_by: str = "") -> None:
+    """Raises CheckpointError when `expected` (a config's data.image_tokenizer, or what `needed_by` works with;
+    empty: any) is not `kind`, the kind of image tokenizer `directory` holds."""
     from dalle import model_dir
 
     if expected and kind != expected:
+        if needed_by:
+            raise model_dir.CheckpointError(f"{needed_by} needs a {expected} image tokenizer, but {directory!r} "
+                                            f"holds one of kind {kind!r}")
         raise model_dir.CheckpointError(
             f"data.image_tokenizer = {expected!r}, but {directory!r} holds an image tokenizer of kind {kind!r}: "
             f"point data.vqgan_checkpoint at a {expected} model directory, or set data.image_tokenizer = {kind!r}")
 
 
-def load_image_tokenizer(directory: str, expected_kind: str = "", **kwargs: Any) -> Any:
+def load_image_tokenizer(directory: str, expected_kind: str = "", needed_by: str = "", **kwargs: Any) -> Any:
     """The image tokenizer saved in a model directory, chosen by the kind of model it holds (which must be
     `expected_kind` when that is given: a config's data.image_tokenizer)."""
     from dalle import model_dir
@@ -95,5 +98,5 @@ def load_image_tokenizer(directory: str, expected_kind: str = "", **kwargs: Any)
         raise model_dir.CheckpointError(
             f"{directory!r} holds a model of kind {kind!r}, which is not an image tokenizer "
             f"(known: {', '.join(registry.IMAGE_TOKENIZERS.names())})")
-    check_image_tokenizer_kind(directory, kind, expected_kind)
+    check_image_tokenizer_kind(directory, kind, expected_kind, needed_by)
     return registry.resolve(registry.IMAGE_TOKENIZERS.get(kind).load)(directory, **kwargs)

@@ -36,6 +36,7 @@ RESUMABLE_CHANGES = (
     "train.progress_bar",
     "name",
     "sampling",  # how the exported model is sampled: no effect on training
+    "data.image_tokenizer",  # only checks the kind of data.vqgan_checkpoint
 )
 
 

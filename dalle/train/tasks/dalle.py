@@ -239,7 +239,10 @@ def codebook_features(vqgan_dir: str, codes: int, dims: int, source: str = "code
     config, params = checkpoint.load_model(vqgan_dir)
     table = sharding.to_mapping(params).get("quantize/embeddings")
     if table is None:
-        raise ValueError(f"data.vqgan_checkpoint = {vqgan_dir!r} has no quantize/embeddings codebook")
+        kind = config.model.get("kind", "") if "model" in config else ""
+        what = f" (a {kind} model)" if kind else ""
+        raise ValueError(f"data.vqgan_checkpoint = {vqgan_dir!r}{what} has no quantize/embeddings codebook: "
+                         f"model.image_code_features needs a VQGAN's")
     table = np.asarray(table, np.float32)
     if source == "codebook_pixels":
         table = np.concatenate([table, decoded_code_pixels(config, params, table.shape[0])], axis=1)
