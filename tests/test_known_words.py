@@ -98,7 +98,7 @@ def test_prompts_read_as_training_does(config, monkeypatch):
     cfg = config_lib.ConfigDict({"model": m.to_dict(), "data": data.to_dict()})
     params = model_lib.random_params(model_lib.build_model(m), seed=0)
     fake_vqgan = types.SimpleNamespace(codebook_size=64, tokens_per_side=8)
-    monkeypatch.setattr(generation, "image_tokenizer", lambda path: fake_vqgan)
+    monkeypatch.setattr(generation, "image_tokenizer", lambda path, *_: fake_vqgan)
     gen = generation.Generator.from_parts(cfg, params, vqgan_checkpoint="fake")  # the model's own setting
     vocab = tokenizer.load_vocabulary(data.tokenizer_path)
     got = gen.tokenize(["please draw a red star for me", "a star in the top-left"]).tokens
