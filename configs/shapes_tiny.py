@@ -10,7 +10,8 @@ Variants: `decoder_only` (default: the single-stream DALL·E/CogView model, d 12
 (the encoder-decoder, same width), `multi` (1-3 objects per image, longer captions; decoder-only), `multi_dalle_bart`
 (the encoder-decoder on that world: the better multi-object recipe, EVAL.md), `dvae` (the default model over the codes of OpenAI DALL·E's tokenizer,
 configs/dvae_shapes.py, instead of the VQGAN's: DALL·E vs DALL·E mini on one world; it shares the root's data,
-tokenizer and CLIP and writes <root>/dvae, <root>/encoded_dvae and <root>/dalle_dvae). Append `,root=DIR` to put every artifact under DIR instead of outputs/demo, e.g.
+tokenizer and CLIP and writes <root>/dvae, <root>/encoded_dvae and <root>/dalle_dvae), `multi_dalle_bart_dvae` (the
+multi-object encoder-decoder over dVAE codes, beside `multi`'s artifacts in the same way). Append `,root=DIR` to put every artifact under DIR instead of outputs/demo, e.g.
 `configs/shapes_tiny.py:dalle_bart,root=outputs/bart`.
 """
 
@@ -31,8 +32,10 @@ EXAMPLE_PROMPTS = (
 )
 
 
-VARIANTS = ("decoder_only", "dalle_bart", "multi", "multi_dalle_bart", "dvae")
-MULTI = ("multi", "multi_dalle_bart")
+VARIANTS = ("decoder_only", "dalle_bart", "multi", "multi_dalle_bart", "dvae", "multi_dalle_bart_dvae")
+MULTI = ("multi", "multi_dalle_bart", "multi_dalle_bart_dvae")
+DVAE = ("dvae", "multi_dalle_bart_dvae")  # over configs/dvae_shapes.py's codes instead of the VQGAN's
+ENCODER_DECODER = ("dalle_bart", "multi_dalle_bart", "multi_dalle_bart_dvae")
 
 
 def _shapes_data(variant):
@@ -59,14 +62,14 @@ def get_config(arg=None):
     c.data.blank_caption_prob = 0.1  # dalle-mini's recipe: learn the unconditional model for guidance
     c.data.encoded_dir = f"{root}/encoded"
     c.data.vqgan_checkpoint = f"{root}/vqgan/model"
-    if variant == "dvae":
+    if variant in DVAE:
         c.data.encoded_dir = f"{root}/encoded_dvae"
         c.data.vqgan_checkpoint = f"{root}/dvae/model"  # the image tokenizer, of the kind data.image_tokenizer names
         c.data.image_tokenizer = "dvae"
     c.data.examples_per_shard = 5000
     c.data.shuffle_buffer = 5000
 
-    if variant in ("dalle_bart", "multi_dalle_bart"):
+    if variant in ENCODER_DECODER:
         c.model = ConfigDict(dict(
             kind="dalle_bart", d_model=128, encoder_layers=2, decoder_layers=4, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512, use_glu=False,
@@ -81,7 +84,7 @@ def get_config(arg=None):
         ))
     # On a CPU, 4 unrolled layers train ~20% faster than a scanned layer stack (XLA:CPU's scan backward).
     c.model.scan_layers = False
-    if variant == "dvae":
+    if variant in DVAE:
         c.model.image_vocab_size = 512  # configs/dvae_shapes.py's codes (also 8x8 per 32 px image)
 
     c.train = ConfigDict()
@@ -92,7 +95,7 @@ def get_config(arg=None):
     # draws more right: "the multi-object world: encoder-decoder"), so a slower machine trains the same model,
     # later. The time limit is only a safety stop; the multi one is 40 minutes, so that a machine shared with other
     # jobs still ends the schedule.
-    c.train.num_steps = {"multi": 4400, "multi_dalle_bart": 2200}.get(variant, 1500)
+    c.train.num_steps = {"multi": 4400, "multi_dalle_bart": 2200, "multi_dalle_bart_dvae": 2200}.get(variant, 1500)
     c.train.max_minutes = 40.0 if multi else 15.0
     c.train.optimizer = ConfigDict(dict(name="adamw", lr=1e-3, weight_decay=0.01))
     c.train.schedule = ConfigDict(dict(name="cosine", warmup_steps=100, end_fraction=0.05))
@@ -133,7 +136,7 @@ def pipeline(arg=None) -> dict:
               "clip": f"configs/clip_shapes.py:{clip_variant}root={root}",
               "eval": f"configs/eval/shapes.py:root={root}",
               "minutes": {"vqgan": 11.0, "dalle": 40.0 if variant in MULTI else 15.0, "clip": 3.0}}
-    if variant == "dvae":  # beside the VQGAN demo in the same root
+    if variant in DVAE:  # beside the VQGAN demo in the same root
         recipe.update({"vqgan": ("configs/dvae_shapes.py", world), "workdir": "dalle_dvae",
                        "samples": "samples_dvae"})
         recipe["minutes"]["vqgan"] = 30.0  # configs/dvae_shapes.py: its 5000 steps, with room
