@@ -207,23 +207,8 @@ def test_alternatives_never_make_a_held_out_pair():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Scenes and the whole probe
+# The whole probe
 # ----------------------------------------------------------------------------------------------------------------
-def test_object_cells_are_each_objects_own():
-    from tools import code_coverage
-
-    world = shapes_lib.ShapesWorld.from_config(multi_data())
-    scene = shapes_lib.Scene((shapes_lib.ShapeObject("red", "star", "large", 0),
-                              shapes_lib.ShapeObject("blue", "circle", "small", 8)))
-    cells = bp.object_cells(world, scene, 8)
-    assert cells.shape == (2, 64) and cells[0].any() and cells[1].any()
-    assert not (cells[0] & cells[1]).any()
-    whole = code_coverage.object_mask(world.render(scene)[None], 8)[0]
-    assert (cells.any(0) <= whole).all()
-    grid = cells.reshape(2, 8, 8)
-    assert grid[0, :3, :3].any() and not grid[0, 4:].any() and grid[1, 5:, 5:].any() and not grid[1, :4].any()
-
-
 @pytest.mark.parametrize("kind", ["decoder_only", "dalle_bart"])
 def test_measure_on_a_tiny_model(kind):
     model, params = tiny_model(kind)
@@ -279,6 +264,10 @@ def test_analysis_sentences_follow_the_numbers():
     assert "attend less to their own words" in text and "both words steer their codes at least as much" in text
     assert "about as likely as seen pairs'" in text and "5.0% vs 20.0% (lower than)" in text
     assert "attention finds" not in text
+    # One object per caption (the one-object world): no preference to report, so no sentence about it.
+    alone = {k: dict(g, binding=None, binding_se=None) for k, g in steered["groups"].items()}
+    text = " ".join(bp.analysis([("m", dict(steered, groups=alone))]))
+    assert "own-word preference" not in text and "Swapping the object's colour" in text
 
 
 def test_a_rise_within_noise_of_zero_counts_as_steering_less():
@@ -300,6 +289,15 @@ def test_section_goes_right_after_the_multi_object_curve(tmp_path):
     assert text.count("<!-- eval:composition-binding -->") == 1 and "first" not in text
     assert ("<!-- /eval:shapes-multi-curve -->\n<!-- eval:composition-binding -->\nsecond\n"
             "<!-- /eval:composition-binding -->\n<!-- eval:emoji -->") in text
+    bp.write_section("other models", str(target), section="binding-b", after="composition-binding")
+    text = target.read_text()
+    assert ("<!-- /eval:composition-binding -->\n<!-- eval:binding-b -->\nother models\n"
+            "<!-- /eval:binding-b -->\n<!-- eval:emoji -->") in text and "second" in text
+
+
+def test_render_takes_a_title():
+    assert bp.render([], "cmd", 5, title="Another set").startswith("## Another set\n")
+    assert bp.render([], "cmd", 5).startswith(f"## {bp.TITLE}\n")
 
 
 def test_checkpoint_arguments(tmp_path):

@@ -33,6 +33,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -44,6 +45,7 @@ sys.path.insert(0, ROOT)
 
 SECTION = "composition-binding"
 AFTER = "shapes-multi-curve"  # a new section goes right after this one
+TITLE = "Composition: do colour and shape words bind? (attention and ablation)"
 SPLITS = ("validation", "zero_shot")
 GROUPS = ("seen", "zero_shot_seen", "held_out")
 GROUP_LABELS = {"seen": "validation (seen pairs)", "zero_shot_seen": "zero_shot, seen pairs",
@@ -142,19 +144,8 @@ def swap_caption(words: Sequence[str], phrase: Phrase, attribute: str, value: st
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Scenes: which image tokens each object covers
+# Scenes: which objects are held out (the tokens each one covers: code_coverage.object_cells)
 # ----------------------------------------------------------------------------------------------------------------
-def object_cells(world: Any, scene: Any, grid: int) -> np.ndarray:
-    """[objects, grid*grid] bool: the token cells each object alone covers (code_coverage.object_mask of a render
-    with only that object), less the cells two objects share, so every cell speaks for one object."""
-    from dalle.data.shapes import Scene
-    from tools import code_coverage
-
-    alone = np.stack([world.render(Scene((o,), scene.background)) for o in scene.objects])
-    masks = code_coverage.object_mask(alone, grid)
-    return masks & (masks.sum(0, keepdims=True) == 1)
-
-
 def is_held_out(world: Any, color: str, shape: str) -> bool:
     from dalle.data.shapes import ShapeObject
 
@@ -310,13 +301,14 @@ def prompt_items(world: Any, prompt: Any, vocab: Any, options: Any, max_text_len
     """The probe items of one prompt (one per object whose phrase and cells were found) and why others were
     skipped. An item holds the object, its group, its phrase, the others and its swaps."""
     from dalle.data import text
+    from tools import code_coverage
 
     normalized = text.normalize_caption(prompt.caption, options)
     words = normalized.split()
     ids = list(vocab.encode(normalized))
     positions = word_token_positions(words, vocab, ids)
     phrases = find_phrases(words, world.colors, world.shapes)
-    cells = object_cells(world, prompt.scene, grid)
+    cells = code_coverage.object_cells(world, prompt.scene, grid)
     items, skipped = [], []
     for k, o in enumerate(prompt.scene.objects):
         mine = [p for p in phrases if (p.color, p.shape) == (o.color, o.shape)]
@@ -531,9 +523,10 @@ def analysis(results: Sequence[tuple[str, dict]]) -> list[str]:
         att.append(f"{name}: own colour word {_pct(ho['own_color'][0])} vs {_pct(so['own_color'][0])} "
                    f"({compare(ho['own_color'], so['own_color'])}), own shape word {_pct(ho['own_shape'][0])} vs "
                    f"{_pct(so['own_shape'][0])} ({compare(ho['own_shape'], so['own_shape'])})")
-        bind.append(f"{name}: validation objects prefer their own colour word at {_preferred(s, 0)} and held-out "
-                    f"ones at {_preferred(h, 0)}, their own shape word at {_preferred(s, 1)} and {_preferred(h, 1)} "
-                    "respectively")
+        if s.get("binding") or h.get("binding"):  # only captions naming another object have a preference
+            bind.append(f"{name}: validation objects prefer their own colour word at {_preferred(s, 0)} and held-out "
+                        f"ones at {_preferred(h, 0)}, their own shape word at {_preferred(s, 1)} and "
+                        f"{_preferred(h, 1)} respectively")
         rc, rs = h["nll_rise"]["color"], h["nll_rise"]["shape"]
         sc, ss = s["nll_rise"]["color"], s["nll_rise"]["shape"]
         steer.append(f"{name}: colour swap {_ms(rc)} {_steer_word(rc, sc)} {_ms(sc)}, shape swap {_ms(rs)} "
@@ -544,10 +537,11 @@ def analysis(results: Sequence[tuple[str, dict]]) -> list[str]:
                     + (f" and {compare(h['nll']['true'], zs['nll']['true'])} the {_ms(zs['nll']['true'])} of the "
                        "seen objects in the same zero-shot scenes" if zs else ""))
         verdicts.append(_verdict(name, s, h))
+    preference = ["Against the words of the other objects in the same caption (own-word preference above 0.5 by "
+                  "more than two standard errors; objects whose caption names another object): "
+                  + "; ".join(bind) + "."] if bind else []
     return ["Averaged over layers, the image tokens of a held-out-pair object put this share of their attention on "
-            "their own words, against a validation object's: " + "; ".join(att) + ".",
-            "Against the words of the other objects in the same caption (own-word preference above 0.5 by more "
-            "than two standard errors; objects whose caption names another object): " + "; ".join(bind) + ".",
+            "their own words, against a validation object's: " + "; ".join(att) + ".", *preference,
             "Swapping the object's colour or shape word raises the NLL of its reference codes, per code, for "
             "held-out pairs by (against validation objects): " + "; ".join(steer) + ".",
             "Under the true caption, the reference codes cost " + "; ".join(cost) + ".", *verdicts]
@@ -575,8 +569,8 @@ def _verdict(name: str, s: dict, h: dict) -> str:
     return f"For {name}, {read}; {steer}{tail}{end}."
 
 
-def render(results: Sequence[tuple[str, dict]], command: str, prompts: int) -> str:
-    lines = ["## Composition: do colour and shape words bind? (attention and ablation)", "",
+def render(results: Sequence[tuple[str, dict]], command: str, prompts: int, title: str = TITLE) -> str:
+    lines = [f"## {title}", "",
              f"Command: `{command}`.", "",
              f"The first {prompts} prompts of the validation and zero_shot splits, teacher-forced on their own "
              "reference scenes (rendered, encoded by the model's VQGAN); no sampling. An object's image tokens are "
@@ -590,20 +584,20 @@ def render(results: Sequence[tuple[str, dict]], command: str, prompts: int) -> s
     return "\n".join(lines) + "\n"
 
 
-def write_section(body: str, target: str = "") -> None:
-    """Writes the section with tools/eval_report.py's helper; a new one goes right after the `AFTER` section."""
+def write_section(body: str, target: str = "", section: str = SECTION, after: str = AFTER) -> None:
+    """Writes `section` with tools/eval_report.py's helper; a new one goes right after the `after` section."""
     from tools import eval_report
 
     target = target or os.path.join(ROOT, "EVAL.md")
-    begin, after_end = f"<!-- eval:{SECTION} -->", f"<!-- /eval:{AFTER} -->"
+    begin, after_end = f"<!-- eval:{section} -->", f"<!-- /eval:{after} -->"
     if os.path.exists(target):
         document = open(target).read()
         if begin not in document and after_end in document:
-            placeholder = f"{after_end}\n{begin}\n<!-- /eval:{SECTION} -->\n"
+            placeholder = f"{after_end}\n{begin}\n<!-- /eval:{section} -->\n"
             with open(target, "w") as f:
                 f.write(document.replace(after_end + "\n", placeholder, 1) if after_end + "\n" in document
                         else document.replace(after_end, placeholder.rstrip("\n"), 1))
-    eval_report.write_section(SECTION, body, target)
+    eval_report.write_section(section, body, target)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -639,9 +633,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--prompts", type=int, default=100, help="prompts per split")
     p.add_argument("--no_write", "--no-write", action="store_true",
                    help="print the section; write neither EVAL.md nor the JSON files")
+    p.add_argument("--section", default=SECTION, help="the EVAL.md section to write (another set of models)")
+    p.add_argument("--title", default=TITLE, help="its heading")
+    p.add_argument("--after", default=AFTER, help="a new section goes right after this one")
     args = p.parse_args(argv)
     if args.prompts < 1:
         p.error(f"--prompts {args.prompts} must be at least 1")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", args.section):
+        p.error(f"--section {args.section!r}: use lowercase letters, digits, '-' and '_'")
     from dalle import config as config_lib
 
     try:
@@ -660,10 +659,10 @@ def main(argv: list[str]) -> int:
                 json.dump(r, f, indent=1)
     command = ".venv/bin/python tools/binding_probe.py " + " ".join(
         f'"{a}"' if " " in a else a for a in argv)
-    body = render(results, command, args.prompts)
+    body = render(results, command, args.prompts, args.title)
     print(body)
     if not args.no_write:
-        write_section(body)
+        write_section(body, section=args.section, after=args.after)
     return 0
 
 
