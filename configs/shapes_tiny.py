@@ -134,7 +134,7 @@ def pipeline(arg=None) -> dict:
     # The time limits are safety stops: every stage is a fixed number of steps sized to fit them here.
     recipe = {"root": root, "vqgan": ("configs/vqgan_f4_32.py", world),
               "clip": f"configs/clip_shapes.py:{clip_variant}root={root}",
-              "eval": f"configs/eval/shapes.py:root={root}",
+              "eval": f"configs/eval/shapes.py:{'multi,' if variant in MULTI else ''}root={root}",
               "minutes": {"vqgan": 11.0, "dalle": 40.0 if variant in MULTI else 15.0, "clip": 3.0}}
     if variant in DVAE:  # beside the VQGAN demo in the same root
         recipe.update({"vqgan": ("configs/dvae_shapes.py", world), "workdir": "dalle_dvae",

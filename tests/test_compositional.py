@@ -90,6 +90,32 @@ def test_paraphrase_split_uses_validation_scenes_with_other_captions():
     assert compositional.accuracy(images, [p.request for p in para], data)["all"] == 1.0
 
 
+def test_relations_split_holds_validation_scenes_whose_caption_states_a_relation():
+    data = _data("multi_32")
+    rel = compositional.shapes_prompts(data, "relations", 12)
+    assert len(rel) == 12 and all(p.split == "relations" and p.request.relations for p in rel)
+    indices = [p.index for p in rel]
+    assert indices == sorted(set(indices))
+    # the same scenes and captions as the validation split at those indices, and none skipped in between
+    grammar = compositional.shapes_prompts(data, "validation", indices[-1] + 1)
+    assert [(p.scene, p.caption) for p in rel] == [(grammar[i].scene, grammar[i].caption) for i in indices]
+    assert sum(bool(p.request.relations) for p in grammar) == 12
+    images = compositional.render_prompts(data, rel)
+    assert compositional.accuracy(images, [p.request for p in rel], data)["all"] == 1.0
+    kinds = {k for p in rel for k in compositional.prompt_kinds(p.request, p.scene)}
+    assert any(k.startswith("relation:") for k in kinds)
+
+
+def test_relations_split_refuses_a_one_object_world():
+    with pytest.raises(ValueError, match="max_objects must be at least 2"):
+        compositional.shapes_prompts(_data("one_object_32"), "relations", 4)
+
+
+def test_multi_eval_variant_adds_the_relations_split():
+    assert config_lib.load_config("configs/eval/shapes.py:multi", []).eval.splits[-1] == "relations"
+    assert "relations" not in config_lib.load_config("configs/eval/shapes.py", []).eval.splits
+
+
 def test_held_out_drawn_names_what_was_drawn_in_the_pairs_cell():
     data = _data("one_object_32")
     prompts = compositional.shapes_prompts(data, "zero_shot", 12)

@@ -211,3 +211,20 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", no_starlette)
     assert cli.main(["serve", "--help"]) == 2
     assert "needs the optional package 'starlette': pip install 'dalle[serve]'" in capsys.readouterr().err
+
+
+def test_shapes_tiny_dvae_variants_train_over_dvae_codes_beside_the_vqgan_ones():
+    from dalle import demo
+
+    for variant, kind, multi in (("dvae", "decoder_only", False), ("multi_dalle_bart_dvae", "dalle_bart", True)):
+        c = config_lib.load_config(f"configs/shapes_tiny.py:{variant},root=/r", [])
+        assert (c.model.kind, c.model.image_vocab_size, c.data.image_tokenizer) == (kind, 512, "dvae")
+        assert (c.data.encoded_dir, c.data.vqgan_checkpoint) == ("/r/encoded_dvae", "/r/dvae/model")
+        assert (c.data.max_objects == 3) == multi
+        recipe = demo.pipeline_of(f"configs/shapes_tiny.py:{variant},root=/r")
+        assert recipe["vqgan"][0] == "configs/dvae_shapes.py" and recipe["workdir"] == "dalle_dvae"
+        assert f"--config.data.max_objects={3 if multi else 1}" in recipe["vqgan"][1]  # the world's images
+        # the multi-object world's eval adds the relations split
+        assert recipe["eval"] == f"configs/eval/shapes.py:{'multi,' if multi else ''}root=/r"
+    bart = config_lib.load_config("configs/shapes_tiny.py:multi_dalle_bart,root=/r", [])
+    assert (bart.data.image_tokenizer, bart.model.image_vocab_size) == ("", 2048)

@@ -9,7 +9,8 @@ inception` output is at eval.inception_checkpoint; otherwise FID-CLIP is reporte
 (8 prompts per split, 2 scales, 2 candidates: a smoke run in ~a minute), `full` (default: 200 prompts per split of
 validation, zero_shot and paraphrase - the validation scenes captioned off the grammar, dalle/eval/paraphrase.py -
 at guidance 1/1.5/2; accuracy with standard errors, per kind of prompt, for the CLIP-best candidate and for the
-first sample alone). On the multi-object world, also image completion (dalle/eval/completion.py): the top code
+first sample alone), `multi` (`full` plus the `relations` split: 200 validation-stream scenes whose caption states a
+relation, for the multi-object world). On the multi-object world, also image completion (dalle/eval/completion.py): the top code
 rows of each scene with objects above and below the grid's top row kept, the rest drawn to match its caption.
 Append `,root=DIR` to move every artifact, as for configs/shapes_tiny.py.
 """
@@ -20,12 +21,12 @@ from dalle import config as config_lib
 
 
 def get_config(arg=None):
-    variant, root = config_lib.variant_and_root(arg, ("full", "quick"))
+    variant, root = config_lib.variant_and_root(arg, ("full", "quick", "multi"))
     c = ConfigDict()
     c.name = f"eval_shapes_{variant}"
     c.eval = ConfigDict()
     e = c.eval
-    e.splits = ("validation", "zero_shot", "paraphrase")
+    e.splits = ("validation", "zero_shot", "paraphrase") + (("relations",) if variant == "multi" else ())
     e.num_prompts = 8 if variant == "quick" else 200  # 200: a standard error of <= 3.5 points per split
     e.batch_size = 8
     # Guidance above 2 measured worse for the demo model at every temperature tried (EVAL.md).

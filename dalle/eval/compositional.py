@@ -4,7 +4,8 @@ For every (image, caption request) the analyzer (dalle/eval/analyzer.py) reads t
 `matches` says per attribute (count, color, shape, size, position incl. relations, background, all) whether the
 request is satisfied. Rates are reported per attribute and overall, per split: `train` (train-like prompts),
 `validation` (unseen scenes, seen combinations), `zero_shot` (held-out color-shape pairs and relations) and
-`paraphrase` (the validation scenes captioned outside the caption grammar: dalle/eval/paraphrase.py); each with its
+`paraphrase` (the validation scenes captioned outside the caption grammar: dalle/eval/paraphrase.py), `relations`
+(validation-stream scenes whose caption states a seen relation: the validation split has too few); each with its
 standard error and broken down by what the prompt asks (`prompt_kinds`: one/two/three objects, each relation,
 counted groups, background, each held-out combination).
 
@@ -38,14 +39,22 @@ class ShapesPrompt:
 
 
 PARAPHRASE = "paraphrase"  # the eval-only split: validation scenes, off-grammar captions
+# Eval-only: the validation stream's scenes (from index 0 on, past the built split's size if need be) whose caption
+# states a relation. About one caption in twenty of the multi-object world does, so the first 200 validation
+# prompts hold ~10; these are unseen scenes of seen relations like the validation split's.
+RELATIONS = "relations"
+RELATIONS_SCAN = 200  # scenes scanned per requested prompt before giving up (a world without relations)
 
 
 def shapes_prompts(data: Mapping[str, Any], split: str, count: int) -> list[ShapesPrompt]:
     """The first `count` examples of a split, with the caption wording the data pipeline gives them; for
-    `paraphrase`, the first `count` validation scenes with the captions of dalle.eval.paraphrase."""
+    `paraphrase`, the first `count` validation scenes with the captions of dalle.eval.paraphrase; for `relations`,
+    the first `count` validation-stream scenes whose caption states a relation."""
     from dalle.eval import paraphrase
 
     world = ShapesWorld.from_config(data)
+    if split == RELATIONS:
+        return _relation_prompts(world, count)
     out = []
     for i in range(count):
         if split == PARAPHRASE:
@@ -55,6 +64,23 @@ def shapes_prompts(data: Mapping[str, Any], split: str, count: int) -> list[Shap
             scene = world.scene(split, i)
             cap = world.describe(scene, world.rng(split, i, stream=1))
         out.append(ShapesPrompt(split, i, cap.text, cap.request, scene))
+    return out
+
+
+def _relation_prompts(world: ShapesWorld, count: int) -> list[ShapesPrompt]:
+    if world.max_objects < 2:
+        raise ValueError(f"eval split {RELATIONS!r}: the world has at most {world.max_objects} object per scene, so "
+                         "no caption states a relation (data.max_objects must be at least 2)")
+    out, i = [], 0
+    while len(out) < count:
+        if i >= RELATIONS_SCAN * count:
+            raise ValueError(f"eval split {RELATIONS!r}: only {len(out)} of the first {i} validation scenes' captions "
+                             f"state a relation, {count} asked")
+        scene = world.scene("validation", i)
+        cap = world.describe(scene, world.rng("validation", i, stream=1))
+        if cap.request.relations:
+            out.append(ShapesPrompt(RELATIONS, i, cap.text, cap.request, scene))
+        i += 1
     return out
 
 

@@ -13,9 +13,10 @@ from dalle import config as config_lib
 from dalle import precision, registry
 
 FID_FALLBACKS = ("clip", "none")
-# The shapes world's splits plus `paraphrase`: the validation scenes captioned off the caption grammar
-# (dalle/eval/paraphrase.py). A built dataset (any other source) is asked for the splits it has.
-SHAPES_SPLITS = ("train", "validation", "zero_shot", "paraphrase")
+# The shapes world's splits plus the eval-only ones of dalle/eval/compositional.py: `paraphrase` (the validation
+# scenes captioned off the caption grammar) and `relations` (validation-stream scenes whose caption states a
+# relation). A built dataset (any other source) is asked for the splits it has.
+SHAPES_SPLITS = ("train", "validation", "zero_shot", "paraphrase", "relations")
 
 
 def eval_defaults() -> ConfigDict:
