@@ -11,7 +11,8 @@ Variants: `decoder_only` (default: the single-stream DALL·E/CogView model, d 12
 (the encoder-decoder on that world: the better multi-object recipe, EVAL.md), `dvae` (the default model over the codes of OpenAI DALL·E's tokenizer,
 configs/dvae_shapes.py, instead of the VQGAN's: DALL·E vs DALL·E mini on one world; it shares the root's data,
 tokenizer and CLIP and writes <root>/dvae, <root>/encoded_dvae and <root>/dalle_dvae), `multi_dalle_bart_dvae` (the
-multi-object encoder-decoder over dVAE codes, beside `multi`'s artifacts in the same way). Append `,root=DIR` to put every artifact under DIR instead of outputs/demo, e.g.
+multi-object encoder-decoder over dVAE codes, beside `multi`'s artifacts in the same way: give it the multi root,
+e.g. `root=outputs/multi`, not the one-object demo's). Append `,root=DIR` to put every artifact under DIR instead of outputs/demo, e.g.
 `configs/shapes_tiny.py:dalle_bart,root=outputs/bart`.
 """
 

@@ -1,6 +1,7 @@
 """tools/code_coverage.py: object tokens whose code never (or rarely) is a training target."""
 
 import numpy as np
+import pytest
 
 from dalle.data import schema as S
 from dalle.data import shapes as shapes_lib
@@ -137,3 +138,16 @@ def test_measure_on_a_tiny_dvae_pipeline(tmp_path):
         assert g["tokens"] > 0, group  # every zero_shot scene holds a held-out pair's object
         assert abs(g["both"] + g["color_only"] + g["shape_only"] + g["neither"] - 1) < 1e-9
         assert 0 <= g["color_share"] <= 1 and 0 <= g["shape_share"] <= 1
+    # the held-out group holds held-out pairs' objects only; validation objects are never of one
+    world = shapes_lib.ShapesWorld.from_config(config.data)
+    held = lambda pair: any(d.matches(shapes_lib.ShapeObject(*pair.split(), "small", 0))
+                            for d in world.held_out_pairs)
+    held_out_pairs = r["sharing"]["held-out-pair objects"]["pairs"]
+    assert held_out_pairs and all(map(held, held_out_pairs))
+    assert not any(map(held, r["sharing"]["validation objects"]["pairs"]))
+    with pytest.raises(ValueError, match="train split .* has"):
+        code_coverage.measure(config.data, config.data.encoded_dir, config.data.vqgan_checkpoint, 2,
+                              train_scenes=int(config.data.train_size) + 1)
+    other = dict(config.data.to_dict(), train_size=int(config.data.train_size) + 5)
+    with pytest.raises(ValueError, match="give --data the config the model trained with"):
+        code_coverage.measure(other, config.data.encoded_dir, config.data.vqgan_checkpoint, 2)

@@ -122,3 +122,10 @@ def test_comparison_table_rows():
     text = eval_report.render_comparison(report, "x/compare.json")
     assert "| autoregressive | 1.5 | 90.0% ± 4.0 | 2.0% ± 2.0 | 28.12 | 3.50 FID-CLIP | 0.041 | 15.0 |" in text
     assert "| CLIP-guided | 1 | n/a | n/a | 31.00* | n/a | 5.900 | none |" in text
+
+
+def test_the_shapes_section_names_the_eval_variant_that_ran():
+    shown = eval_report._eval_config_shown
+    assert shown({"config": {"name": "eval_shapes_multi"}}) == "configs/eval/shapes.py:multi"
+    assert shown({"config": {"name": "eval_shapes_full"}}) == "configs/eval/shapes.py"
+    assert shown({}) == "configs/eval/shapes.py"  # a metrics.json from before the config was saved

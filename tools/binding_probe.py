@@ -2,7 +2,7 @@
 
 Behaviour alone (EVAL.md) says that for a held-out pair such as "red star" the model draws a seen shape in the
 right colour, or the right shape in a seen colour. This probe looks inside, teacher-forced on each eval prompt's
-own reference scene (rendered and encoded by the model's VQGAN), with no sampling:
+own reference scene (rendered and encoded by the model's image tokenizer), with no sampling:
 
 * attention: for every object, over the image tokens whose cell covers it (tools/code_coverage.py's object mask,
   cells shared with another object left out), the share of each layer's attention (mean over heads) from those
@@ -338,7 +338,7 @@ def prompt_items(world: Any, prompt: Any, vocab: Any, options: Any, max_text_len
 def measure(model: Any, params: Any, vocab: Any, encode: Callable[[np.ndarray], np.ndarray], data: Any,
             prompts_per_split: int, seed: int = 0) -> dict:
     """The probe on one model: per-object records and their summary per group (see the module docstring).
-    `encode`: uint8 images [N, H, W, 3] -> codes [N, image_length] (the model's VQGAN)."""
+    `encode`: uint8 images [N, H, W, 3] -> codes [N, image_length] (the model's image tokenizer)."""
     from dalle.data import shapes, tasks, text
     from dalle.eval import compositional
 
@@ -573,7 +573,7 @@ def render(results: Sequence[tuple[str, dict]], command: str, prompts: int, titl
     lines = [f"## {title}", "",
              f"Command: `{command}`.", "",
              f"The first {prompts} prompts of the validation and zero_shot splits, teacher-forced on their own "
-             "reference scenes (rendered, encoded by the model's VQGAN); no sampling. An object's image tokens are "
+             "reference scenes (rendered, encoded by the model's image tokenizer); no sampling. An object's image tokens are "
              "the token cells it alone covers (tools/code_coverage.py's object mask). Its own words are the colour "
              "word and shape noun of the caption phrase that names it; a swap replaces one of them with another "
              "colour or shape (never making a held-out pair). Own-word preference = own / (own + the mean over "
@@ -616,7 +616,7 @@ def parse_checkpoint(spec: str) -> tuple[str, str]:
 
 
 def probe_checkpoint(path: str, ev: Any, prompts: int) -> dict:
-    """Loads a trained model as `dalle eval` does (its tokenizer and VQGAN, eval overrides) and probes it."""
+    """Loads a trained model as `dalle eval` does (its tokenizers, eval overrides) and probes it."""
     from dalle import generation
 
     gen = generation.Generator.from_checkpoint(path, tokenizer_path=ev.tokenizer_path,

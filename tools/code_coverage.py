@@ -135,18 +135,27 @@ def encode_all(tokenizer: Any, images: np.ndarray) -> np.ndarray:
 
 
 def measure(data, encoded_dir: str, tokenizer_dir: str, prompts_per_split: int, train_scenes: int = 0) -> dict:
-    """`train_scenes`: how many training scenes give the codes' colours and shapes (0: the whole train split)."""
-    from dalle import kinds
+    """`train_scenes`: how many training scenes give the codes' colours and shapes (0: the whole train split).
+    The scenes are redrawn from `data`'s world, so it must be the world `encoded_dir` holds (checked by size)."""
+    from dalle import kinds, paths
+    from dalle.data import encode as encode_lib
     from dalle.data.shapes import ShapesWorld
     from dalle.eval import compositional
 
-    export = os.path.join(tokenizer_dir, "model") if os.path.isdir(os.path.join(tokenizer_dir, "model")) \
-        else tokenizer_dir
+    export = paths.join(tokenizer_dir, "model") if paths.isdir(paths.join(tokenizer_dir, "model")) else tokenizer_dir
     tokenizer = kinds.load_image_tokenizer(export)
     size = int(tokenizer.codebook_size)
     counts = training_code_counts(encoded_dir, size)
     world = ShapesWorld.from_config(data)
-    train_scenes = train_scenes or int(data.train_size)
+    info = encode_lib.read_info(encoded_dir)
+    encoded_train = int(info["splits"]["train"]["count"])
+    if encoded_train != int(data["train_size"]) or int(info.get("image_size", world.image_size)) != world.image_size:
+        raise ValueError(f"{encoded_dir!r} holds {encoded_train} training images of {info.get('image_size')} px, "
+                         f"the world of --data {data['train_size']} of {world.image_size} px: give --data the config "
+                         "the model trained with")
+    if train_scenes > encoded_train:
+        raise ValueError(f"--train_scenes {train_scenes}: the train split of {encoded_dir!r} has {encoded_train}")
+    train_scenes = train_scenes or encoded_train
     out = {"codes": size, "codes_in_training": int((counts > 0).sum()), "splits": {}, "train_scenes": train_scenes}
     scenes = [world.scene("train", i) for i in range(train_scenes)]
     train_tokens = encode_all(tokenizer, np.stack([world.render(sc) for sc in scenes]))
@@ -171,8 +180,9 @@ def measure(data, encoded_dir: str, tokenizer_dir: str, prompts_per_split: int, 
         held = lambda o: any(d.matches(o) for d in world.held_out_pairs)
         group = GROUPS[0] if split == "validation" else GROUPS[1]
         keep = (lambda o: True) if split == "validation" else held
-        sharing[group] = sharing_stats(by_color, by_shape,
-                                       object_tokens(world, [p.scene for p in prompts], tokens, grid, keep))
+        toks = object_tokens(world, [p.scene for p in prompts], tokens, grid, keep)
+        sharing[group] = dict(sharing_stats(by_color, by_shape, toks),
+                              pairs=sorted({f"{world.colors[c]} {world.shapes[s]}" for c, s in toks[:, 1:3].tolist()}))
     out["sharing"] = sharing
     return out
 
@@ -239,11 +249,15 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.prompts < 1 or args.train_scenes < 0:
         p.error(f"--prompts ({args.prompts}) must be at least 1 and --train_scenes ({args.train_scenes}) at least 0")
-    for name, encoded, directory in args.tokenizer:
-        for what, path in (("ENCODED", encoded), ("DIR", directory)):
-            if not os.path.isdir(path):
-                p.error(f"--tokenizer {name}: {what} {path!r} is not a directory")
     from dalle import config as config_lib
+    from dalle import paths
+
+    for name, encoded, directory in args.tokenizer:
+        if "|" in name:
+            p.error(f"--tokenizer {name!r}: a name cannot hold '|' (it is a table cell)")
+        for what, path in (("ENCODED", encoded), ("DIR", directory)):
+            if not paths.isdir(path):
+                p.error(f"--tokenizer {name}: {what} {path!r} is not a directory")
     from tools import eval_report
 
     data = config_lib.load_config(args.data, []).data

@@ -43,6 +43,13 @@ def _shown(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+def _eval_config_shown(metrics: dict) -> str:
+    """configs/eval/shapes.py with the variant the job ran (its config name is eval_shapes_<variant>)."""
+    name = str((metrics.get("config") or {}).get("name") or "")
+    variant = name[len("eval_shapes_"):] if name.startswith("eval_shapes_") else ""
+    return "configs/eval/shapes.py" + (f":{variant}" if variant and variant != "full" else "")
+
+
 def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "",
            title: str = "The shapes world (`dalle demo --config configs/shapes_tiny.py`)",
            svg: str = "docs/eval_fid_vs_clip.svg") -> str:
@@ -57,12 +64,15 @@ def render(metrics: dict, metrics_path: str, extra: str = "", note: str = "",
     ceiling = metrics.get("tokenizer_ceiling") or {}
     counts = {sp: best_entry["splits"][sp].get("prompts") for sp in splits}
     cand = s["num_candidates"]
+    explained = {"paraphrase": "the validation scenes captioned outside the caption grammar, dalle/eval/paraphrase.py",
+                 "relations": "validation-stream scenes whose caption states a relation, dalle/eval/compositional.py; "
+                              "FID and the all-splits CLIP score count them too"}
+    why = "; ".join(f"`{sp}`: {text}" for sp, text in explained.items() if sp in splits)
     lines = [f"## {title}", ""] + ([note, ""] if note else []) + [
-             f"Command: `.venv/bin/dalle eval --config configs/eval/shapes.py --checkpoint "
+             f"Command: `.venv/bin/dalle eval --config {_eval_config_shown(metrics)} --checkpoint "
              f"{_shown(metrics['checkpoint'])}` ({metrics['seconds']:.0f} s), then "
              f"`.venv/bin/python tools/eval_report.py {metrics_path}`.", "",
-             f"Prompts: {', '.join(f'{counts[sp]} {sp}' for sp in splits)} (`paraphrase`: the validation scenes "
-             "captioned outside the caption grammar, dalle/eval/paraphrase.py); "
+             f"Prompts: {', '.join(f'{counts[sp]} {sp}' for sp in splits)}{f' ({why})' if why else ''}; "
              f"{cand} candidates per prompt, best {s['keep_top']} kept"
              f"{' by ' + s['reranked_by'] if s['reranked_by'] else ''}; top-k {s['top_k']}, temperature "
              f"{s['temperature']}, seed {s['seed']}. Every rate is the fraction of images with every requested "

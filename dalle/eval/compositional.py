@@ -40,8 +40,9 @@ class ShapesPrompt:
 
 PARAPHRASE = "paraphrase"  # the eval-only split: validation scenes, off-grammar captions
 # Eval-only: the validation stream's scenes (from index 0 on, past the built split's size if need be) whose caption
-# states a relation. About one caption in twenty of the multi-object world does, so the first 200 validation
-# prompts hold ~10; these are unseen scenes of seen relations like the validation split's.
+# states a relation. About one caption in sixteen of the multi-object world does, so the first 200 validation
+# prompts hold ~10; these are unseen scenes of seen relations like the validation split's. A relations prompt's
+# `index` is its validation-stream index (the other splits' is its position).
 RELATIONS = "relations"
 RELATIONS_SCAN = 200  # scenes scanned per requested prompt before giving up (a world without relations)
 
