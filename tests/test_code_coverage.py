@@ -122,6 +122,8 @@ def test_render_names_every_split_and_tokenizer():
     assert ("| VQGAN | validation objects | 40 | 50.0% | 25.0% | 10.0% | 20.0% | 30.0% | 40.0% | 5.0% | 50.0% of 7 |"
             in text)
     assert "held-out-pair objects |" not in text  # a group without tokens has no row
+    assert text.startswith(f"## {code_coverage.TITLE}\n")
+    assert code_coverage.render([("VQGAN", r)], "cmd", 8, title="Other world").startswith("## Other world\n")
 
 
 def test_measure_on_a_tiny_dvae_pipeline(tmp_path):

@@ -191,9 +191,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def render(results: Sequence[tuple[str, dict]], command: str, prompts: int) -> str:
+SECTION = "composition-codes"
+TITLE = "Composition: image codes the model never saw as targets, and what they are shared with"
+
+
+def render(results: Sequence[tuple[str, dict]], command: str, prompts: int, title: str = TITLE) -> str:
     """The `composition-codes` section: one row per tokenizer (name, measure() result) in each table."""
-    lines = ["## Composition: image codes the model never saw as targets, and what they are shared with", "",
+    lines = [f"## {title}", "",
              f"Command: `{command}`.", "",
              f"The first {prompts} prompts of each split: their own scenes encoded by each image tokenizer, each code "
              "looked up in the pre-encoded training split of the text-to-image model trained on that tokenizer's "
@@ -246,6 +250,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--train_scenes", type=int, default=0,
                    help="training scenes whose object codes are counted (default: the whole train split)")
     p.add_argument("--no_write", action="store_true", help="print the section instead of writing EVAL.md")
+    p.add_argument("--section", default=SECTION, help="the EVAL.md section to write (e.g. another world)")
+    p.add_argument("--title", default=TITLE, help="its heading")
     args = p.parse_args(argv)
     if args.prompts < 1 or args.train_scenes < 0:
         p.error(f"--prompts ({args.prompts}) must be at least 1 and --train_scenes ({args.train_scenes}) at least 0")
@@ -265,11 +271,11 @@ def main(argv: list[str]) -> int:
                for name, encoded, directory in args.tokenizer]
     command = ".venv/bin/python tools/code_coverage.py " + " ".join(
         f'"{a}"' if " " in a else a for a in argv)
-    body = render(results, command, args.prompts)
+    body = render(results, command, args.prompts, args.title)
     print(body)
     if args.no_write:
         return 0
-    eval_report.write_section("composition-codes", body)
+    eval_report.write_section(args.section, body)
     return 0
 
 
