@@ -129,3 +129,9 @@ def test_the_shapes_section_names_the_eval_variant_that_ran():
     assert shown({"config": {"name": "eval_shapes_multi"}}) == "configs/eval/shapes.py:multi"
     assert shown({"config": {"name": "eval_shapes_full"}}) == "configs/eval/shapes.py"
     assert shown({}) == "configs/eval/shapes.py"  # a metrics.json from before the config was saved
+
+
+def test_a_job_that_wrote_no_guidance_is_shown_at_its_best_scale(tmp_path):
+    m = _metrics(tmp_path, 0.8, 0.7, 0.1)
+    m["sampling_written"] = {"written": False, "why": "eval.write_sampling is false"}
+    assert eval_report._shown_scale(m) == "1.5"  # not the first scale swept ("1", with nothing measured)

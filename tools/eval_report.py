@@ -281,9 +281,12 @@ def _shown_scale(m: dict) -> str:
     from dalle.eval import main as eval_main
 
     written = m.get("sampling_written") or {}
-    g = f"{written['guidance']:g}" if written.get("guidance") is not None else next(iter(m["scales"]))
     best = eval_main.best_scale(m)
-    if model_dir.checkpoint_step(m["checkpoint"]) is not None and best is not None:
+    g = f"{written['guidance']:g}" if written.get("guidance") is not None else next(iter(m["scales"]))
+    # A checkpoint part way through a run, or a job that wrote no guidance (eval.write_sampling false): the scale
+    # the job measured best, as a written one would have been.
+    if best is not None and (model_dir.checkpoint_step(m["checkpoint"]) is not None
+                             or written.get("guidance") is None):
         g = f"{best[0]:g}"
     return g
 
