@@ -153,3 +153,20 @@ def test_measure_on_a_tiny_dvae_pipeline(tmp_path):
     other = dict(config.data.to_dict(), train_size=int(config.data.train_size) + 5)
     with pytest.raises(ValueError, match="give --data the config the model trained with"):
         code_coverage.measure(other, config.data.encoded_dir, config.data.vqgan_checkpoint, 2)
+
+
+def test_main_writes_the_section_it_is_given(tmp_path, monkeypatch):
+    from tests import tiny_pipeline
+    from tools import eval_report
+
+    config = tiny_pipeline.tiny_config(str(tmp_path), image_tokenizer="dvae")
+    data_config = tmp_path / "world.py"
+    data_config.write_text("from ml_collections import ConfigDict\n\n\ndef get_config(arg=None):\n"
+                           f"    return ConfigDict({{'data': {config.data.to_dict()!r}}})\n")
+    written = {}
+    monkeypatch.setattr(eval_report, "write_section", lambda name, body, target="": written.update({name: body}))
+    assert code_coverage.main(["--data", str(data_config), "--tokenizer", "tiny dVAE", config.data.encoded_dir,
+                               config.data.vqgan_checkpoint, "--prompts", "3", "--train_scenes", "10",
+                               "--section", "codes-b", "--title", "Another world"]) == 0
+    assert list(written) == ["codes-b"] and written["codes-b"].startswith("## Another world\n")
+    assert '"tiny dVAE"' in written["codes-b"]  # the command shown quotes a name with a space

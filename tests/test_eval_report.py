@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tools import eval_report
 
 
@@ -131,7 +133,17 @@ def test_the_shapes_section_names_the_eval_variant_that_ran():
     assert shown({}) == "configs/eval/shapes.py"  # a metrics.json from before the config was saved
 
 
-def test_a_job_that_wrote_no_guidance_is_shown_at_its_best_scale(tmp_path):
+def test_a_run_is_shown_at_the_guidance_given_with_its_path(tmp_path):
     m = _metrics(tmp_path, 0.8, 0.7, 0.1)
+    m["scales"]["2"] = {"splits": {"validation": {"compositional": {"all": 0.9, "stderr": 0.01, "images": 200}}}}
     m["sampling_written"] = {"written": False, "why": "eval.write_sampling is false"}
-    assert eval_report._shown_scale(m) == "1.5"  # not the first scale swept ("1", with nothing measured)
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(m))
+    assert eval_report._shown_scale(m) == "1"  # nothing written: the first scale, whatever measured best
+    label, shown = eval_report.read_run(f"run a={path}@1.5")
+    assert label == "run a" and eval_report._shown_scale(shown) == "1.5"
+    assert eval_report._shown_scale(eval_report.read_run(f"b={path}@2.0")[1]) == "2"
+    with pytest.raises(ValueError, match="guidance 3 was not measured"):
+        eval_report.read_run(f"c={path}@3")
+    written = dict(m, sampling_written={"guidance": 1.5, "written": True})
+    assert eval_report._shown_scale(written) == "1.5"  # a written guidance wins over the first scale

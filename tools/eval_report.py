@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -275,20 +276,38 @@ def emoji_summary(metrics: dict) -> str:
 
 
 def _shown_scale(m: dict) -> str:
-    """The guidance a run is shown at: its exported one; for a checkpoint step part way through a run (no export),
-    the scale its export would have been given."""
+    """The guidance a run is shown at: the one given with its metrics path (`LABEL=PATH@G`, kept under
+    `shown_guidance`), else its exported one; for a checkpoint step part way through a run (no export), the scale
+    its export would have been given."""
     from dalle import model_dir
     from dalle.eval import main as eval_main
 
+    if m.get("shown_guidance") is not None:
+        return m["shown_guidance"]
     written = m.get("sampling_written") or {}
-    best = eval_main.best_scale(m)
     g = f"{written['guidance']:g}" if written.get("guidance") is not None else next(iter(m["scales"]))
-    # A checkpoint part way through a run, or a job that wrote no guidance (eval.write_sampling false): the scale
-    # the job measured best, as a written one would have been.
-    if best is not None and (model_dir.checkpoint_step(m["checkpoint"]) is not None
-                             or written.get("guidance") is None):
+    best = eval_main.best_scale(m)
+    if model_dir.checkpoint_step(m["checkpoint"]) is not None and best is not None:
         g = f"{best[0]:g}"
     return g
+
+
+def read_run(item: str) -> tuple[str, dict]:
+    """`LABEL=METRICS[@G]` -> (label, metrics); `@G` shows the run at guidance G (one of the scales it measured),
+    for a job that wrote no guidance of its own (eval.write_sampling false)."""
+    label, _, path = item.partition("=")
+    guidance = None
+    head, at, tail = path.rpartition("@")
+    if at and re.fullmatch(r"[0-9.]+", tail):
+        path, guidance = head, tail
+    with open(path) as f:
+        m = json.load(f)
+    if guidance is not None:
+        scales = {f"{float(k):g}": k for k in m["scales"]}
+        if f"{float(guidance):g}" not in scales:
+            raise ValueError(f"{item!r}: guidance {guidance} was not measured (scales: {', '.join(m['scales'])})")
+        m["shown_guidance"] = scales[f"{float(guidance):g}"]
+    return label, m
 
 
 def render_kinds(runs: list[tuple[str, dict]]) -> list[str]:
@@ -424,11 +443,7 @@ def main(argv: list[str]) -> int:
     by_kind = "--by-kind" in argv
     argv = [a for a in argv if a != "--by-kind"]
     if argv and argv[0] == "--experiments":  # --experiments "label=metrics.json" ...: the composition table
-        runs = []
-        for item in argv[1:]:
-            label, _, path = item.partition("=")
-            with open(path) as f:
-                runs.append((label, json.load(f)))
+        runs = [read_run(item) for item in argv[1:]]
         command = (".venv/bin/python tools/eval_report.py --experiments " + " ".join(f'"{a}"' for a in argv[1:])
                    + (f' --section {section} --title "{title}"' if section else "") + (" --by-kind" if by_kind else ""))
         write_section(section or "composition-experiments",
