@@ -240,11 +240,29 @@ def test_prompts_file(tmp_path):
         eval_main.read_prompts_file(str(tmp_path / "missing.txt"), 1)
 
 
+def test_relation_prob_captions_the_prompts_as_another_world_would():
+    """A model trained with more relation captions is measured on the default world's prompts when asked."""
+    default = config_lib.load_config("configs/shapes_data.py:multi_32", []).data
+    trained = config_lib.load_config("configs/shapes_data.py:multi_32", ["--config.data.relation_prob=1.0"]).data
+    ev = config_lib.load_config("configs/eval/shapes.py:multi", ["--config.eval.num_prompts=30"]).eval
+    same = config_lib.load_config("configs/eval/shapes.py:multi", [
+        "--config.eval.num_prompts=30", f"--config.eval.relation_prob={default.relation_prob}"]).eval
+
+    def captions(e, data):
+        return [(p.split, p.caption) for p in eval_main.make_prompts(e, data)]
+
+    assert captions(same, trained) == captions(ev, default)
+    assert captions(ev, trained) != captions(ev, default)
+    assert trained.relation_prob == 1.0  # the checkpoint's own data config is left as it was
+
+
 def test_eval_config_errors_name_the_key():
     with pytest.raises(config_lib.ConfigError, match="eval.keep_top"):
         config_lib.load_config("configs/eval/shapes.py", ["--config.eval.keep_top=9"])
     with pytest.raises(config_lib.ConfigError, match="eval.splits"):
         config_lib.load_config("configs/eval/shapes.py", ["--config.eval.splits=('test',)"])
+    with pytest.raises(config_lib.ConfigError, match="eval.relation_prob = 1.5"):
+        config_lib.load_config("configs/eval/shapes.py", ["--config.eval.relation_prob=1.5"])
 
 
 def test_reference_statistics_roundtrip(tmp_path):

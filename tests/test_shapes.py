@@ -1,5 +1,6 @@
 """The captioned-shapes world: determinism, held-out splits, captions that tell the truth, batches and resume."""
 
+import hashlib
 import time
 
 import numpy as np
@@ -130,6 +131,41 @@ def test_captions_are_true_and_varied():
     assert any("two green triangles" in w.caption(two, np.random.default_rng(k)) for k in range(40))
     assert any(name in w.caption(Scene((ShapeObject("red", "circle", "small", 0),)), np.random.default_rng(k))
                for k in range(40) for name in ("top left", "upper left")) and CELL_NAMES[0] == "top left"
+
+
+def _relation_rate(world: ShapesWorld, n: int = 1500) -> tuple[float, set[int]]:
+    """Share of two-object, two-kind train captions that state a relation, and the indices that do."""
+    two, related = 0, set()
+    for i in range(n):
+        s = world.scene("train", i)
+        if len(s.objects) == 2 and len({(o.color, o.shape) for o in s.objects}) == 2:
+            two += 1
+            cap = world.describe(s, world.rng("train", i, stream=1))
+            assert matches(s, cap.request)["all"], cap.text
+            if cap.request.relations:
+                related.add(i)
+    return len(related) / two, related
+
+
+def test_relation_prob_sets_the_share_of_relation_captions():
+    rates = {p: _relation_rate(ShapesWorld(**MULTI, relation_prob=p)) for p in (0.0, 0.3, 0.5, 0.9, 1.0)}
+    assert rates[0.0][0] == 0.0 and rates[1.0][0] == 1.0
+    for p in (0.3, 0.5, 0.9):
+        assert abs(rates[p][0] - p) < 0.07, (p, rates[p][0])
+    # Up to the share of captions that place their objects, a larger chance only adds relations.
+    assert rates[0.3][1] <= rates[0.5][1]
+    with pytest.raises(ValueError, match="data.relation_prob = 1.5"):
+        ShapesWorld(relation_prob=1.5)
+
+
+def test_default_captions_are_unchanged():
+    """The default world's captions are those its built data sets hold (data changes need a builder version)."""
+    w, digest = ShapesWorld(**MULTI), hashlib.sha1()
+    for split in ("train", "validation", "zero_shot"):
+        for i in range(300):
+            e = w.example(split, i)
+            digest.update((e["caption"] + e["request"]).encode())
+    assert digest.hexdigest() == "c2900da15eb757ccb9da5177415786b2185ab333"
 
 
 @pytest.mark.parametrize("size", [32, 64, 256])

@@ -63,6 +63,7 @@ def data_defaults() -> ConfigDict:
     c.sizes = ("small", "large")  # from SIZE_FRACTIONS
     c.backgrounds = ("black",)  # from BACKGROUND_PALETTE; one is drawn per image
     c.same_kind_prob = 0.3  # chance that a further object repeats an earlier one's color+shape ("two red stars")
+    c.relation_prob = 0.3  # chance that the caption of two objects of different kinds states their relation
     # Color-shape pairs ("color shape") and relations ("[color] shape relation [color] shape", relation one of
     # RELATIONS) that never occur in train/validation and make up the zero_shot split.
     c.held_out_pairs = ("red star", "blue triangle", "green circle", "yellow square")
@@ -136,8 +137,9 @@ def check_shapes_world(d: ConfigDict):
                 c in COLOR_PALETTE and _dist(COLOR_PALETTE[c], BACKGROUND_PALETTE[bg]) >= MIN_CONTRAST
                 for c in d.colors):
             yield f"data.backgrounds: no color of data.colors stands out on background {bg!r}"
-    if not 0.0 <= d.same_kind_prob <= 1.0:
-        yield f"data.same_kind_prob = {d.same_kind_prob} must be in [0, 1]"
+    for key in ("same_kind_prob", "relation_prob"):
+        if not 0.0 <= d[key] <= 1.0:
+            yield f"data.{key} = {d[key]} must be in [0, 1]"
     if d.supersample < 1 or d.supersample > 16:
         yield f"data.supersample = {d.supersample} must be in [1, 16]"
     for key in ("train_size", "validation_size", "zero_shot_size"):

@@ -230,7 +230,7 @@ class ShapesWorld:
                  max_objects: int = _D.max_objects, colors: Sequence[str] = _D.colors,
                  shapes: Sequence[str] = _D.shapes, sizes: Sequence[str] = _D.sizes,
                  backgrounds: Sequence[str] = _D.backgrounds, same_kind_prob: float = _D.same_kind_prob,
-                 held_out_pairs: Sequence[str] = _D.held_out_pairs,
+                 relation_prob: float = _D.relation_prob, held_out_pairs: Sequence[str] = _D.held_out_pairs,
                  held_out_relations: Sequence[str] = _D.held_out_relations, seed: int = _D.seed,
                  supersample: int = _D.supersample):
         """Defaults are those of the `data` config schema; invalid values raise ValueError naming the key."""
@@ -238,7 +238,7 @@ class ShapesWorld:
         for key, value in dict(image_size=image_size, min_objects=min_objects, max_objects=max_objects,
                                colors=tuple(colors), shapes=tuple(shapes), sizes=tuple(sizes),
                                backgrounds=tuple(backgrounds), same_kind_prob=float(same_kind_prob),
-                               held_out_pairs=tuple(held_out_pairs), held_out_relations=tuple(held_out_relations),
+                               relation_prob=float(relation_prob), held_out_pairs=tuple(held_out_pairs), held_out_relations=tuple(held_out_relations),
                                seed=seed, supersample=supersample).items():
             cfg[key] = value
         errors = [*S.check_data(cfg, cfg), *S.check_shapes_world(cfg)]
@@ -248,6 +248,7 @@ class ShapesWorld:
         self.colors, self.shapes, self.sizes = tuple(colors), tuple(shapes), tuple(sizes)
         self.backgrounds = tuple(backgrounds)
         self.same_kind_prob, self.seed, self.supersample = float(same_kind_prob), int(seed), int(supersample)
+        self.relation_prob = float(relation_prob)
         self.held_out_pairs = tuple(_Descriptor(*S.parse_object_descriptor(p.split())) for p in held_out_pairs)
         self.held_out_relations = tuple(
             (_Descriptor(*a), rel, _Descriptor(*b)) for a, rel, b in map(S.parse_relation, held_out_relations))
@@ -264,7 +265,7 @@ class ShapesWorld:
     def from_config(cls, data: Mapping[str, Any]) -> "ShapesWorld":
         """From a validated `data` config section (ConfigDict or dict); other keys are ignored."""
         keys = ("image_size", "min_objects", "max_objects", "colors", "shapes", "sizes", "backgrounds",
-                "same_kind_prob", "held_out_pairs", "held_out_relations", "seed", "supersample")
+                "same_kind_prob", "relation_prob", "held_out_pairs", "held_out_relations", "seed", "supersample")
         defaults = S.data_defaults()
         return cls(**{k: (data[k] if k in data else defaults[k]) for k in keys})
 
@@ -273,7 +274,7 @@ class ShapesWorld:
         return dict(image_size=self.image_size, min_objects=self.min_objects, max_objects=self.max_objects,
                     colors=list(self.colors), shapes=list(self.shapes), sizes=list(self.sizes),
                     backgrounds=list(self.backgrounds), same_kind_prob=self.same_kind_prob,
-                    held_out_pairs=[str(p) for p in self.held_out_pairs],
+                    relation_prob=self.relation_prob, held_out_pairs=[str(p) for p in self.held_out_pairs],
                     held_out_relations=[f"{a} {r} {b}" for a, r, b in self.held_out_relations],
                     seed=self.seed, supersample=self.supersample)
 
@@ -387,15 +388,15 @@ class ShapesWorld:
     # --- captions ---------------------------------------------------------------------------------------------
     def describe(self, scene: Scene, rng: np.random.Generator) -> Caption:
         """A caption with varied wording plus the `Request` it makes (what an image must show to match it)."""
-        return _describe(scene, rng)
+        return _describe(scene, rng, self.relation_prob)
 
     def caption(self, scene: Scene, rng: np.random.Generator) -> str:
-        return _describe(scene, rng).text
+        return _describe(scene, rng, self.relation_prob).text
 
     def example(self, split: str, index: int) -> dict[str, Any]:
         """One example: image, caption, spec (scene JSON), request (caption JSON), index."""
         scene = self.scene(split, index)
-        cap = _describe(scene, self.rng(split, index, stream=1))
+        cap = _describe(scene, self.rng(split, index, stream=1), self.relation_prob)
         return {"image": self.render(scene), "caption": cap.text, "spec": scene.to_json(),
                 "request": cap.request.to_json(), "index": int(index)}
 
@@ -455,17 +456,32 @@ def _place(rng, cell: int) -> str:
     return f"{_pick(rng, ['in the', 'at the', 'on the'] if cell != 4 else ['in the'])} {where}"
 
 
-def _describe(scene: Scene, rng: np.random.Generator) -> Caption:
+_SAY_POSITION_PROB = 0.6  # chance that a caption places its objects (cells or a relation)
+
+
+def _states_relation(rng: np.random.Generator, say_pos: bool, relation_prob: float) -> bool:
+    """Whether a two-object caption states a relation, with overall chance `relation_prob`.
+
+    Relations come from the captions that place their objects and reach into the others only when
+    `relation_prob` exceeds their share: below that, each caption draws the same random numbers at any
+    `relation_prob`, so the default world's captions are those it had before the knob existed."""
+    if say_pos:
+        return rng.random() < min(1.0, relation_prob / _SAY_POSITION_PROB)
+    extra = (relation_prob - _SAY_POSITION_PROB) / (1.0 - _SAY_POSITION_PROB)
+    return extra > 0 and rng.random() < extra
+
+
+def _describe(scene: Scene, rng: np.random.Generator, relation_prob: float = _D.relation_prob) -> Caption:
     objs = scene.objects
     n = len(objs)
     say_size = rng.random() < 0.6
     say_bg = rng.random() < 0.25
     forced_position = scene.tag.startswith("relation:")
-    say_pos = forced_position or rng.random() < 0.6
+    say_pos = forced_position or rng.random() < _SAY_POSITION_PROB
     requested: list[RequestedObject] = []
     relations: list[tuple[int, str, int]] = []
-    if n == 2 and (objs[0].color, objs[0].shape) != (objs[1].color, objs[1].shape) and say_pos \
-            and rng.random() < 0.5:
+    if n == 2 and (objs[0].color, objs[0].shape) != (objs[1].color, objs[1].shape) \
+            and _states_relation(rng, say_pos, relation_prob):
         # Relation: "a blue square to the left of a yellow star".
         i, j = (0, 1) if rng.random() < 0.5 else (1, 0)
         a, b = objs[i], objs[j]
@@ -565,7 +581,7 @@ class ShapesIterator:
         for r, i in enumerate(indices):
             scene = self.world.scene(self.split, i)
             self.world.render(scene, out=images[r])
-            cap = _describe(scene, self.world.rng(self.split, i, stream=1))
+            cap = _describe(scene, self.world.rng(self.split, i, stream=1), self.world.relation_prob)
             captions[r], specs[r], requests[r] = cap.text, scene.to_json(), cap.request.to_json()
         return {"image": images, "caption": captions, "spec": specs, "request": requests,
                 "index": np.asarray(indices, np.int64)}

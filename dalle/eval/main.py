@@ -95,6 +95,9 @@ def make_prompts(ev: ConfigDict, data: ConfigDict | None) -> list[Prompt]:
     if data.get("source") == "shapes":
         from dalle.eval import compositional
 
+        if ev.get("relation_prob") is not None:
+            data = ConfigDict(data.to_dict())
+            data.relation_prob = float(ev.relation_prob)
         for split in ev.splits:
             out += [Prompt(p.split, p.caption, p.request, p.scene, index=i)
                     for i, p in enumerate(compositional.shapes_prompts(data, split, ev.num_prompts))]

@@ -25,6 +25,9 @@ def eval_defaults() -> ConfigDict:
     c.prompts_file = ""  # one prompt per line; when set, replaces the shapes splits (no compositional accuracy)
     c.splits = ("train", "validation", "zero_shot")  # shapes-world splits (train-like, validation, zero-shot)
     c.num_prompts = 64  # prompts per split (first N examples of the split: fixed and comparable across runs)
+    # Shapes world: caption the splits at this data.relation_prob instead of the checkpoint's, so that models
+    # trained with more relation captions are measured on the same prompts as the others (None = the checkpoint's).
+    c.relation_prob = None
     c.batch_size = 8  # prompts per generate call (global; rows are sharded over the mesh batch axes)
     # ---- sampling: None = the model's `sampling` section (dalle/sampling_schema.py) --------------------------
     c.condition_scales = (1.0, 3.0)  # classifier-free guidance sweep; one set of metrics per scale
@@ -91,6 +94,9 @@ def check_eval(e: ConfigDict, _: ConfigDict):
             yield f"eval.metrics: {m!r} is not a registered metric (known: {', '.join(registry.METRICS.names())})"
     if e.fid_fallback not in FID_FALLBACKS:
         yield f"eval.fid_fallback = {e.fid_fallback!r} is not one of {FID_FALLBACKS}"
+    if e.relation_prob is not None and (isinstance(e.relation_prob, bool) or not isinstance(
+            e.relation_prob, (int, float)) or not 0.0 <= e.relation_prob <= 1.0):
+        yield f"eval.relation_prob = {e.relation_prob!r} must be a number in [0, 1] (or None: the checkpoint's)"
     if e.top_p is not None and not 0.0 < e.top_p <= 1.0:
         yield f"eval.top_p = {e.top_p} must be in (0, 1]"
     if e.temperature is not None and e.temperature < 0:
