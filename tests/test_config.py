@@ -228,3 +228,14 @@ def test_shapes_tiny_dvae_variants_train_over_dvae_codes_beside_the_vqgan_ones()
         assert recipe["eval"] == f"configs/eval/shapes.py:{'multi,' if multi else ''}root=/r"
     bart = config_lib.load_config("configs/shapes_tiny.py:multi_dalle_bart,root=/r", [])
     assert (bart.data.image_tokenizer, bart.model.image_vocab_size) == ("", 2048)
+
+
+def test_shapes_tiny_vqgan_codebook_matches_the_model_vocabulary():
+    """The VQGAN stage trains the codebook the model's vocabulary expects: 512 codes for one object, 2048 multi."""
+    from dalle import demo
+
+    for variant, codes in (("decoder_only", 512), ("dalle_bart", 512), ("multi", 2048), ("multi_dalle_bart", 2048)):
+        c = config_lib.load_config(f"configs/shapes_tiny.py:{variant},root=/r", [])
+        recipe = demo.pipeline_of(f"configs/shapes_tiny.py:{variant},root=/r")
+        vqgan = config_lib.load_config(recipe["vqgan"][0], recipe["vqgan"][1])
+        assert c.model.image_vocab_size == vqgan.model.n_embed == codes, variant

@@ -99,3 +99,16 @@ def test_errors(config, tmp_path):
     cfg.data.encoded_dir = str(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="dalle encode"):
         pipeline.token_batches(cfg, "train", 8, 0, 1, seed=0)
+
+
+def test_codes_beyond_the_model_vocabulary_are_refused(config):
+    from ml_collections import ConfigDict
+
+    codes = json.load(open(f"{config.data.encoded_dir}/info.json"))["codebook_size"]
+    fits = ConfigDict({"data": config.data.to_dict(), "model": {"kind": "decoder_only", "image_vocab_size": codes}})
+    assert next(pipeline.token_batches(fits, "train", 8, 0, 1, seed=0))["image_tokens"].max() < codes
+    small = ConfigDict({"data": config.data.to_dict(), "model": {"kind": "decoder_only",
+                                                                  "image_vocab_size": codes // 2}})
+    with pytest.raises(ValueError, match=f"{codes}-code image tokenizer, more than model.image_vocab_size = "
+                                         f"{codes // 2}"):
+        pipeline.token_batches(small, "train", 8, 0, 1, seed=0)

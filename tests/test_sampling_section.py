@@ -27,10 +27,10 @@ def test_schema_defaults_and_section_checks_name_the_key():
     assert filled.sampling.guidance == 2.0 and filled.sampling.candidates == 8 and filled.sampling.keep == 0
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.load_config("configs/shapes_tiny.py", [
-            "--config.sampling.top_p=0", "--config.sampling.keep=5", "--config.sampling.top_k=2049",
+            "--config.sampling.top_p=0", "--config.sampling.keep=5", "--config.sampling.top_k=513",
             "--config.sampling.temperature=-1"])
     for needle in ("sampling.top_p = 0.0 must be in (0, 1]", "sampling.keep = 5 must be between 0 (keep all) and "
-                   "sampling.candidates = 4", "sampling.top_k = 2049 must be between 0 (off) and the model's 2048",
+                   "sampling.candidates = 4", "sampling.top_k = 513 must be between 0 (off) and the model's 512",
                    "sampling.temperature = -1.0"):
         assert needle in str(e.value)
     with pytest.raises(config_lib.ConfigError, match="unknown key 'sampling.cfg_scale'"):

@@ -162,6 +162,11 @@ def token_batches(config: ConfigDict, split: str, batch_size: int, process_index
     if names.train is None:
         raise FileNotFoundError(
             f"no encoded data in data.encoded_dir = {data.encoded_dir!r}: run `dalle encode --config ...` first")
+    vocab = config.model.get("image_vocab_size") if "model" in config else None
+    if vocab is not None and names.codebook_size is not None and names.codebook_size > vocab:
+        raise ValueError(f"data.encoded_dir = {data.encoded_dir!r} holds codes of a {names.codebook_size}-code image "
+                         f"tokenizer, more than model.image_vocab_size = {vocab}: encode with the tokenizer the model "
+                         f"is meant for, or set model.image_vocab_size = {names.codebook_size}")
     task = names.train if split == "train" else names.eval
     if model_kind is None:
         model_kind = config.model.kind if "model" in config else "encdec"
