@@ -1,9 +1,10 @@
-"""A text-to-image model that learns the captioned-shapes world on a 2-core CPU in minutes (the `make demo` model).
+"""A text-to-image model that learns the captioned-shapes world on a 2-core CPU in minutes (its `dalle demo`).
 
     dalle train --config configs/shapes_tiny.py --workdir outputs/demo/dalle
 
-Needs the demo's earlier stages (or `make demo`, which runs them): the tokenizer (data.tokenizer_path), the CPU
-VQGAN (data.vqgan_checkpoint, configs/vqgan_f4_32.py) and the pre-encoded data (data.encoded_dir, `dalle encode`).
+Needs the demo's earlier stages (or `dalle demo --config configs/shapes_tiny.py`, which runs them): the tokenizer
+(data.tokenizer_path), the CPU VQGAN (data.vqgan_checkpoint: configs/vqgan_f4_32.py with `--config.model.n_embed=`
+`image_codes(variant)`, 512 for one object) and the pre-encoded data (data.encoded_dir, `dalle encode`).
 What this config reaches, and in how many minutes: EVAL.md (the shapes world sections).
 
 Variants: `decoder_only` (default: the single-stream DALL·E/CogView model, d 128, 4 layers), `dalle_bart`

@@ -53,3 +53,11 @@ def test_build_small(tmp_path):
     assert other.name != builder.builder_config.name
     assert "captioned_shapes" in tfds.list_builders(with_community_datasets=False)
     assert {c.name for c in CaptionedShapes.BUILDER_CONFIGS} >= {"one_object_32", "multi_64"}
+
+
+def test_config_names_keep_worlds_built_before_later_keys():
+    """A key added to the world later (data.relation_prob) names a new dataset only when it is set."""
+    assert make_config(_small_data()).name == "s32_o13_329e911a42"  # the name before relation_prob existed
+    assert make_config(S.data_defaults()).name == "s32_o11_5dae429e64"
+    assert make_config(_small_data(relation_prob=0.9)).name not in ("s32_o13_329e911a42",
+                                                                     make_config(_small_data(relation_prob=1.0)).name)

@@ -173,6 +173,15 @@ def test_mixture(config, tmp_path):
     rows = next(tasks.feature_converter_for("encdec")(ds, lengths).batch(64).as_numpy_iterator())["image_tokens"]
     from_other = np.all(rows == 7, axis=1).sum()
     assert 16 <= from_other <= 48  # rate 1:1
+    # A member encoded with a larger codebook than the primary's is refused, naming both.
+    bigger = data.copy_and_resolve_references()
+    bigger.encoded_dir = str(tmp_path / "bigger")
+    cfg.data = bigger
+    encode.run_encode(cfg, lambda im: np.full((len(im), 8, 8), 100, np.int32), vqgan_config=data_helpers
+                      .FAKE_VQGAN_CONFIG, codebook_size=128, process_index=0, process_count=1, progress=False)
+    data.mixture = (f"{bigger.encoded_dir}:1.0",)
+    with pytest.raises(ValueError, match="holds codes of a 128-code image tokenizer, but .* has 64 codes"):
+        tasks.register_tasks(data, raw=False)
 
 
 def test_missing_inputs_are_named(config, tmp_path):

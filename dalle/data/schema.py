@@ -63,7 +63,9 @@ def data_defaults() -> ConfigDict:
     c.sizes = ("small", "large")  # from SIZE_FRACTIONS
     c.backgrounds = ("black",)  # from BACKGROUND_PALETTE; one is drawn per image
     c.same_kind_prob = 0.3  # chance that a further object repeats an earlier one's color+shape ("two red stars")
-    c.relation_prob = 0.3  # chance that the caption of two objects of different kinds states their relation
+    # Chance that the caption of two objects of different kinds states their relation (zero_shot scenes of a
+    # held-out relation always place their objects: relation_prob / 0.6 of them state it, all from 0.6 up).
+    c.relation_prob = 0.3
     # Color-shape pairs ("color shape") and relations ("[color] shape relation [color] shape", relation one of
     # RELATIONS) that never occur in train/validation and make up the zero_shot split.
     c.held_out_pairs = ("red star", "blue triangle", "green circle", "yellow square")

@@ -464,7 +464,8 @@ def _states_relation(rng: np.random.Generator, say_pos: bool, relation_prob: flo
 
     Relations come from the captions that place their objects and reach into the others only when
     `relation_prob` exceeds their share: below that, each caption draws the same random numbers at any
-    `relation_prob`, so the default world's captions are those it had before the knob existed."""
+    `relation_prob`, so the default world's captions are those it had before the knob existed. Captions that
+    must place their objects (a held-out relation's zero_shot scenes) state it at relation_prob / 0.6."""
     if say_pos:
         return rng.random() < min(1.0, relation_prob / _SAY_POSITION_PROB)
     extra = (relation_prob - _SAY_POSITION_PROB) / (1.0 - _SAY_POSITION_PROB)

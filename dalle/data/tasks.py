@@ -381,6 +381,10 @@ def register_tasks(data_config: ConfigDict, *, raw: bool | None = None) -> TaskN
                 if m.source.image_length != image_length:
                     raise ValueError(f"data.mixture entry {entry!r} has image_length {m.source.image_length}, "
                                      f"but {data_config.encoded_dir!r} has {image_length}")
+                member_codes = m.source.info.get("codebook_size")
+                if member_codes is not None and int(member_codes) > codebook:
+                    raise ValueError(f"data.mixture entry {entry!r} holds codes of a {member_codes}-code image "
+                                     f"tokenizer, but {data_config.encoded_dir!r} has {codebook} codes")
                 members.append((name, float(rate)))
             if mix_name in seqio.MixtureRegistry.names():
                 seqio.MixtureRegistry.remove(mix_name)

@@ -24,6 +24,7 @@ from dalle.data import schema as S  # noqa: E402
 from dalle.data.shapes import SPLITS, ShapesWorld  # noqa: E402
 
 _SPLIT_KEYS = {"train": "train_size", "validation": "validation_size", "zero_shot": "zero_shot_size"}
+_LATER_KEYS = ("relation_prob",)
 
 
 class CaptionedShapesConfig(tfds.core.BuilderConfig):
@@ -41,7 +42,10 @@ def make_config(data: Mapping[str, Any], name: str | None = None) -> CaptionedSh
     world = ShapesWorld.from_config(data).config_dict()
     defaults = S.data_defaults()
     sizes = {s: int(data[k] if k in data else defaults[k]) for s, k in _SPLIT_KEYS.items()}
-    digest = hashlib.sha1(json.dumps([world, sizes], sort_keys=True).encode()).hexdigest()[:10]
+    # Keys added to the world after its first release enter the hash only when set, so that a world built before
+    # them keeps its name (and its built data) when they are at their defaults, which reproduce it exactly.
+    hashed = {k: v for k, v in world.items() if not (k in _LATER_KEYS and v == defaults[k])}
+    digest = hashlib.sha1(json.dumps([hashed, sizes], sort_keys=True).encode()).hexdigest()[:10]
     if name is None:
         name = f"s{world['image_size']}_o{world['min_objects']}{world['max_objects']}_{digest}"
     desc = (f"{world['image_size']} px, {world['min_objects']}-{world['max_objects']} objects, "
