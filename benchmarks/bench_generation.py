@@ -5,8 +5,9 @@
     .venv/bin/python -m benchmarks.bench_generation --quick    # tiny configs, 16 image tokens, 1 repeat
 
 Configs: dalle-mini `config/mini` (presets.mini(), 538.6 M params) and `shapes_tiny` (the encoder-decoder variant
-of configs/shapes_tiny.py: d 128, 2+4 layers, at SHAPES_IMAGE_CODES image codes) at 64 text + 256 image tokens. Both sides are jitted and compiled
-ahead of time (dalle-mini's inference notebook jits/pmaps `generate` too); compile time is reported separately.
+of configs/shapes_tiny.py: d 128, 2+4 layers, at SHAPES_IMAGE_CODES image codes) at 64 text + 256 image tokens.
+Both sides are jitted and compiled ahead of time (dalle-mini's inference notebook jits/pmaps `generate` too);
+compile time is reported separately.
 Runs are interleaved (ours, peer, ours, ...), median of `--repeats` after a warm-up; dalle-mini's config/mini
 generation takes minutes per call, so that peer runs once (no warm-up: it is compiled ahead of time).
 """

@@ -43,10 +43,11 @@ ENCODER_DECODER = ("dalle_bart", "multi_dalle_bart", "multi_dalle_bart_dvae")
 def image_codes(variant: str) -> int:
     """Codebook size of the variant's image tokenizer (configs/vqgan_f4_32.py's `n_embed`, or the dVAE's).
 
-    One object: 512 VQGAN codes. The model over them draws held-out colour-shape pairs that the one over 2048 codes
-    never drew, and is as good on validation prompts (two seeds each way: EVAL.md, DALL·E's tokenizer vs DALL·E
-    mini's): fewer codes are shared by more colours and shapes, so a held-out pair's codes are reachable from its
-    words. The multi-object world keeps the 2048 its recipes were measured with."""
+    One object: 512 VQGAN codes. The model over them draws held-out colour-shape pairs, which the decoder-only
+    models over 2048 codes almost never drew, and matched the 2048-code model trained beside it on validation
+    prompts (EVAL.md, DALL·E's tokenizer vs DALL·E mini's; earlier 2048-code runs did better there): fewer codes
+    are shared by more colours and shapes, so a held-out pair's codes are reachable from its words. The
+    multi-object world keeps the 2048 its recipes were measured with."""
     if variant in DVAE:
         return 512  # configs/dvae_shapes.py's codes (also 8x8 per 32 px image)
     return 2048 if variant in MULTI else 512
@@ -93,8 +94,8 @@ def get_config(arg=None):
     else:
         c.model = ConfigDict(dict(
             kind="decoder_only", d_model=128, num_layers=4, num_heads=4, ffn_dim=512, use_glu=False,
-            text_vocab_size=128, image_vocab_size=image_codes(variant), max_text_length=c.data.max_text_length, image_length=64,
-            dropout=0.0,
+            text_vocab_size=128, image_vocab_size=image_codes(variant), max_text_length=c.data.max_text_length,
+            image_length=64, dropout=0.0,
         ))
     # On a CPU, 4 unrolled layers train ~20% faster than a scanned layer stack (XLA:CPU's scan backward).
     c.model.scan_layers = False

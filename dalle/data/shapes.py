@@ -238,7 +238,8 @@ class ShapesWorld:
         for key, value in dict(image_size=image_size, min_objects=min_objects, max_objects=max_objects,
                                colors=tuple(colors), shapes=tuple(shapes), sizes=tuple(sizes),
                                backgrounds=tuple(backgrounds), same_kind_prob=float(same_kind_prob),
-                               relation_prob=float(relation_prob), held_out_pairs=tuple(held_out_pairs), held_out_relations=tuple(held_out_relations),
+                               relation_prob=float(relation_prob), held_out_pairs=tuple(held_out_pairs),
+                               held_out_relations=tuple(held_out_relations),
                                seed=seed, supersample=supersample).items():
             cfg[key] = value
         errors = [*S.check_data(cfg, cfg), *S.check_shapes_world(cfg)]
