@@ -71,8 +71,8 @@ def get_config(arg=None):
         # times and its held-out loss nearly flattened; over 100000 it kept falling, and the model drew stated
         # relations more often (EVAL.md, the encoder-decoder against training steps). Every multi variant takes
         # it, so that one root holds one world (they share its tfds data, and `multi` its encoded dir too);
-        # `multi` and `multi_dalle_bart_dvae` were measured over 20000. The build and the encoding take a few minutes more;
-        # the CLIP keeps configs/clip_shapes.py's world.
+        # `multi` and `multi_dalle_bart_dvae` were measured over 20000. The build and the encoding take a few
+        # minutes more; the CLIP keeps configs/clip_shapes.py's world.
         c.data.train_size = 100_000
     c.data.tokenizer_path = f"{root}/tokenizer/spm.model"
     c.data.vocab_size = 128
