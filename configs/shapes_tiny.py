@@ -4,7 +4,8 @@
 
 Needs the demo's earlier stages (or `dalle demo --config configs/shapes_tiny.py`, which runs them): the tokenizer
 (data.tokenizer_path), the CPU VQGAN (data.vqgan_checkpoint: configs/vqgan_f4_32.py with `--config.model.n_embed=`
-`image_codes(variant)`, 512 for one object) and the pre-encoded data (data.encoded_dir, `dalle encode`).
+`image_codes(variant)`, 512 for one object, and on the multi-object world `--config.vqgan_loss.foreground_weight=`
+`MULTI_VQGAN_FOREGROUND_WEIGHT`) and the pre-encoded data (data.encoded_dir, `dalle encode`).
 What this config reaches, and in how many minutes: EVAL.md (the shapes world sections).
 
 Variants: `decoder_only` (default: the single-stream DALL·E/CogView model, d 128, 4 layers), `dalle_bart`
@@ -38,6 +39,13 @@ VARIANTS = ("decoder_only", "dalle_bart", "multi", "multi_dalle_bart", "dvae", "
 MULTI = ("multi", "multi_dalle_bart", "multi_dalle_bart_dvae")
 DVAE = ("dvae", "multi_dalle_bart_dvae")  # over configs/dvae_shapes.py's codes instead of the VQGAN's
 ENCODER_DECODER = ("dalle_bart", "multi_dalle_bart", "multi_dalle_bart_dvae")
+
+
+# The multi-object VQGAN weighs object pixels up to 1 + 16 times the background's (configs/vqgan_f4_32.py: 1 + 4,
+# measured on one object): a multi-object scene's small shapes are a few pixels across, and at 4 the round trip
+# turned many small stars into diamonds and squares into circles. Of 4, 8, 16 and 32 at the same steps, 16 kept the
+# most scenes whole (EVAL.md, "the multi-object world: what the image tokenizer keeps").
+MULTI_VQGAN_FOREGROUND_WEIGHT = 16.0
 
 
 def image_codes(variant: str) -> int:
@@ -155,7 +163,10 @@ def pipeline(arg=None) -> dict:
     clip_variant = "multi," if variant in MULTI else ""
     # The time limits are safety stops: every stage is a fixed number of steps sized to fit them here (the CLIP's
     # 1500 steps too: a 3-minute limit used to stop it part way, so the reranker was never fully trained).
-    vqgan = ("configs/vqgan_f4_32.py", [*world, f"--config.model.n_embed={image_codes(variant)}"])
+    vqgan_overrides = [*world, f"--config.model.n_embed={image_codes(variant)}"]
+    if variant in MULTI:
+        vqgan_overrides.append(f"--config.vqgan_loss.foreground_weight={MULTI_VQGAN_FOREGROUND_WEIGHT}")
+    vqgan = ("configs/vqgan_f4_32.py", vqgan_overrides)
     recipe = {"root": root, "vqgan": vqgan,
               "clip": f"configs/clip_shapes.py:{clip_variant}root={root}",
               "eval": f"configs/eval/shapes.py:{'multi,' if variant in MULTI else ''}root={root}",

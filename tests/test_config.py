@@ -231,7 +231,8 @@ def test_shapes_tiny_dvae_variants_train_over_dvae_codes_beside_the_vqgan_ones()
 
 
 def test_shapes_tiny_vqgan_codebook_matches_the_model_vocabulary():
-    """The VQGAN stage trains the codebook the model's vocabulary expects: 512 codes for one object, 2048 multi."""
+    """The VQGAN stage trains the codebook the model's vocabulary expects: 512 codes for one object, 2048 multi; the
+    multi-object world's VQGAN weighs object pixels more."""
     from dalle import demo
 
     for variant, codes in (("decoder_only", 512), ("dalle_bart", 512), ("multi", 2048), ("multi_dalle_bart", 2048)):
@@ -239,3 +240,8 @@ def test_shapes_tiny_vqgan_codebook_matches_the_model_vocabulary():
         recipe = demo.pipeline_of(f"configs/shapes_tiny.py:{variant},root=/r")
         vqgan = config_lib.load_config(recipe["vqgan"][0], recipe["vqgan"][1])
         assert c.model.image_vocab_size == vqgan.model.n_embed == codes, variant
+        # the multi-object world's small shapes get a heavier foreground weight than the VQGAN config's default
+        default = config_lib.load_config(recipe["vqgan"][0], []).vqgan_loss.foreground_weight
+        multi = variant.startswith("multi")
+        assert (vqgan.vqgan_loss.foreground_weight > default) if multi else (
+            vqgan.vqgan_loss.foreground_weight == default), variant
