@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 SPLITS = ("validation", "zero_shot")  # the default; dalle.eval.compositional names the others
+DEFAULT_TITLE = "Composition: what the image tokenizer keeps"  # the one-object section's title
 
 
 def _record(workdir: str) -> dict:
@@ -75,7 +76,7 @@ def measure(data, vqgan_dir: str, prompts_per_split: int, splits: tuple[str, ...
 
 
 def render(rows: list[tuple[str, dict]], command: str, prompts: int, note: str = "",
-           splits: tuple[str, ...] = SPLITS, title: str = "Composition: what the image tokenizer keeps") -> str:
+           splits: tuple[str, ...] = SPLITS, title: str = DEFAULT_TITLE) -> str:
     lines = [f"## {title}", ""] + ([note, ""] if note else []) + [
              f"Command: `{command}`.", "",
              f"The first {prompts} prompts of each split: their scenes rendered, encoded and decoded by each VQGAN, "
@@ -108,7 +109,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--note", default="", help="a paragraph under the title (what the table shows)")
     p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated eval splits to measure")
     p.add_argument("--section", default="composition-tokenizer", help="the EVAL.md section to write")
-    p.add_argument("--title", default="Composition: what the image tokenizer keeps")
+    p.add_argument("--title", default=DEFAULT_TITLE)
     p.add_argument("vqgans", nargs="+", help="label=workdir")
     args = p.parse_args(argv)
     from dalle import config as config_lib
