@@ -118,14 +118,14 @@ def get_config(arg=None):
 
     c.train = ConfigDict()
     c.train.batch_size = 64
-    # A fixed recipe: the cosine schedule ends inside the budget here (15 minutes for one object, 30 for the multi
-    # world; the measured minutes of each are in EVAL.md, and for multi, "accuracy against training steps": twice
-    # the steps it had more than doubled the first samples fully right; multi_dalle_bart at 4000 steps drew more
-    # two-object scenes right than at 2200: "the multi-object world: the encoder-decoder against training steps",
-    # but one of its runs here took more than 30 minutes, so the recipe takes 3600, what fits 30 minutes at that
-    # run's pace: EVAL.md, the multi-object headline), so a slower machine trains the same model, later. The time
-    # limit is only a safety stop; the multi one is 40 minutes, so that a machine shared with other jobs still
-    # ends the schedule.
+    # A fixed recipe: the cosine schedule ends inside the budget here, 15 minutes for one object and 30 for the
+    # multi world, so a slower machine trains the same model, later (the measured minutes of each are in EVAL.md).
+    # Steps per variant: `multi` at twice its earlier steps more than doubled its first samples fully right
+    # (EVAL.md, "accuracy against training steps"); multi_dalle_bart at 4000 steps drew more two-object scenes right
+    # than at 2200 ("the multi-object world: the encoder-decoder against training steps"), but one of its runs here
+    # took more than 30 minutes, so it takes 3600, what fits 30 minutes at that run's pace ("The multi-object
+    # world (`configs/shapes_tiny.py:multi_dalle_bart`)"). The time limit is only a safety stop; the multi one is
+    # 40 minutes, so that a machine shared with other jobs still ends the schedule.
     c.train.num_steps = {"multi": 4400, "multi_dalle_bart": 3600, "multi_dalle_bart_dvae": 2200}.get(variant, 1500)
     c.train.max_minutes = 40.0 if multi else 15.0
     c.train.optimizer = ConfigDict(dict(name="adamw", lr=1e-3, weight_decay=0.01))
