@@ -75,7 +75,7 @@ def get_config(arg=None):
     c.data = _shapes_data("multi_32" if multi else "one_object_32")
     c.data.data_dir = f"{root}/tfds"
     if multi:
-        # Five times the world's training scenes: over 20000, multi_dalle_bart's 3600 steps show each scene many
+        # Five times the world's training scenes: over 20000, multi_dalle_bart's 4000 steps showed each scene many
         # times and its held-out loss nearly flattened; over 100000 it kept falling, and the model drew stated
         # relations more often (EVAL.md, the encoder-decoder against training steps). Every multi variant takes
         # it, so that one root holds one world (they share its tfds data, and `multi` its encoded dir too);
